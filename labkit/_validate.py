@@ -1,0 +1,54 @@
+"""Argument checks shared by labkit's modules: one clear error before any work is done."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def batch(x, y=None, *, what: str = "x") -> None:
+    """``x`` a floating tensor with a batch dimension; ``y`` int64-like labels of the same length."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}.")
+    if not x.is_floating_point():
+        raise TypeError(f"{what} must be a floating tensor (images in [0, 1]), got {x.dtype}.")
+    if x.ndim < 2:
+        raise ValueError(f"{what} must have a batch dimension first, got shape {tuple(x.shape)}.")
+    if y is not None:
+        labels(y, n=x.shape[0])
+
+
+def labels(y, *, n: int | None = None, classes: int | None = None) -> None:
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(y).__name__}.")
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise TypeError(f"labels must be an integer tensor (int64), got {y.dtype}.")
+    if y.ndim != 1:
+        raise ValueError(f"labels must be one-dimensional, got shape {tuple(y.shape)}.")
+    if n is not None and y.shape[0] != n:
+        raise ValueError(f"{n} inputs but {y.shape[0]} labels.")
+    if classes is not None and y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
+        raise ValueError(f"labels must lie in 0..{classes - 1}, found {int(y.min())}..{int(y.max())}.")
+
+
+def nonneg(value, name: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}.") from None
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be finite and non-negative, got {value!r}.")
+    return v
+
+
+def positive(value, name: str) -> float:
+    v = nonneg(value, name)
+    if v == 0:
+        raise ValueError(f"{name} must be positive, got {value!r}.")
+    return v
+
+
+def positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return value

@@ -1,0 +1,175 @@
+"""Adversarial attacks and robust accuracy (Chapter 0, *Adversarial examples*).
+
+Every attack has the signature ``attack(model, x, y, eps) -> x_adv`` (extra options as keywords),
+so :func:`robust_accuracy` can sweep any of them over a list of radii. Inputs are images in the
+box [0, 1]; adversarial images stay in the box and within distance ``eps`` of ``x`` in the
+attack's norm. Attacks never change the model's parameters, gradients or train/eval mode.
+"""
+from __future__ import annotations
+
+import contextlib
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from . import _validate
+
+__all__ = ["fgsm", "pgd", "pgd_l2", "gaussian_noise", "robust_accuracy", "NORMS"]
+
+NORMS = ("linf", "l2")
+
+
+@contextlib.contextmanager
+def _frozen(model: torch.nn.Module):
+    """Evaluate ``model`` in eval mode without touching its parameters' gradients."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _check(x, y, eps, clamp):
+    _validate.batch(x, y)
+    eps = _validate.nonneg(eps, "eps")
+    lo, hi = clamp
+    if not lo < hi:
+        raise ValueError(f"clamp must be (low, high) with low < high, got {clamp!r}.")
+    return eps
+
+
+def _input_grad(model, x, y):
+    x = x.detach().requires_grad_(True)
+    loss = F.cross_entropy(model(x), y, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, x)
+    return grad
+
+
+def _flat_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
+
+
+def _rand(fn, shape, generator, like):
+    """Random numbers drawn on the CPU (same stream on every device), moved to ``like``."""
+    return fn(shape, generator=generator, dtype=like.dtype).to(like.device)
+
+
+def fgsm(model, x, y, eps, *, clamp=(0.0, 1.0)):
+    """Fast gradient sign method: one l∞ step of size ``eps`` up the loss (Chapter 0).
+
+    ``x_adv = clip(x + eps · sign(∇_x loss))``.
+    """
+    eps = _check(x, y, eps, clamp)
+    with _frozen(model):
+        grad = _input_grad(model, x, y)
+    return (x + eps * grad.sign()).clamp(*clamp).detach()
+
+
+def _project(delta, eps, norm):
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    scale = torch.clamp(eps / (_flat_norm(delta) + 1e-12), max=1.0)
+    return delta * scale
+
+
+def pgd(model, x, y, eps, *, norm="linf", steps=10, step_size=None, random_start=True,
+        clamp=(0.0, 1.0), generator=None):
+    """Projected gradient descent on the loss in an l∞ or l2 ball (Chapter 0).
+
+    Starts at a random point of the ball (``random_start``), takes ``steps`` steps of size
+    ``step_size`` (default ``2.5 · eps / steps``) along the sign of the gradient (l∞) or the
+    normalised gradient (l2), projects back onto the ball and clamps to the image box. Keeps,
+    per example, the first iterate that is misclassified, so a success is never undone by a
+    later step. The result is always inside the ball and the box.
+    """
+    eps = _check(x, y, eps, clamp)
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
+    steps = _validate.positive_int(steps, "steps")
+    alpha = 2.5 * eps / steps if step_size is None else _validate.nonneg(step_size, "step_size")
+    x = x.detach()
+    if eps == 0:
+        return x.clone()
+    with _frozen(model):
+        if random_start and norm == "linf":
+            delta = eps * (2 * _rand(torch.rand, x.shape, generator, x) - 1)
+        elif random_start:
+            noise = _rand(torch.randn, x.shape, generator, x)
+            radius = eps * _rand(torch.rand, (x.shape[0],), generator, x)
+            delta = noise / (_flat_norm(noise) + 1e-12) * radius.view(-1, *([1] * (x.ndim - 1)))
+        else:
+            delta = torch.zeros_like(x)
+        x_adv = (x + delta).clamp(*clamp)
+        best = x_adv.clone()
+        fooled = model(x_adv).argmax(1) != y
+        for _ in range(steps):
+            grad = _input_grad(model, x_adv, y)
+            if norm == "linf":
+                step = alpha * grad.sign()
+            else:
+                step = alpha * grad / (_flat_norm(grad) + 1e-12)
+            delta = _project(x_adv + step - x, eps, norm)
+            x_adv = (x + delta).clamp(*clamp).detach()
+            with torch.no_grad():
+                newly = (model(x_adv).argmax(1) != y) & ~fooled
+            best[~fooled] = x_adv[~fooled]
+            fooled |= newly
+    return best.detach()
+
+
+def gaussian_noise(model, x, y, eps, *, clamp=(0.0, 1.0), generator=None):
+    """Add Gaussian noise of standard deviation ``eps`` per pixel and clamp (not an attack on the
+    model, a baseline that shows how much worse a real attack is; Chapter 0)."""
+    eps = _check(x, y, eps, clamp)
+    noise = _rand(torch.randn, x.shape, generator, x)
+    return (x + eps * noise).clamp(*clamp).detach()
+
+
+def robust_accuracy(model, data: Dataset, attack, eps_list, *, batch_size=256, device=None,
+                    progress=None) -> dict[float, float]:
+    """Accuracy of ``model`` on ``data`` after ``attack`` at each radius in ``eps_list``.
+
+    ``attack`` is one of this module's attacks, or a ``functools.partial`` of one with options,
+    or any callable ``attack(model, x, y, eps)``. Returns ``{eps: accuracy}`` (Chapter 0).
+    """
+    from . import device as default_device, progress_enabled
+
+    if not callable(attack):
+        raise TypeError(f"attack must be callable, got {type(attack).__name__}.")
+    eps_values = [_validate.nonneg(e, "eps") for e in (eps_list if hasattr(eps_list, "__iter__") else [eps_list])]
+    if not eps_values:
+        raise ValueError("eps_list is empty.")
+    dev = torch.device(device) if device is not None else default_device()
+    show = progress_enabled() if progress is None else progress
+    from tqdm.auto import tqdm
+
+    model = model.to(dev)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False)
+    correct = {e: 0 for e in eps_values}
+    total = 0
+    bar = tqdm(total=len(eps_values) * len(loader), desc=getattr(attack, "__name__", "attack"),
+               disable=not show, leave=False)
+    for xb, yb in loader:
+        xb, yb = xb.to(dev), yb.to(dev)
+        total += yb.shape[0]
+        for e in eps_values:
+            x_adv = attack(model, xb, yb, e)
+            with torch.no_grad(), _frozen(model):
+                correct[e] += int((model(x_adv).argmax(1) == yb).sum())
+            bar.update()
+    bar.close()
+    if total == 0:
+        raise ValueError("data is empty.")
+    return {e: correct[e] / total for e in eps_values}
+
+
+def pgd_l2(model, x, y, eps, **options):
+    """:func:`pgd` in the l2 ball (a named shortcut for :func:`robust_accuracy`)."""
+    return pgd(model, x, y, eps, norm="l2", **options)
+

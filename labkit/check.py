@@ -1,0 +1,113 @@
+"""Check cells of the labs: ``labkit.check.<exercise>(your_answer)`` (Chapter 0, *Labs*).
+
+Each check tests a student's function against a known answer or an invariant, with a
+tolerance, and raises ``AssertionError`` saying what was expected, what came and a hint. A stub
+that raises ``NotImplementedError`` fails the check with a message, not a traceback. Checks
+never print the solution.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["lognorm_2", "certified_radius", "fgsm_step", "euler_resnet"]
+
+
+def _call(fn, *args):
+    if not callable(fn):
+        raise AssertionError(f"expected a function, got {type(fn).__name__}.")
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        raise AssertionError("the exercise is not implemented yet: replace "
+                             "`raise NotImplementedError` by your code.") from None
+
+
+def _close(got, expected, what, hint, rtol=1e-6, atol=1e-8):
+    try:
+        got_t = torch.as_tensor(got, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise AssertionError(f"{what}: expected a number or tensor, got {type(got).__name__}. "
+                             f"Hint: {hint}") from None
+    exp_t = torch.as_tensor(expected, dtype=torch.float64)
+    if got_t.shape != exp_t.shape:
+        raise AssertionError(f"{what}: expected shape {tuple(exp_t.shape)}, got {tuple(got_t.shape)}. "
+                             f"Hint: {hint}")
+    if not torch.allclose(got_t, exp_t, rtol=rtol, atol=atol):
+        err = float((got_t - exp_t).abs().max())
+        raise AssertionError(f"{what}: off by up to {err:.3g} (tolerance {rtol:g} relative). "
+                             f"Hint: {hint}")
+
+
+def lognorm_2(fn) -> None:
+    """Lab 0, exercise 1: ``fn(A)`` returns μ₂(A), the log norm induced by the l2 norm."""
+    g = torch.Generator().manual_seed(11)
+    cases = [
+        torch.tensor([[-1.0, 0.0], [0.0, -3.0]], dtype=torch.float64),  # diagonal: max entry
+        torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64),   # skew: zero
+        torch.tensor([[-1.0, 4.0], [0.0, -1.0]], dtype=torch.float64),  # stable but expanding
+    ] + [torch.randn(n, n, generator=g, dtype=torch.float64) for n in (3, 6)]
+    for A in cases:
+        expected = torch.linalg.eigvalsh(0.5 * (A + A.T))[-1]
+        got = _call(fn, A.clone())
+        _close(got, expected, f"μ₂ of the {A.shape[0]}×{A.shape[0]} matrix {A.tolist() if A.shape[0] == 2 else ''}".strip(),
+               "μ₂(A) is the largest eigenvalue of a symmetric matrix built from A; it can be negative, "
+               "and it is 0 for a skew-symmetric A.")
+    A = cases[2]
+    h = 1e-7  # the definition as a limit: (‖I + hA‖₂ − 1)/h
+    limit = (torch.linalg.matrix_norm(torch.eye(2, dtype=A.dtype) + h * A, ord=2) - 1) / h
+    _close(_call(fn, A), limit, "μ₂ against its definition as a limit", "see the definition.", rtol=1e-5)
+
+
+def certified_radius(fn) -> None:
+    """Lab 0, exercise 2: ``fn(logits, labels, L)`` returns the l2 certified radius per example."""
+    logits = torch.tensor([[3.0, 1.0, 0.5], [0.0, 2.0, 1.0], [1.0, 1.0, 0.0], [0.0, 0.2, 5.0]])
+    labels = torch.tensor([0, 1, 2, 2])
+    for L in (1.0, 2.5):
+        margins = torch.tensor([2.0, 1.0, 0.0, 4.8])  # the third one is misclassified: radius 0
+        expected = margins / (math.sqrt(2) * L)
+        got = _call(fn, logits.clone(), labels.clone(), L)
+        _close(got, expected, f"radii with L = {L}",
+               "the radius is the margin f_y − max_{j≠y} f_j divided by √2·L, and 0 where the "
+               "prediction is wrong.", rtol=1e-5)
+
+
+def fgsm_step(fn) -> None:
+    """Lab 0, exercise 3: ``fn(model, x, y, eps)`` returns the FGSM image, clamped to [0, 1]."""
+    from .attacks import fgsm
+
+    g = torch.Generator().manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(3, 16, generator=g))
+    x = torch.rand(5, 1, 4, 4, generator=g)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    for eps in (0.0, 0.1, 0.3):
+        got = _call(fn, model, x.clone(), y.clone(), eps)
+        if not isinstance(got, torch.Tensor) or got.shape != x.shape:
+            raise AssertionError(f"expected a tensor of shape {tuple(x.shape)}, got "
+                                 f"{getattr(got, 'shape', type(got).__name__)}.")
+        if float(got.min()) < 0 or float(got.max()) > 1:
+            raise AssertionError("the adversarial image leaves [0, 1]. Hint: clamp it.")
+        if float((got - x).abs().max()) > eps + 1e-6:
+            raise AssertionError(f"the perturbation is larger than eps = {eps} in l∞.")
+        _close(got.detach(), fgsm(model, x, y, eps), f"FGSM image at eps = {eps}",
+               "step by eps along the sign of the gradient of the loss with respect to the input.",
+               rtol=1e-5, atol=1e-6)
+
+
+def euler_resnet(fn) -> None:
+    """Lab 0, exercise 4: ``fn(f, x0, T, n)`` applies n Euler steps of size T/n of ẋ = f(t, x)."""
+    A = torch.tensor([[-1.0, 2.0], [-2.0, -1.0]], dtype=torch.float64)
+    x0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    f = lambda t, x: x @ A.T  # noqa: E731
+    for n in (1, 4, 50):
+        h = 1.0 / n
+        expected = x0 @ torch.linalg.matrix_power(torch.eye(2, dtype=A.dtype) + h * A, n).T
+        _close(_call(fn, f, x0.clone(), 1.0, n), expected, f"{n} Euler steps on a linear ODE",
+               "x ← x + h·f(t, x) with h = T/n, n times, t advancing by h each step.")
+    ft = lambda t, x: torch.ones_like(x) * t  # noqa: E731  (checks that t advances)
+    _close(_call(fn, ft, torch.zeros(1, 1, dtype=torch.float64), 1.0, 4),
+           torch.tensor([[(0 + 0.25 + 0.5 + 0.75) * 0.25]], dtype=torch.float64),
+           "Euler steps on ẋ = t", "the k-th step evaluates f at t_k = k·h.")

@@ -1,0 +1,176 @@
+"""labkit.attacks and labkit.certify: balls, boxes, strength, and sound certificates."""
+import math
+from functools import partial
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from labkit import attacks, certify, lipschitz, train
+
+
+def _trained_linear(seed=0, n=256, d=20):
+    """A linear classifier trained on separable Gaussian blobs in [0, 1]^d."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    centres = torch.rand(3, d, generator=g) * 0.6 + 0.2
+    x = (centres[y] + 0.05 * torch.randn(n, d, generator=g)).clamp(0, 1)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(d, 3))
+    train.fit(model, TensorDataset(x, y), epochs=30, lr=0.05, batch_size=64, progress=False)
+    return model, x, y
+
+
+@pytest.fixture(scope="module")
+def linear_setup():
+    return _trained_linear()
+
+
+@settings(max_examples=25, deadline=None)
+@given(eps=st.floats(0.0, 0.5), norm=st.sampled_from(["linf", "l2"]), steps=st.integers(1, 8),
+       seed=st.integers(0, 1000))
+def test_pgd_never_leaves_ball_or_box(linear_setup, eps, norm, steps, seed):
+    model, x, y = linear_setup
+    xb, yb = x[:32], y[:32]
+    adv = attacks.pgd(model, xb, yb, eps, norm=norm, steps=steps,
+                      generator=torch.Generator().manual_seed(seed))
+    delta = (adv - xb).flatten(1)
+    size = delta.abs().max(1).values if norm == "linf" else delta.norm(dim=1)
+    assert float(size.max()) <= eps + 1e-6
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+
+
+def test_fgsm_is_sign_step(linear_setup):
+    model, x, y = linear_setup
+    adv = attacks.fgsm(model, x, y, 0.1)
+    assert float((adv - x).abs().max()) <= 0.1 + 1e-7
+    # interior coordinates move by exactly eps
+    inner = (x > 0.1) & (x < 0.9)
+    assert torch.allclose((adv - x).abs()[inner], torch.full_like(x[inner], 0.1), atol=1e-6)
+
+
+def test_attacks_hurt_more_than_noise_and_pgd_beats_fgsm(linear_setup):
+    model, x, y = linear_setup
+    data = TensorDataset(x, y)
+    eps = [0.0, 0.05, 0.1, 0.2]
+    gen = torch.Generator().manual_seed(0)
+    noise = attacks.robust_accuracy(model, data, partial(attacks.gaussian_noise, generator=gen), eps, progress=False)
+    f = attacks.robust_accuracy(model, data, attacks.fgsm, eps, progress=False)
+    p = attacks.robust_accuracy(model, data, partial(attacks.pgd, steps=20), eps, progress=False)
+    clean = train.evaluate(model, data)["accuracy"]
+    assert f[0.0] == pytest.approx(clean) and p[0.0] == pytest.approx(clean) and clean > 0.95
+    for e in eps[1:]:
+        assert p[e] <= f[e] + 1e-9 <= noise[e] + 1e-9
+    assert p[0.2] < noise[0.2] - 0.2  # a real attack is much worse than noise
+    assert all(a >= b for a, b in zip(list(p.values()), list(p.values())[1:]))
+
+
+def test_certified_points_survive_pgd_at_099_radius(linear_setup):
+    model, x, y = linear_setup
+    W = model[0].weight.detach()
+    L = float(lipschitz.spectral_norm(W))
+    with torch.no_grad():
+        radius = certify.certified_radius(model(x), y, L)
+    ok = radius > 0
+    assert ok.sum() > 100
+    xs, ys, rs = x[ok], y[ok], radius[ok]
+    flipped = 0
+    for xi, yi, ri in zip(xs, ys, rs):
+        adv = attacks.pgd(model, xi[None], yi[None], 0.99 * float(ri), norm="l2", steps=50,
+                          clamp=(-10.0, 10.0), generator=torch.Generator().manual_seed(0))
+        flipped += int(model(adv).argmax(1) != yi)
+    assert flipped == 0
+    # ... and the certificate is nearly tight for a linear model: PGD at 1.5× radius wins often
+    wins = 0
+    for xi, yi, ri in list(zip(xs, ys, rs))[:40]:
+        adv = attacks.pgd(model, xi[None], yi[None], 1.5 * math.sqrt(2) * float(ri), norm="l2",
+                          steps=50, clamp=(-10.0, 10.0), generator=torch.Generator().manual_seed(0))
+        wins += int(model(adv).argmax(1) != yi)
+    assert wins > 0
+
+
+def test_certified_radius_known_answer():
+    logits = torch.tensor([[2.0, 0.0, 1.0], [0.0, 1.0, 3.0]])
+    labels = torch.tensor([0, 1])
+    r = certify.certified_radius(logits, labels, lipschitz=2.0)
+    assert torch.allclose(r, torch.tensor([1.0 / (2 * math.sqrt(2)), 0.0]))
+    assert torch.allclose(certify.margin(logits, labels), torch.tensor([1.0, -2.0]))
+
+
+def test_certified_accuracy_matches_radii(linear_setup):
+    model, x, y = linear_setup
+    data = TensorDataset(x, y)
+    L = float(lipschitz.upper_bound(model))
+    acc = certify.certified_accuracy(model, data, [0.0, 0.1, 0.3], L)
+    clean = train.evaluate(model, data)["accuracy"]
+    assert acc[0.0] == pytest.approx(clean)
+    assert acc[0.0] >= acc[0.1] >= acc[0.3]
+    assert certify.certified_accuracy(model, data, 0.1, L) == acc[0.1]
+    # certifying with a larger (still valid) Lipschitz bound never certifies more
+    assert certify.certified_accuracy(model, data, 0.1, 2 * L) <= acc[0.1]
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("attack", [attacks.fgsm, attacks.pgd, attacks.gaussian_noise])
+def test_attacks_reject_negative_eps(linear_setup, attack):
+    model, x, y = linear_setup
+    with pytest.raises(ValueError, match="eps"):
+        attack(model, x[:2], y[:2], -0.1)
+    with pytest.raises(ValueError, match="eps"):
+        attack(model, x[:2], y[:2], float("nan"))
+
+
+def test_attacks_reject_wrong_shapes_and_dtypes(linear_setup):
+    model, x, y = linear_setup
+    with pytest.raises(ValueError, match="labels"):
+        attacks.fgsm(model, x[:4], y[:3], 0.1)
+    with pytest.raises(TypeError, match="integer"):
+        attacks.pgd(model, x[:4], y[:4].float(), 0.1)
+    with pytest.raises(TypeError, match="floating"):
+        attacks.fgsm(model, (x[:4] * 255).to(torch.uint8), y[:4], 0.1)
+    with pytest.raises(ValueError, match="batch dimension"):
+        attacks.fgsm(model, x[0], y[:1], 0.1)
+    with pytest.raises(ValueError, match="norm"):
+        attacks.pgd(model, x[:4], y[:4], 0.1, norm="l1")
+    with pytest.raises(ValueError, match="steps"):
+        attacks.pgd(model, x[:4], y[:4], 0.1, steps=0)
+
+
+def test_attack_does_not_touch_model(linear_setup):
+    model, x, y = linear_setup
+    model.train()
+    model.zero_grad(set_to_none=True)
+    before = [p.clone() for p in model.parameters()]
+    attacks.pgd(model, x[:8], y[:8], 0.1)
+    assert model.training
+    assert all(torch.equal(a, b) and b.grad is None and b.requires_grad
+               for a, b in zip(before, model.parameters()))
+
+
+def test_robust_accuracy_rejects_bad_input(linear_setup):
+    model, x, y = linear_setup
+    data = TensorDataset(x, y)
+    with pytest.raises(ValueError, match="eps"):
+        attacks.robust_accuracy(model, data, attacks.fgsm, [0.1, -0.2], progress=False)
+    with pytest.raises(TypeError, match="callable"):
+        attacks.robust_accuracy(model, data, "pgd", [0.1], progress=False)
+
+
+def test_certify_rejects_bad_input():
+    logits = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="lipschitz"):
+        certify.certified_radius(logits, torch.tensor([0, 1, 2, 0]), 0.0)
+    with pytest.raises(ValueError, match="lipschitz"):
+        certify.certified_radius(logits, torch.tensor([0, 1, 2, 0]), -1.0)
+    with pytest.raises(ValueError, match="3 labels|4 inputs"):
+        certify.certified_radius(logits, torch.tensor([0, 1, 2]), 1.0)
+    with pytest.raises(ValueError, match="0..2"):
+        certify.certified_radius(logits, torch.tensor([0, 1, 3, 0]), 1.0)
+    with pytest.raises(TypeError, match="integer"):
+        certify.certified_radius(logits, torch.tensor([0.0, 1.0, 2.0, 0.0]), 1.0)
+    with pytest.raises(ValueError, match=r"\(N, K\)"):
+        certify.certified_radius(torch.randn(4), torch.tensor([0, 1, 2, 0]), 1.0)
+    with pytest.raises(ValueError, match="eps"):
+        certify.certified_accuracy(nn.Linear(3, 3), TensorDataset(logits, torch.tensor([0, 1, 2, 0])), -0.5, 1.0)
