@@ -45,9 +45,10 @@ def _check(x, y, eps, clamp):
 
 
 def _input_grad(model, x, y):
-    x = x.detach().requires_grad_(True)
-    loss = F.cross_entropy(model(x), y, reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x)
+    with torch.enable_grad():  # attacks work inside a caller's torch.no_grad() too
+        x = x.detach().requires_grad_(True)
+        loss = F.cross_entropy(model(x), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
     return grad
 
 
