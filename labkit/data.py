@@ -11,12 +11,14 @@
 3. in ``smoke`` mode only, the small sample bundled with labkit (``labkit/samples``), built by
    ``scripts/make_sample.py`` from the official files.
 
-Nothing is ever written into ``$LABKIT_DATA`` itself unless it already is a writable
-torchvision root: compressed MNIST files are extracted by torchvision next to themselves.
+Nothing is ever written into ``$LABKIT_DATA``: MNIST-format files are read directly from their
+``.gz`` (or extracted) form, so a read-only copy works.
 """
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +34,6 @@ DATASETS = {
     "cifar10": ("CIFAR10", "cifar-10-batches-py", (3, 32, 32)),
 }
 _ALIASES = {"fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "cifar-10": "cifar10"}
-_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -90,9 +90,36 @@ def _from_npz(path: Path, train: bool, shape) -> TensorDataset:
         return _to_dataset(arrays[f"x_{split}"], arrays[f"y_{split}"], shape)
 
 
-def _mnist_files_present(root: Path, folder: str) -> bool:
+def _idx_file(raw: Path, stem: str) -> Path | None:
+    for candidate in (raw / stem, raw / f"{stem}.gz"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzip-compressed or not, without writing anything."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes.")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise ValueError(f"{path} is truncated: expected {int(np.prod(dims))} bytes of data, found {body.size}.")
+    return body.reshape(dims)
+
+
+def _from_idx(root: Path, folder: str, train: bool, shape) -> TensorDataset | None:
     raw = root / folder / "raw"
-    return all((raw / f).exists() or (raw / f"{f}.gz").exists() for f in _MNIST_FILES)
+    prefix = "train" if train else "t10k"
+    images = _idx_file(raw, f"{prefix}-images-idx3-ubyte")
+    labels = _idx_file(raw, f"{prefix}-labels-idx1-ubyte")
+    if images is None or labels is None:
+        return None
+    return _to_dataset(_read_idx(images), _read_idx(labels), shape)
 
 
 def _from_torchvision(key: str, root: Path, train: bool, download: bool) -> TensorDataset:
@@ -117,10 +144,7 @@ def _try_root(key: str, root: Path, train: bool) -> TensorDataset | None:
         for npz in sorted(root.glob("cifar10*.npz")):
             return _from_npz(npz, train, shape)
         return None
-    if _mnist_files_present(root, folder):
-        # torchvision checks the md5 of the .gz files and extracts them; no network is used.
-        return _from_torchvision(key, root, train, download=True)
-    return None
+    return _from_idx(root, folder, train, shape)
 
 
 def load(name: str, train: bool = True, limit: int | None = None, *,

@@ -174,3 +174,10 @@ def test_certify_rejects_bad_input():
         certify.certified_radius(torch.randn(4), torch.tensor([0, 1, 2, 0]), 1.0)
     with pytest.raises(ValueError, match="eps"):
         certify.certified_accuracy(nn.Linear(3, 3), TensorDataset(logits, torch.tensor([0, 1, 2, 0])), -0.5, 1.0)
+
+
+def test_attacks_work_inside_no_grad(linear_setup):
+    model, x, y = linear_setup
+    with torch.no_grad():
+        a = attacks.fgsm(model, x[:8], y[:8], 0.1)
+    assert torch.equal(a, attacks.fgsm(model, x[:8], y[:8], 0.1))

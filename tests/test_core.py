@@ -150,3 +150,43 @@ def test_bad_npz_is_named(monkeypatch, tmp_path):
     monkeypatch.setenv("LABKIT_DATA", str(bad))
     with pytest.raises(ValueError, match="lacks the arrays"):
         data.load("cifar10")
+
+
+def _write_idx(path, array):
+    import gzip
+    import struct
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_layout_is_read_without_writing(monkeypatch, tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    imgs, labels = rng.integers(0, 256, (7, 28, 28)), np.arange(7) % 10
+    _write_idx(raw / "train-images-idx3-ubyte.gz", imgs)
+    _write_idx(raw / "train-labels-idx1-ubyte.gz", labels)
+    before = sorted(p.name for p in raw.iterdir())
+    monkeypatch.setenv("LABKIT_MODE", "book")
+    monkeypatch.setenv("LABKIT_DATA", str(tmp_path))
+    x, y = data.load("fashion_mnist").tensors
+    assert torch.allclose(x[:, 0], torch.as_tensor(imgs).float() / 255)
+    assert y.tolist() == labels.tolist()
+    assert sorted(p.name for p in raw.iterdir()) == before  # nothing extracted or written
+
+
+def test_truncated_idx_is_a_clear_error(monkeypatch, tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    _write_idx(raw / "t10k-images-idx3-ubyte.gz", np.zeros((3, 28, 28)))
+    _write_idx(raw / "t10k-labels-idx1-ubyte.gz", np.zeros(3))
+    import gzip
+    with gzip.open(raw / "t10k-images-idx3-ubyte.gz", "rb") as fh:
+        content = fh.read()
+    with gzip.open(raw / "t10k-images-idx3-ubyte.gz", "wb") as fh:
+        fh.write(content[:-100])
+    monkeypatch.setenv("LABKIT_MODE", "book")
+    monkeypatch.setenv("LABKIT_DATA", str(tmp_path))
+    with pytest.raises(ValueError, match="truncated"):
+        data.load("mnist", train=False)

@@ -1,0 +1,49 @@
+# Two commands for a newcomer:  make book   and   make test
+# Both create (or reuse) the virtual environment .venv from requirements.txt.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.labkit-installed
+PYTEST_ARGS ?=
+
+.PHONY: book test smoke-book venv sample benchmark clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@$(BIN)/python -c "import torch, torchvision, labkit" || { \
+	  echo "torch and torchvision do not match in $(VENV) (a CPU-only torch wheel without"; \
+	  echo "torchvision's operators?). Remove $(VENV) and run make again."; exit 1; }
+	@touch $(STAMP)
+
+## Build the book (book mode unless LABKIT_MODE is set; every page executed) into _build/html.
+book: $(STAMP)
+	$(BIN)/jupyter-book clean .
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	@echo "Open _build/html/index.html"
+
+## The book in smoke mode, as CI builds it.
+smoke-book: $(STAMP)
+	$(BIN)/jupyter-book clean .
+	LABKIT_MODE=smoke $(BIN)/jupyter-book build . -W -n --keep-going
+
+## Unit and property tests of labkit, lab checks, and every notebook and page under nbval (smoke mode).
+test: $(STAMP)
+	LABKIT_MODE=$${LABKIT_MODE:-smoke} $(BIN)/python -m pytest -n 2 --dist loadscope \
+	  --nbval-lax --nbval-current-env -p no:cacheprovider $(PYTEST_ARGS)
+
+## Rebuild the bundled smoke-mode samples from the official files in $$LABKIT_DATA.
+sample: $(STAMP)
+	$(BIN)/python scripts/make_sample.py
+
+## Time the book's pages and the test suite on this machine.
+benchmark: $(STAMP)
+	$(BIN)/python scripts/benchmark.py
+
+clean:
+	-$(BIN)/jupyter-book clean . 2>/dev/null
+	rm -rf .pytest_cache .hypothesis
