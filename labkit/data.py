@@ -109,7 +109,7 @@ def _read_idx(path: Path) -> np.ndarray:
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
         raise ValueError(f"{path} is truncated: expected {int(np.prod(dims))} bytes of data, found {body.size}.")
-    return body.reshape(dims)
+    return body.reshape(dims).copy()  # frombuffer is read-only; torch wants writable memory
 
 
 def _from_idx(root: Path, folder: str, train: bool, shape) -> TensorDataset | None:
