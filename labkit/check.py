@@ -2,8 +2,9 @@
 
 Each check tests a student's function against a known answer or an invariant, with a
 tolerance, and raises ``AssertionError`` saying what was expected, what came and a hint. A stub
-that raises ``NotImplementedError`` fails the check with a message, not a traceback. Checks
-never print the solution.
+(``raise NotImplementedError()``) fails the check with that ``NotImplementedError``, annotated
+with what to do, so an unfinished lab stops at its first unfinished exercise. Checks never print
+the solution.
 """
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ def _call(fn, *args):
         raise AssertionError(f"expected a function, got {type(fn).__name__}.")
     try:
         return fn(*args)
-    except NotImplementedError:
-        raise AssertionError("the exercise is not implemented yet: replace "
-                             "`raise NotImplementedError` by your code.") from None
+    except NotImplementedError as err:
+        err.add_note(f"{getattr(fn, '__name__', 'your function')} is not implemented yet: replace "
+                     "`raise NotImplementedError()` by your code, then run this check again.")
+        raise
 
 
 def _close(got, expected, what, hint, rtol=1e-6, atol=1e-8):

@@ -1,14 +1,19 @@
 """Time the things DESIGN's budgets are about, on this machine.
 
-    python scripts/benchmark.py [--mode smoke|book|full] [--skip-tests] [--skip-book]
+    python scripts/benchmark.py [--modes smoke book] [--skip-tests] [--skip-book] [--json PATH]
 
-Prints the wall time of the test suite (``make test``'s pytest command) and of each executable
-page and lab executed alone in the chosen mode (default: book), then of the whole book build.
+Prints the wall time of the test suite (``make test``'s pytest command), of each executable
+page and lab executed alone in each mode, and of the whole book build in the last mode. With
+``--json`` the page and lab times are also written, with the machine, versions, date and commit,
+to PATH (the book's page *For instructors* shows ``book/data/lab_times.json``).
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -24,32 +29,60 @@ def timed(cmd, env):
     return time.perf_counter() - t0, proc
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--mode", default="book", choices=["smoke", "book", "full"])
-    parser.add_argument("--skip-tests", action="store_true")
-    parser.add_argument("--skip-book", action="store_true")
-    args = parser.parse_args()
-    env = dict(os.environ, LABKIT_MODE=args.mode, MPLBACKEND="Agg")
-    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
-    if not args.skip_tests:
-        test_env = dict(env, LABKIT_MODE="smoke")
-        secs, proc = timed([str(BIN / "python"), "-m", "pytest", "-n", "2", "--dist", "loadscope",
-                            "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider", "-q"], test_env)
-        summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
-        print(f"tests (smoke): {secs:6.1f} s   {summary}")
-    pages = sorted(ROOT.glob("book/*.md")) + sorted(ROOT.glob("labs/*.ipynb"))
-    for page in pages:
+def pages():
+    for page in sorted(ROOT.glob("book/*.md")) + sorted(ROOT.glob("labs/*.ipynb")):
         if page.suffix == ".md" and "kernelspec:" not in page.read_text(encoding="utf-8")[:2000]:
             continue
-        secs, proc = timed([str(BIN / "jupytext"), "--to", "ipynb", "--execute", "--output", "-",
-                            str(page.relative_to(ROOT))], env)
-        status = "ok" if proc.returncode == 0 else f"FAILED ({proc.stderr.strip()[-200:]})"
-        print(f"page {page.relative_to(ROOT)} ({args.mode}): {secs:6.1f} s  {status}")
+        yield page
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--modes", nargs="+", default=["smoke", "book"], choices=["smoke", "book", "full"])
+    parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--skip-book", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    import torch
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    record = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "commit": commit,
+              "machine": f"{os.cpu_count()} cores, {platform.machine()}, "
+                         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}",
+              "python": platform.python_version(), "torch": torch.__version__, "seconds": {}}
+    print(f"machine: {record['machine']}; python {record['python']}; torch {record['torch']}; commit {commit}")
+    if not args.skip_tests:
+        env = dict(os.environ, LABKIT_MODE="smoke", MPLBACKEND="Agg")
+        secs, proc = timed([str(BIN / "python"), "-m", "pytest", "-n", "2", "--dist", "loadscope",
+                            "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider", "-q"], env)
+        summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
+        print(f"tests (smoke): {secs:6.1f} s   {summary}")
+    for mode in args.modes:
+        env = dict(os.environ, LABKIT_MODE=mode, MPLBACKEND="Agg")
+        for page in pages():
+            rel = str(page.relative_to(ROOT))
+            # executed in the page's own folder, as the book build and nbval do
+            secs, proc = timed([str(BIN / "jupyter"), "nbconvert", "--to", "notebook", "--execute",
+                                "--stdout", "--ExecutePreprocessor.timeout=3600", rel]
+                               if page.suffix == ".ipynb" else
+                               [str(BIN / "jupytext"), "--to", "ipynb", "--execute", "--output", "-", rel], env)
+            ok = proc.returncode == 0
+            record["seconds"].setdefault(rel, {})[mode] = round(secs, 1) if ok else None
+            print(f"{rel} ({mode}): {secs:6.1f} s  {'ok' if ok else 'FAILED ' + proc.stderr.strip()[-300:]}")
     if not args.skip_book:
+        mode = args.modes[-1]
+        env = dict(os.environ, LABKIT_MODE=mode, MPLBACKEND="Agg")
         subprocess.run([str(BIN / "jupyter-book"), "clean", "."], cwd=ROOT, env=env, capture_output=True)
         secs, proc = timed([str(BIN / "jupyter-book"), "build", ".", "-W", "-n", "--keep-going"], env)
-        print(f"book build ({args.mode}): {secs:6.1f} s  {'ok' if proc.returncode == 0 else 'FAILED'}")
+        record["seconds"]["whole book"] = {mode: round(secs, 1)}
+        print(f"book build ({mode}): {secs:6.1f} s  {'ok' if proc.returncode == 0 else 'FAILED'}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(args.json)
+        print(f"wrote {args.json}")
     return 0
 
 

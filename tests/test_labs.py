@@ -2,8 +2,9 @@
 
 The lab is executed cell by cell in one namespace (smoke mode). At each exercise cell the
 stubbed version (solution replaced by ``raise NotImplementedError()``) is run first and the
-following check cell must raise ``AssertionError``; then the solution is run and the check must
-pass. Every exercise must be followed by a check cell.
+following check cell must fail with that ``NotImplementedError``; then the solution is run and
+the check must pass. Every exercise must be followed by a check cell. Wrong answers (not stubs)
+are tested against each check in ``test_check.py``.
 """
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def test_checks_fail_on_stub_and_pass_on_solution(path, monkeypatch):
             assert i + 1 < len(cells) and _is_check(cells[i + 1]), \
                 f"{path.name}: exercise cell {i} is not followed by a check cell"
             exec(compile(course.stub_source(src), f"{path.name}:stub{i}", "exec"), ns)
-            with pytest.raises(AssertionError):
+            with pytest.raises(NotImplementedError):
                 exec(compile(cells[i + 1], f"{path.name}:check{i + 1}", "exec"), ns)
             exec(compile(src, f"{path.name}:cell{i}", "exec"), ns)
             exec(compile(cells[i + 1], f"{path.name}:check{i + 1}", "exec"), ns)

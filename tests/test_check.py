@@ -1,0 +1,77 @@
+"""labkit.check: every check rejects a stub and typical wrong answers, and accepts right ones."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from labkit import attacks, certify, check, lipschitz
+
+
+def stub(*args):
+    raise NotImplementedError()
+
+
+RIGHT = {
+    "lognorm_2": lambda A: lipschitz.lognorm(A, 2),
+    "certified_radius": certify.certified_radius,
+    "fgsm_step": attacks.fgsm,
+    "euler_resnet": lambda f, x0, T, n: _euler(f, x0, T, n, advance=True),
+}
+
+
+def _euler(f, x0, T, n, advance=True):
+    h, x = T / n, x0
+    for k in range(n):
+        x = x + h * f(k * h if advance else 0.0, x)
+    return x
+
+
+def _fgsm_no_clamp(model, x, y, eps):
+    x = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), x)
+    return (x + eps * g.sign()).detach()
+
+
+WRONG = {
+    "lognorm_2": [lambda A: torch.linalg.matrix_norm(A, 2),            # a norm, not a log norm
+                  lambda A: torch.linalg.eigvals(A).real.max(),         # the spectral abscissa
+                  lambda A: torch.zeros(())],
+    "certified_radius": [lambda lo, y, L: certify.margin(lo, y) / L,                # forgets √2
+                         lambda lo, y, L: certify.margin(lo, y) / (math.sqrt(2) * L),  # negative radii
+                         lambda lo, y, L: torch.zeros(lo.shape[0])],
+    "fgsm_step": [_fgsm_no_clamp,
+                  lambda m, x, y, eps: (x - eps * torch.ones_like(x)).clamp(0, 1),
+                  lambda m, x, y, eps: x.clone()],
+    "euler_resnet": [lambda f, x0, T, n: _euler(f, x0, T, n, advance=False),
+                     lambda f, x0, T, n: x0 + T * f(0.0, x0),
+                     lambda f, x0, T, n: x0],
+}
+
+
+@pytest.mark.parametrize("name", sorted(RIGHT))
+def test_check_accepts_the_right_answer(name):
+    getattr(check, name)(RIGHT[name])
+
+
+@pytest.mark.parametrize("name", sorted(RIGHT))
+def test_check_rejects_a_stub_with_a_hint(name):
+    with pytest.raises(NotImplementedError) as err:
+        getattr(check, name)(stub)
+    assert any("not implemented yet" in note for note in getattr(err.value, "__notes__", []))
+
+
+@pytest.mark.parametrize("name,k", [(n, k) for n in sorted(WRONG) for k in range(3)])
+def test_check_rejects_wrong_answers(name, k):
+    with pytest.raises(AssertionError) as err:
+        getattr(check, name)(WRONG[name][k])
+    assert "Hint" in str(err.value) or "expected" in str(err.value) or "leaves" in str(err.value)
+
+
+def test_checks_cover_every_public_check():
+    assert sorted(check.__all__) == sorted(RIGHT)
+
+
+def test_check_rejects_non_callables():
+    with pytest.raises(AssertionError, match="function"):
+        check.lognorm_2(3.0)
