@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.labkit-installed
 PYTEST_ARGS ?=
 
-.PHONY: book test smoke-book venv sample benchmark clean
+.PHONY: book test smoke-book student-book editions venv sample benchmark clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,14 @@ smoke-book: $(STAMP)
 	$(BIN)/jupyter-book clean .
 	LABKIT_MODE=smoke $(BIN)/jupyter-book build . -W -n --keep-going
 
+## The student edition of the book (no solutions; labs as student notebooks) into _build/student/html.
+student-book: $(STAMP)
+	$(BIN)/python -m labkit.course student-book
+
+## Student and solution editions of the labs, and a manifest, into course/.
+editions: $(STAMP)
+	$(BIN)/python -m labkit.course editions course
+
 ## Unit and property tests of labkit, lab checks, and every notebook and page under nbval (smoke mode).
 test: $(STAMP)
 	LABKIT_MODE=$${LABKIT_MODE:-smoke} $(BIN)/python -m pytest -n 2 --dist loadscope \
@@ -40,9 +48,9 @@ test: $(STAMP)
 sample: $(STAMP)
 	$(BIN)/python scripts/make_sample.py
 
-## Time the book's pages and the test suite on this machine.
+## Time the test suite and every page and lab (smoke and book mode); record the lab times for the book.
 benchmark: $(STAMP)
-	$(BIN)/python scripts/benchmark.py
+	$(BIN)/python scripts/benchmark.py --json book/data/lab_times.json
 
 clean:
 	-$(BIN)/jupyter-book clean . 2>/dev/null

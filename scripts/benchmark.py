@@ -29,6 +29,24 @@ def timed(cmd, env):
     return time.perf_counter() - t0, proc
 
 
+def execute(page: Path, mode: str) -> tuple[float, str | None]:
+    """Execute one page or lab in a fresh kernel in its own folder, as the book build does."""
+    import jupytext
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = jupytext.read(page) if page.suffix == ".md" else nbformat.read(page, as_version=4)
+    os.environ["LABKIT_MODE"] = mode
+    client = NotebookClient(nb, timeout=3600, kernel_name="python3",
+                            resources={"metadata": {"path": str(page.parent)}})
+    t0 = time.perf_counter()
+    try:
+        client.execute()
+    except Exception as err:  # report, keep timing the others
+        return time.perf_counter() - t0, f"{type(err).__name__}: {str(err)[-300:]}"
+    return time.perf_counter() - t0, None
+
+
 def pages():
     for page in sorted(ROOT.glob("book/*.md")) + sorted(ROOT.glob("labs/*.ipynb")):
         if page.suffix == ".md" and "kernelspec:" not in page.read_text(encoding="utf-8")[:2000]:
@@ -43,6 +61,7 @@ def main() -> int:
     parser.add_argument("--skip-book", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    os.environ.setdefault("MPLBACKEND", "Agg")
     import torch
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
@@ -59,17 +78,11 @@ def main() -> int:
         summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
         print(f"tests (smoke): {secs:6.1f} s   {summary}")
     for mode in args.modes:
-        env = dict(os.environ, LABKIT_MODE=mode, MPLBACKEND="Agg")
         for page in pages():
             rel = str(page.relative_to(ROOT))
-            # executed in the page's own folder, as the book build and nbval do
-            secs, proc = timed([str(BIN / "jupyter"), "nbconvert", "--to", "notebook", "--execute",
-                                "--stdout", "--ExecutePreprocessor.timeout=3600", rel]
-                               if page.suffix == ".ipynb" else
-                               [str(BIN / "jupytext"), "--to", "ipynb", "--execute", "--output", "-", rel], env)
-            ok = proc.returncode == 0
-            record["seconds"].setdefault(rel, {})[mode] = round(secs, 1) if ok else None
-            print(f"{rel} ({mode}): {secs:6.1f} s  {'ok' if ok else 'FAILED ' + proc.stderr.strip()[-300:]}")
+            secs, error = execute(page, mode)
+            record["seconds"].setdefault(rel, {})[mode] = None if error else round(secs, 1)
+            print(f"{rel} ({mode}): {secs:6.1f} s  {'ok' if not error else 'FAILED ' + error}")
     if not args.skip_book:
         mode = args.modes[-1]
         env = dict(os.environ, LABKIT_MODE=mode, MPLBACKEND="Agg")
