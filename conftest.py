@@ -13,7 +13,6 @@ from unittest import mock
 
 os.environ.setdefault("LABKIT_MODE", "smoke")
 os.environ.setdefault("LABKIT_OFFLINE", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 def _is_executable_page(path: Path) -> bool:

@@ -206,7 +206,7 @@ def lower_bound(f, x: torch.Tensor, *, method: str = "pairs", steps: int = 50, l
             diff_in = (a - b).flatten(1).norm(dim=1)
             q = (f(a) - f(b)).flatten(1).norm(dim=1) / diff_in.clamp_min(1e-12)
             q = torch.where(diff_in > 1e-9, q, torch.zeros_like(q))
-            best = max(best, float(q.max()))
+            best = max(best, float(q.detach().max()))
             opt.zero_grad()
             (-q.sum()).backward()
             opt.step()

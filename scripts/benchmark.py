@@ -61,7 +61,6 @@ def main() -> int:
     parser.add_argument("--skip-book", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    os.environ.setdefault("MPLBACKEND", "Agg")
     import torch
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
@@ -72,7 +71,7 @@ def main() -> int:
               "python": platform.python_version(), "torch": torch.__version__, "seconds": {}}
     print(f"machine: {record['machine']}; python {record['python']}; torch {record['torch']}; commit {commit}")
     if not args.skip_tests:
-        env = dict(os.environ, LABKIT_MODE="smoke", MPLBACKEND="Agg")
+        env = dict(os.environ, LABKIT_MODE="smoke")
         secs, proc = timed([str(BIN / "python"), "-m", "pytest", "-n", "2", "--dist", "loadscope",
                             "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider", "-q"], env)
         summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
@@ -85,7 +84,7 @@ def main() -> int:
             print(f"{rel} ({mode}): {secs:6.1f} s  {'ok' if not error else 'FAILED ' + error}")
     if not args.skip_book:
         mode = args.modes[-1]
-        env = dict(os.environ, LABKIT_MODE=mode, MPLBACKEND="Agg")
+        env = dict(os.environ, LABKIT_MODE=mode)
         subprocess.run([str(BIN / "jupyter-book"), "clean", "."], cwd=ROOT, env=env, capture_output=True)
         secs, proc = timed([str(BIN / "jupyter-book"), "build", ".", "-W", "-n", "--keep-going"], env)
         record["seconds"]["whole book"] = {mode: round(secs, 1)}
