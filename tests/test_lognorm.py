@@ -1,0 +1,141 @@
+"""labkit.lognorm (Chapter 1, work in progress): worst-case log norm, gradients, stabilize."""
+import math
+
+import pytest
+import torch
+
+from labkit import lipschitz
+from labkit import lognorm as ln
+
+
+def _A(n, seed):
+    return torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("activation,bounds", [("tanh", (0, 1)), ("relu", (0, 1)), ("sigmoid", (0, 0.25)),
+                                               ("leaky_relu:0.1", (0.1, 1)), ((0.2, 0.5), (0.2, 0.5))])
+def test_slope_bounds(activation, bounds):
+    assert ln.slope_bounds(activation) == pytest.approx(bounds)
+
+
+@pytest.mark.parametrize("bad", ["swish", (0.5, 0.1), (-0.1, 1.0)])
+def test_slope_bounds_rejects(bad):
+    with pytest.raises(ValueError):
+        ln.slope_bounds(bad)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_fixed_point_equals_enumeration_up_to_n12(seed):
+    n = [4, 6, 8, 10, 12][seed % 5]
+    A = _A(n, seed)
+    for act in ("tanh", "sigmoid", "leaky_relu:0.1"):
+        exact, D = ln.worst_case_lognorm(A, act, method="enumerate")
+        found, _ = ln.worst_case_lognorm(A, act, method="fixed_point", generator=torch.Generator().manual_seed(1))
+        assert found == pytest.approx(exact, abs=1e-12)
+        assert float(lipschitz.lognorm(D @ A)) == pytest.approx(exact, abs=1e-12)  # D* attains it
+
+
+def test_worst_case_properties():
+    A = _A(7, 3)
+    mu_tanh, D = ln.worst_case_lognorm(A, "tanh")
+    mu_sig, _ = ln.worst_case_lognorm(A, "sigmoid")
+    assert mu_sig == pytest.approx(0.25 * mu_tanh)  # positive homogeneity in D
+    assert mu_tanh >= 0.0  # D = 0 is admissible
+    assert mu_tanh >= float(lipschitz.lognorm(A))  # D = I is admissible
+    assert set(torch.diagonal(D).tolist()) <= {0.0, 1.0}  # a vertex
+
+
+def test_lognorm_gradient_matches_finite_differences():
+    A, E = _A(6, 1), _A(6, 2)
+    D = torch.diag(torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0], dtype=torch.float64))
+    eps, h = 0.7, 1e-6
+    mu, G = ln.lognorm_gradient(D, A + eps * E)
+    P = _A(6, 3)
+    f = lambda t: float(lipschitz.lognorm(D @ (A + (eps * E + t * P))))  # noqa: E731
+    fd = (f(h) - f(-h)) / (2 * h)
+    assert float((G * P).sum()) == pytest.approx(fd, rel=1e-6)
+    assert mu == pytest.approx(f(0.0))
+    assert torch.linalg.matrix_rank(G) == 1
+
+
+def test_outer_derivative_matches_reoptimised_inner_value():
+    """f(ε) = min over the unit sphere of μ₂(D(A + εE)); f'(ε) = −‖D v‖ at the inner optimum."""
+    A = _A(5, 4)
+    mu, D = ln.worst_case_lognorm(A, "tanh")
+    ds = torch.diagonal(D)[None]
+
+    def f(eps):
+        _, G = ln.lognorm_gradient(D, A)
+        E = -G / G.norm()
+        for _ in range(3000):  # fixed point of the inner flow: E = −D v vᵀ / ‖D v‖
+            _, G = ln.lognorm_gradient(D, A + eps * E)
+            E_new = -G / G.norm()
+            if float((E_new - E).norm()) < 1e-14:
+                break
+            E = E_new
+        value, G = ln.lognorm_gradient(D, A + eps * E)
+        return value, float(G.norm())
+
+    eps, h = 0.3, 1e-5
+    value, dv = f(eps)
+    fd = (f(eps + h)[0] - f(eps - h)[0]) / (2 * h)
+    assert fd == pytest.approx(-dv, rel=1e-6)
+    assert ds.shape == (1, 5)
+
+
+def test_inner_step_stays_on_sphere_and_descends():
+    A, D = _A(6, 5), torch.eye(6, dtype=torch.float64)
+    E = _A(6, 6)
+    E = E / E.norm()
+    mu, G = ln.lognorm_gradient(D, A + 0.5 * E)
+    E1 = ln.inner_step(E, G, 1e-3)
+    assert float(E1.norm()) == pytest.approx(1.0)
+    assert ln.lognorm_gradient(D, A + 0.5 * E1)[0] < mu
+
+
+@pytest.mark.parametrize("n,activation,seed", [(8, "tanh", 0), (8, "relu", 1), (10, "tanh", 2), (10, "relu", 3)])
+def test_stabilize_reaches_the_target_confirmed_by_enumeration(n, activation, seed):
+    A = _A(n, seed)
+    for delta in (0.5,):
+        res = ln.stabilize(A, delta, activation)
+        mu, _ = ln.worst_case_lognorm(A + res.delta_matrix, activation, method="enumerate")
+        assert res.converged and res.exact and res.mu_before > delta
+        assert mu <= delta + 1e-6 and res.mu_after == pytest.approx(mu)
+        assert res.norm == pytest.approx(float(res.delta_matrix.norm()))
+        # the feasible point A + Δ = 0 costs ‖A‖_F: the result is no worse
+        assert res.norm <= float(A.norm()) + 1e-9
+
+
+def test_stabilize_noop_and_infeasible_targets():
+    A = -3 * torch.eye(4, dtype=torch.float64)
+    res = ln.stabilize(A, 0.0, "tanh")
+    assert res.norm == 0.0 and res.converged and res.iterations == 0
+    with pytest.raises(ValueError, match="unreachable"):
+        ln.stabilize(_A(4, 0), -0.1, "tanh")
+    with pytest.raises(ValueError, match="unreachable"):
+        ln.stabilize(_A(4, 0), -1e-3, "relu")
+    res = ln.stabilize(_A(4, 0), -0.05, "leaky_relu:0.2")  # slopes bounded below: contractivity is reachable
+    mu, _ = ln.worst_case_lognorm(_A(4, 0) + res.delta_matrix, "leaky_relu:0.2", method="enumerate")
+    assert res.converged and mu <= -0.05 + 1e-6
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(2, 3), torch.zeros(3)])
+def test_non_square_rejected(bad):
+    with pytest.raises(ValueError, match="square"):
+        ln.worst_case_lognorm(bad)
+    with pytest.raises(ValueError, match="square"):
+        ln.stabilize(bad, 0.0)
+
+
+def test_euler_step_bound_tends_to_the_flow_bound():
+    """(1 + 2hμ* + h²‖A‖²)^(N/2) → e^{Tμ*} as h = T/N → 0, and it bounds ‖I + hDA‖ for every D."""
+    mu, a = 0.3, 2.0
+    assert ln.euler_step_bound(mu, a, 1e-4) ** 10000 == pytest.approx(math.exp(mu), rel=1e-3)
+    A = _A(5, 7)
+    mu_star, _ = ln.worst_case_lognorm(A, "tanh")
+    A_norm = float(torch.linalg.matrix_norm(A, 2))
+    for code in range(32):
+        d = torch.tensor([(code >> i) & 1 for i in range(5)], dtype=torch.float64)
+        for h in (0.05, 0.5):
+            step = float(torch.linalg.matrix_norm(torch.eye(5, dtype=torch.float64) + h * torch.diag(d) @ A, 2))
+            assert step <= ln.euler_step_bound(mu_star, A_norm, h) + 1e-12
