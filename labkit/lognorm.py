@@ -6,9 +6,8 @@ with entries in the closure of ``σ'(ℝ)`` (Chapter 0, Theorem *Lipschitz bound
 :func:`worst_case_lognorm` computes ``μ*``; :func:`stabilize` finds a small Frobenius-norm
 ``Δ`` with ``μ*(A + Δ) ≤ δ`` by the paper's two-level method with cutting planes.
 
-Work in progress (issue 4): the classifier, its training mode, Chapter 1 and Lab 1 are still to
-come, and ``stabilize``'s ``‖Δ‖_F`` is a few per cent above a general-purpose solver's optimum
-on small problems (the inner squared-hinge flow stalls near the boundary).
+:class:`ODEClassifier` is a classifier of the paper's shape and :class:`StabilizeEachEpoch`
+embeds the correction in training.
 """
 from __future__ import annotations
 
@@ -21,7 +20,8 @@ from torch import nn
 from . import _validate
 
 __all__ = ["slope_bounds", "worst_case_lognorm", "lognorm_gradient", "inner_step", "stabilize",
-           "StabilizeResult", "euler_step_bound"]
+           "StabilizeResult", "stabilize_slsqp", "euler_step_bound", "ODEClassifier", "stabilize_model",
+           "StabilizeEachEpoch"]
 
 _SLOPES = {"tanh": (0.0, 1.0), "relu": (0.0, 1.0), "sigmoid": (0.0, 0.25)}
 ENUMERATION_MAX_N = 16
@@ -286,3 +286,124 @@ def euler_step_bound(mu_star: float, A_norm: float, h: float, hi: float = 1.0) -
     """A certified Lipschitz constant of one Euler step ``x ↦ x + h σ(Ax + b)``:
     ``‖I + hDA‖₂ ≤ sqrt(1 + 2hμ* + h² u² ‖A‖₂²)`` (Chapter 1, *Euler map versus flow*)."""
     return math.sqrt(max(0.0, 1 + 2 * h * mu_star + (h * hi * A_norm) ** 2))
+
+
+def _all_vertices(n, lo, hi):
+    return torch.cat(list(_vertices(n, lo, hi)))
+
+
+def stabilize_slsqp(A, delta, activation="tanh", *, vertices=None, restarts: int = 3, seed: int = 0,
+                    maxiter: int = 500, feas_tol: float = 1e-6):
+    """Reference solution of the same problem by a general-purpose solver (scipy's SLSQP).
+
+    Minimises ``½‖Δ‖_F²`` subject to ``μ₂(D(A + Δ)) ≤ δ`` for every ``D`` in ``vertices``
+    (default: all ``2ⁿ`` vertices) with exact constraint gradients ``D v vᵀ``, from ``Δ = 0``
+    and ``restarts − 1`` random starts. Returns ``(Δ, ‖Δ‖_F)`` of the best result whose
+    constraints hold within ``feas_tol``, or ``(None, inf)`` if none does. Used by the tests
+    and ``scripts/bench_stabilize.py`` as the baseline (Chapter 1, *Reproduction*).
+    """
+    import numpy as np
+    from scipy.optimize import minimize
+
+    M0 = _matrix(A)
+    n = M0.shape[0]
+    lo, hi = slope_bounds(activation)
+    ds = _all_vertices(n, lo, hi) if vertices is None else torch.as_tensor(vertices, dtype=torch.float64)
+
+    def cons(x):
+        w, _ = _top(ds, M0 + torch.as_tensor(x).reshape(n, n))
+        return (float(delta) - w).numpy()
+
+    def jac(x):
+        _, V = _top(ds, M0 + torch.as_tensor(x).reshape(n, n))
+        return -torch.einsum("ki,kj->kij", ds * V, V).reshape(len(ds), -1).numpy()
+
+    rng = np.random.default_rng(seed)
+    scale = float(M0.norm()) / n
+    best, best_norm = None, math.inf
+    for r in range(restarts):
+        x0 = np.zeros(n * n) if r == 0 else rng.normal(size=n * n) * 0.1 * scale
+        res = minimize(lambda x: 0.5 * x @ x, x0, jac=lambda x: x, method="SLSQP",
+                       constraints=[{"type": "ineq", "fun": cons, "jac": jac}],
+                       options={"maxiter": maxiter, "ftol": 1e-12})
+        if cons(res.x).min() >= -feas_tol and np.linalg.norm(res.x) < best_norm:
+            best, best_norm = torch.as_tensor(res.x).reshape(n, n), float(np.linalg.norm(res.x))
+    return best, best_norm
+
+
+class ODEClassifier(nn.Module):
+    """Linear lift → neural ODE block ``ẋ = σ(Ax + b)`` on ``[0, T]`` → linear head (Chapter 1).
+
+    The block is integrated by ``steps`` explicit Euler steps (a weight-tied residual network,
+    :class:`labkit.odes.EulerResNet`). With ``unit_norm=True`` the lift and head use
+    ``W / ‖W‖₂`` so they cannot undo the control of the block by growing (Chapter 1, *Pitfalls*).
+    """
+
+    def __init__(self, in_features: int = 784, width: int = 12, classes: int = 10, T: float = 1.0,
+                 steps: int = 10, activation: str = "tanh", unit_norm: bool = False):
+        super().__init__()
+        from .odes import EulerResNet, VectorField
+
+        self.activation = activation
+        slope_bounds(activation)
+        self.lift = nn.Linear(_validate.positive_int(in_features, "in_features"),
+                              _validate.positive_int(width, "width"))
+        self.field = VectorField(width, activation=activation)
+        self.block = EulerResNet(self.field, T, steps)
+        self.head = nn.Linear(width, _validate.positive_int(classes, "classes"))
+        self.unit_norm = bool(unit_norm)
+
+    @property
+    def A(self) -> torch.Tensor:
+        """The block's weight matrix ``A``."""
+        return self.field.A.weight
+
+    def _linear(self, layer, z):
+        W = layer.weight
+        if self.unit_norm:
+            W = W / torch.linalg.matrix_norm(W, ord=2)
+        return nn.functional.linear(z, W, layer.bias)
+
+    def forward(self, x):
+        return self._linear(self.head, self.block(self._linear(self.lift, x.flatten(1))))
+
+    @torch.no_grad()
+    def certificate(self) -> dict:
+        """Certified l2 bounds: ``μ*`` of ``A``, the flow's ``e^{Tμ*}``, the Euler network's
+        ``∏ sqrt(1 + 2hμ* + h²u²‖A‖²)`` and the whole classifier's ``‖W_head‖ · Euler · ‖W_lift‖``
+        (exact ``μ*`` by enumeration up to width 16; beyond, a lower estimate, flagged)."""
+        mu, _ = worst_case_lognorm(self.A, self.activation)
+        _, hi = slope_bounds(self.activation)
+        h, steps, T = self.block.t1 / self.block.steps, self.block.steps, self.block.t1
+        A_norm = float(torch.linalg.matrix_norm(self.A.double(), 2))
+        euler = euler_step_bound(mu, A_norm, h, hi) ** steps
+        norm = lambda W: 1.0 if self.unit_norm else float(torch.linalg.matrix_norm(W.double(), 2))  # noqa: E731
+        return {"mu_star": mu, "flow_bound": math.exp(T * mu), "euler_bound": euler,
+                "lipschitz_bound": norm(self.head.weight) * euler * norm(self.lift.weight),
+                "exact": self.A.shape[0] <= ENUMERATION_MAX_N}
+
+
+def stabilize_model(model: ODEClassifier, delta: float, **options) -> StabilizeResult:
+    """Replace the block's ``A`` by ``A + Δ`` from :func:`stabilize` (in place; Chapter 1)."""
+    res = stabilize(model.A, delta, model.activation, **options)
+    with torch.no_grad():
+        model.A.add_(res.delta_matrix.to(model.A.dtype))
+    return res
+
+
+class StabilizeEachEpoch:
+    """Training hook for ``labkit.train.fit(after_epoch=...)``: stabilise ``A`` after every epoch
+    and record ``μ*`` before and after (Chapter 1, *Stabilised training*).
+
+    Why once per epoch: a correction costs many eigenproblems, and the optimiser's steps move
+    ``A`` only a little within an epoch; correcting after the last epoch guarantees that the
+    returned model satisfies the bound, which is what the certificate needs.
+    """
+
+    def __init__(self, delta: float, **options):
+        self.delta, self.options, self.history = float(delta), {"rel_tol": 1e-4, **options}, []
+
+    def __call__(self, model, epoch):
+        res = stabilize_model(model, self.delta, **self.options)
+        self.history.append({"epoch": epoch + 1, "mu_before": res.mu_before, "mu_after": res.mu_after,
+                             "norm": res.norm, "converged": res.converged})

@@ -86,11 +86,12 @@ def evaluate(model, data: Dataset, *, batch_size: int = 512, device=None, loss_f
 def fit(model, train_data: Dataset, epochs: int, *, batch_size: int = 128, lr: float = 1e-3,
         optimizer=None, loss_fn=None, val_data: Dataset | None = None, device=None,
         seed: int = 0, checkpoint=None, progress: bool | None = None,
-        after_step=None) -> History:
+        after_step=None, after_epoch=None) -> History:
     """Train ``model`` on ``train_data`` for ``epochs`` epochs; return a :class:`History`.
 
     Defaults: Adam with learning rate ``lr``, cross-entropy loss. ``after_step(model)`` is
-    called after each optimiser step (later chapters use it to project or stabilise weights).
+    called after each optimiser step and ``after_epoch(model, epoch)`` after each epoch, before
+    validation and the checkpoint (later chapters use them to project or stabilise weights).
     With ``checkpoint=path`` the state is saved after every epoch and, if the file exists when
     ``fit`` starts, training resumes from it, giving the same final weights as a run that was
     never interrupted. Progress bars are shown except in smoke mode.
@@ -141,6 +142,8 @@ def fit(model, train_data: Dataset, epochs: int, *, batch_size: int = 128, lr: f
             correct += int((out.argmax(1) == yb).sum())
             total += yb.shape[0]
             bar.set_postfix(loss=f"{loss_sum / total:.4f}", acc=f"{correct / total:.3f}")
+        if after_epoch is not None:
+            after_epoch(model, epoch)
         history.loss.append(loss_sum / total)
         history.accuracy.append(correct / total)
         if val_data is not None:
