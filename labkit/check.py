@@ -12,7 +12,8 @@ import math
 
 import torch
 
-__all__ = ["lognorm_2", "certified_radius", "fgsm_step", "euler_resnet"]
+__all__ = ["lognorm_2", "certified_radius", "fgsm_step", "euler_resnet", "lognorm_inf",
+           "rank_one_gradient", "controlled_inner_step"]
 
 
 def _call(fn, *args):
@@ -113,3 +114,81 @@ def euler_resnet(fn) -> None:
     _close(_call(fn, ft, torch.zeros(1, 1, dtype=torch.float64), 1.0, 4),
            torch.tensor([[(0 + 0.25 + 0.5 + 0.75) * 0.25]], dtype=torch.float64),
            "Euler steps on ẋ = t", "the k-th step evaluates f at t_k = k·h.")
+
+
+def lognorm_inf(fn) -> None:
+    """Lab 1, exercise 1: ``fn(A)`` returns μ_∞(A), the log norm induced by the max norm."""
+    g = torch.Generator().manual_seed(5)
+    cases = [torch.tensor([[-3.0, 1.0], [2.0, -1.0]], dtype=torch.float64),  # rows: -2, 1
+             torch.tensor([[0.0, -4.0], [4.0, 0.0]], dtype=torch.float64)]   # skew: 4, not 0
+    cases += [torch.randn(n, n, generator=g, dtype=torch.float64) for n in (3, 5)]
+    for A in cases:
+        expected = (A.diagonal() + A.abs().sum(1) - A.diagonal().abs()).max()
+        _close(_call(fn, A.clone()), expected, f"μ_∞ of a {A.shape[0]}×{A.shape[0]} matrix",
+               "row i contributes its diagonal entry (with its sign) plus the absolute values of "
+               "the other entries of the row; take the largest row.")
+    A = cases[0]
+    h = 1e-7
+    limit = (torch.linalg.matrix_norm(torch.eye(2, dtype=A.dtype) + h * A, ord=float("inf")) - 1) / h
+    _close(_call(fn, A), limit, "μ_∞ against its definition as a limit", "see the definition.", rtol=1e-5)
+
+
+def rank_one_gradient(fn) -> None:
+    """Lab 1, exercise 2: ``fn(D, M)`` returns the gradient of μ₂(DM) with respect to M."""
+    g = torch.Generator().manual_seed(7)
+    for n in (3, 6):
+        M = torch.randn(n, n, generator=g, dtype=torch.float64)
+        D = torch.diag((torch.rand(n, generator=g) < 0.6).double())
+        D[0, 0] = 1.0
+        P = torch.randn(n, n, generator=g, dtype=torch.float64)
+        h = 1e-6
+        mu = lambda X: torch.linalg.eigvalsh(0.5 * (D @ X + (D @ X).T))[-1]  # noqa: E731
+        fd = (mu(M + h * P) - mu(M - h * P)) / (2 * h)
+        G = _call(fn, D.clone(), M.clone())
+        if not isinstance(G, torch.Tensor) or G.shape != M.shape:
+            raise AssertionError(f"expected an {n}×{n} tensor, got {getattr(G, 'shape', type(G).__name__)}.")
+        _close((G * P).sum(), fd, f"directional derivative of μ₂(DM) ({n}×{n})",
+               "with v the top unit eigenvector of sym(DM), μ₂ = vᵀ D M v; differentiate in M.",
+               rtol=1e-5, atol=1e-8)
+        if int(torch.linalg.matrix_rank(G)) != 1:
+            raise AssertionError("the gradient should have rank one.")
+
+
+def controlled_inner_step(fn) -> None:
+    """Lab 1, exercise 3: ``fn(E, G, h, value, theta)`` performs one inner step with step control.
+
+    ``value(E)`` returns (μ, G) at a point of the sphere. The step tries ``E + h g`` with
+    ``g = −G + ⟨G, E⟩E``, renormalised; while μ does not decrease it divides ``h`` by ``theta``;
+    it returns ``(E_new, h_new)`` with ``h_new = theta · h_accepted``.
+    """
+    from .lognorm import inner_step, lognorm_gradient
+
+    g = torch.Generator().manual_seed(9)
+    A = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    D = torch.diag(torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0], dtype=torch.float64))
+    eps = 0.8
+    value = lambda E: lognorm_gradient(D, A + eps * E)  # noqa: E731
+    E = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    for _ in range(30):  # start near the inner optimum E = −G/‖G‖, where long steps overshoot
+        E = -value(E / E.norm())[1]
+    E = E / E.norm() + 0.05 * torch.randn(5, 5, generator=g, dtype=torch.float64)
+    E = E / E.norm()
+    mu0, G0 = value(E)
+    big = next(h for h in (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
+               if value(inner_step(E, G0, h))[0] >= mu0)  # a step this long overshoots
+    for h0 in (0.01, big):  # a small step is accepted at once; a long one must be shrunk
+        mu, G = value(E)
+        h = h0
+        while True:
+            cand = inner_step(E, G, h)
+            if value(cand)[0] < mu:
+                break
+            h /= 1.3
+        got = _call(fn, E.clone(), G.clone(), h0, value, 1.3)
+        if not (isinstance(got, tuple) and len(got) == 2):
+            raise AssertionError("return a pair (E_new, h_new).")
+        E_new, h_new = got
+        _close(torch.as_tensor(E_new).norm(), 1.0, "‖E_new‖_F", "renormalise onto the unit sphere.")
+        _close(E_new, cand, f"E_new from h = {h0}", "step along −G + ⟨G,E⟩E, renormalise, and shrink h "
+               "by theta until μ decreases.", rtol=1e-8, atol=1e-10)
+        _close(h_new, 1.3 * h, f"h_new from h = {h0}", "after an accepted step, grow h by theta.")

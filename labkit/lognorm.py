@@ -201,6 +201,7 @@ class StabilizeResult:
     working_set: int
     exact: bool
     history: list = field(default_factory=list)
+    vertices: torch.Tensor | None = None  # the working set's diagonals, one row per vertex
 
 
 def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float = 1e-6,
@@ -235,7 +236,7 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
     mu0, D0 = worst(A)
     zero = torch.zeros_like(A)
     if mu0 <= delta:
-        return StabilizeResult(zero, 0.0, mu0, mu0, delta, 0, 0, True, 0, exact)
+        return StabilizeResult(zero, 0.0, mu0, mu0, delta, 0, 0, True, 0, exact, [], torch.diagonal(D0)[None])
     # a feasible point: A + Δ = -c I gives μ₂(D(-cI)) = -c·min(d) ≤ δ
     c = max(0.0, -delta) / lo if lo > 0 else 0.0
     feasible = -c * torch.eye(n, dtype=A.dtype) - A
@@ -279,7 +280,7 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
         E = E_hi.clone()
     Delta = eps_hi * E_hi
     return StabilizeResult(Delta, float(Delta.norm()), mu0, mu_after, delta, iterations, rounds,
-                           converged, int(ds.shape[0]), exact, history)
+                           converged, int(ds.shape[0]), exact, history, ds)
 
 
 def euler_step_bound(mu_star: float, A_norm: float, h: float, hi: float = 1.0) -> float:

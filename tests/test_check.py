@@ -6,13 +6,27 @@ import torch
 import torch.nn.functional as F
 
 from labkit import attacks, certify, check, lipschitz
+from labkit import lognorm as ln
 
 
 def stub(*args):
     raise NotImplementedError()
 
 
+def _inner_ok(E, G, h, value, theta):
+    from labkit.lognorm import inner_step
+    mu = value(E)[0]
+    while True:
+        cand = inner_step(E, G, h)
+        if value(cand)[0] < mu:
+            return cand, theta * h
+        h /= theta
+
+
 RIGHT = {
+    "lognorm_inf": lambda A: lipschitz.lognorm(A, "inf"),
+    "rank_one_gradient": lambda D, M: ln.lognorm_gradient(D, M)[1],
+    "controlled_inner_step": _inner_ok,
     "lognorm_2": lambda A: lipschitz.lognorm(A, 2),
     "certified_radius": certify.certified_radius,
     "fgsm_step": attacks.fgsm,
@@ -34,6 +48,15 @@ def _fgsm_no_clamp(model, x, y, eps):
 
 
 WRONG = {
+    "lognorm_inf": [lambda A: torch.linalg.matrix_norm(A, float("inf")),      # the norm itself
+                    lambda A: lipschitz.lognorm(A, 1),                         # columns, not rows
+                    lambda A: lipschitz.lognorm(A, 2)],
+    "rank_one_gradient": [lambda D, M: ln.lognorm_gradient(D, M)[1].T,        # transposed
+                          lambda D, M: torch.outer(*[torch.linalg.eigh(0.5 * (D @ M + (D @ M).T))[1][:, -1]] * 2),
+                          lambda D, M: D @ M],
+    "controlled_inner_step": [lambda E, G, h, value, theta: (E - h * G, theta * h),      # not renormalised
+                              lambda E, G, h, value, theta: (ln.inner_step(E, G, h), theta * h),  # no control
+                              lambda E, G, h, value, theta: (_inner_ok(E, G, h, value, theta)[0], h)],
     "lognorm_2": [lambda A: torch.linalg.matrix_norm(A, 2),            # a norm, not a log norm
                   lambda A: torch.linalg.eigvals(A).real.max(),         # the spectral abscissa
                   lambda A: torch.zeros(())],
