@@ -71,19 +71,15 @@ def _vertices(n: int, lo: float, hi: float, chunk: int = 8192):
         yield lo + (hi - lo) * b
 
 
-def _enumerate(M, lo, hi, k=1):
-    """The k vertices with the largest μ₂(DM), best first (values, diagonals)."""
-    vals, ds = [], []
+def _enumerate(M, lo, hi):
+    """The vertex with the largest μ₂(DM): (value, diagonal)."""
+    best, best_d = -math.inf, None
     for d in _vertices(M.shape[0], lo, hi):
         w, _ = _top(d, M)
-        top = torch.topk(w, min(k, len(w)))
-        vals.append(top.values)
-        ds.append(d[top.indices])
-    vals, ds = torch.cat(vals), torch.cat(ds)
-    top = torch.topk(vals, min(k, len(vals)))
-    if k == 1:
-        return float(top.values[0]), ds[top.indices[0]].clone()
-    return top.values, ds[top.indices]
+        i = int(torch.argmax(w))
+        if float(w[i]) > best:
+            best, best_d = float(w[i]), d[i].clone()
+    return best, best_d
 
 
 def _fixed_point(M, lo, hi, restarts, generator, max_iter=100):
@@ -211,7 +207,7 @@ class StabilizeResult:
 
 def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float = 1e-6,
               max_rounds: int = 60, inner_maxit: int = 300, h0: float = 1.0, theta: float = 1.3,
-              method: str = "auto", restarts: int = 32, cuts: int = 1, generator=None) -> StabilizeResult:
+              method: str = "auto", restarts: int = 32, generator=None) -> StabilizeResult:
     """Smallest Frobenius-norm ``Δ`` with ``max_D μ₂(D(A + Δ)) ≤ δ`` (Chapter 1, Algorithm 1).
 
     Two levels: for a size ``ε`` the *inner* level moves a direction ``E`` (``‖E‖_F = 1``) along
@@ -219,8 +215,7 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
     control; the *outer* level finds the smallest feasible ``ε`` by Newton steps
     ``ε ← ε + (f(ε) − δ)/‖D v‖`` safeguarded by bisection. The maximum over all vertices ``D``
     is handled by cutting planes: a working set of vertices grows by the worst vertex of the
-    current ``A + Δ`` (and, with enumeration, up to ``cuts`` most violated vertices per round)
-    until the worst vertex satisfies the bound (within ``tol``). ``converged``
+    current ``A + Δ`` until that worst vertex satisfies the bound (within ``tol``). ``converged``
     says the final check passed; ``exact`` says it was by enumeration (``n ≤ 16``).
 
     Raises ``ValueError`` for an unreachable target: with ``ℓ = 0`` (tanh, ReLU, sigmoid)
@@ -282,13 +277,7 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
         if mu_after <= delta + tol:
             converged = True
             break
-        new = torch.diagonal(D_w)[None]
-        if exact and cuts > 1:  # add the `cuts` most violated vertices at once: fewer rounds
-            vals, cand = _enumerate(A + eps_hi * E_hi, lo, hi, k=cuts)
-            new = torch.cat([new, cand[vals > delta + tol]])
-        known = {tuple(row.tolist()) for row in ds}
-        new = [row for row in new if tuple(row.tolist()) not in known]
-        ds = torch.cat([ds, torch.stack(new)]) if new else ds
+        ds = torch.cat([ds, torch.diagonal(D_w)[None]])
         E = E_hi.clone()
     Delta = eps_hi * E_hi
     return StabilizeResult(Delta, float(Delta.norm()), mu0, mu_after, delta, iterations, rounds,
