@@ -25,6 +25,7 @@ __all__ = ["slope_bounds", "worst_case_lognorm", "lognorm_gradient", "inner_step
 
 _SLOPES = {"tanh": (0.0, 1.0), "relu": (0.0, 1.0), "sigmoid": (0.0, 0.25)}
 ENUMERATION_MAX_N = 16
+_MEMORY = 5
 
 
 def slope_bounds(activation) -> tuple[float, float]:
@@ -63,54 +64,81 @@ def _top(d: torch.Tensor, M: torch.Tensor):
     return w[:, -1], V[:, :, -1]
 
 
+def _pick(upper: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """The vertex with entry ``u`` where ``upper`` is true and ``ℓ`` elsewhere (exactly, in float64)."""
+    f = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
+    return torch.where(upper, f(hi), f(lo))
+
+
 def _vertices(n: int, lo: float, hi: float, chunk: int = 8192):
     codes = torch.arange(2 ** n)
     bits = torch.arange(n)
     for part in codes.split(chunk):
-        b = ((part[:, None] >> bits) & 1).to(torch.float64)
-        yield lo + (hi - lo) * b
+        yield _pick(((part[:, None] >> bits) & 1).bool(), lo, hi)
 
 
-def _enumerate(M, lo, hi):
-    """The vertex with the largest μ₂(DM): (value, diagonal)."""
-    best, best_d = -math.inf, None
+def _enumerate(M, lo, hi, keep=1):
+    """The ``keep`` vertices with the largest μ₂(DM), best first: (values, diagonals)."""
+    best_w = torch.empty(0, dtype=M.dtype)
+    best_d = torch.empty(0, M.shape[0], dtype=M.dtype)
     for d in _vertices(M.shape[0], lo, hi):
-        w, _ = _top(d, M)
-        i = int(torch.argmax(w))
-        if float(w[i]) > best:
-            best, best_d = float(w[i]), d[i].clone()
-    return best, best_d
+        DM = d[:, :, None] * M
+        w = torch.linalg.eigvalsh(0.5 * (DM + DM.mT))[:, -1]  # values only: 2-3x cheaper than eigh
+        best_w, idx = torch.cat([best_w, w]).topk(min(keep, len(best_w) + len(w)))
+        best_d = torch.cat([best_d, d])[idx]
+    return best_w, best_d
 
 
-def _fixed_point(M, lo, hi, restarts, generator, max_iter=100):
-    """Vertex fixed point ``d_i ← u if v_i (M v)_i > 0 else ℓ`` from several starts, each
-    finished by single-coordinate flips while they increase μ₂ (a 1-opt local search)."""
+def _local_maxima(M, lo, hi, starts, max_iter=100, flips=16):
+    """Vertex fixed point ``d_i ← u if v_i (M v)_i > 0 else ℓ`` from each start (rows of
+    ``starts``, all advanced together), each finished by single-coordinate flips while one
+    increases μ₂ (1-opt local search; only the ``flips`` coordinates whose first-order loss
+    ``|v_i (M v)_i|`` is smallest are tried, all of them when ``n ≤ flips``). Every accepted move
+    strictly increases μ₂. Returns the values and the local maxima."""
+    d = starts.to(M.dtype).clone()
+    K, n = d.shape
+    nf = min(flips, n)
+    lo_t, hi_t = torch.tensor(lo, dtype=M.dtype), torch.tensor(hi, dtype=M.dtype)
+    mu, v = _top(d, M)
+    running = torch.arange(K)
+    for _ in range(max_iter):
+        if len(running) == 0:
+            break
+        dr, vr, mur = d[running], v[running], mu[running]
+        grad = vr * (vr @ M.T)  # ∂μ₂(DM)/∂d_i = v_i (M v)_i: the linearisation's best vertex
+        new = torch.where(grad > 0, hi_t, lo_t)
+        w_new, v_new = _top(new, M)
+        stuck = (w_new <= mur + 1e-15).nonzero().squeeze(1)
+        if len(stuck) and nf:  # no gain from the fixed point: try single flips, smallest first-order loss first
+            order = grad[stuck].abs().argsort(dim=1)[:, :nf]
+            cand = dr[stuck][:, None, :].repeat(1, nf, 1)
+            rows = torch.arange(len(stuck))[:, None]
+            flipped = torch.where(dr[stuck][rows, order] > 0.5 * (lo + hi), lo_t, hi_t)
+            cand[rows, torch.arange(nf)[None, :], order] = flipped
+            w_c, v_c = _top(cand.reshape(-1, n), M)
+            w_c, v_c = w_c.reshape(-1, nf), v_c.reshape(-1, nf, n)
+            k = w_c.argmax(1)
+            pick = torch.arange(len(stuck))
+            new[stuck], w_new[stuck], v_new[stuck] = cand[pick, k], w_c[pick, k], v_c[pick, k]
+        moved = w_new > mur + 1e-15
+        idx = running[moved]
+        d[idx], mu[idx], v[idx] = new[moved], w_new[moved], v_new[moved]
+        running = idx
+    return mu, d
+
+
+def _random_vertices(k, n, lo, hi, generator):
+    return _pick(torch.rand(k, n, generator=generator) < 0.5, lo, hi)
+
+
+def _fixed_point(M, lo, hi, restarts, generator, flips=16):
+    """Best local maximum from the all-``u`` vertex and ``restarts − 1`` random vertices."""
     n = M.shape[0]
-    starts = [torch.full((n,), hi, dtype=torch.float64)]
-    starts += [lo + (hi - lo) * (torch.rand(n, generator=generator, dtype=torch.float64) < 0.5).double()
-               for _ in range(max(restarts - 1, 0))]
-    flips = torch.eye(n, dtype=torch.bool)
-    best, best_d = -math.inf, None
-    for d in starts:
-        mu = float(_top(d[None], M)[0][0])
-        for _ in range(max_iter):
-            w, V = _top(d[None], M)
-            v = V[0]
-            grad = v * (M @ v)  # ∂μ₂(DM)/∂d_i = v_i (M v)_i: the linearisation's best vertex
-            new = torch.where(grad > 0, torch.tensor(hi, dtype=M.dtype), torch.tensor(lo, dtype=M.dtype))
-            mu_new = float(_top(new[None], M)[0][0])
-            if mu_new <= mu + 1e-15:
-                # no gain from the fixed point: try every single flip at once
-                cand = torch.where(flips, lo + hi - d, d)
-                w_c, _ = _top(cand, M)
-                k = int(torch.argmax(w_c))
-                if float(w_c[k]) <= mu + 1e-15:
-                    break
-                new, mu_new = cand[k], float(w_c[k])
-            d, mu = new, mu_new
-        if mu > best:
-            best, best_d = mu, d.clone()
-    return best, best_d
+    starts = torch.cat([torch.full((1, n), hi, dtype=torch.float64),
+                        _random_vertices(max(restarts - 1, 0), n, lo, hi, generator)])
+    mus, ds = _local_maxima(M, lo, hi, starts, flips=flips)
+    k = int(torch.argmax(mus))
+    return float(mus[k]), ds[k]
 
 
 def worst_case_lognorm(A, activation="tanh", *, method: str = "auto", restarts: int = 32,
@@ -131,7 +159,8 @@ def worst_case_lognorm(A, activation="tanh", *, method: str = "auto", restarts: 
     if method == "enumerate":
         if M.shape[0] > 24:
             raise ValueError(f"enumeration of 2^{M.shape[0]} vertices is out of reach; use 'fixed_point'.")
-        mu, d = _enumerate(M, lo, hi)
+        mus, ds = _enumerate(M, lo, hi)
+        mu, d = float(mus[0]), ds[0]
     elif method == "fixed_point":
         mu, d = _fixed_point(M, lo, hi, _validate.positive_int(restarts, "restarts"), generator)
     else:
@@ -149,11 +178,24 @@ def lognorm_gradient(D, M):
 
 
 def _hinge(E, eps, A, ds, delta):
-    """Squared-hinge value F and its gradient G (in E, up to the factor ε) over the working set."""
-    w, V = _top(ds, A + eps * E)
+    """Squared hinge ``F = ½ Σ_D ‖(sym(D(A + εE)) − δI)₊‖_F²`` over the working set, its gradient
+    ``G = Σ_D Σ_j r_j D v_j v_jᵀ`` in ``E`` (up to the factor ε; ``r_j = (λ_j − δ)₊``) and the
+    largest ``μ₂``. Every eigenvalue above ``δ`` counts, not only the top one: ``F`` has the same
+    zeros as the top-eigenvalue hinge but stays differentiable where that eigenvalue is multiple,
+    which is where the minimisation over ``E`` drives it (Chapter 1, *Pitfalls*)."""
+    DM = ds[:, :, None] * (A + eps * E)
+    S = 0.5 * (DM + DM.mT)
+    top = torch.linalg.eigvalsh(S)[:, -1]  # values first; vectors only where a constraint is violated
+    fmax = float(top.max())
+    act = top > delta
+    if not bool(act.any()):
+        return 0.0, torch.zeros_like(E), fmax
+    w, V = torch.linalg.eigh(S[act])
     r = (w - delta).clamp(min=0)
-    G = (r[:, None] * ds * V).T @ V  # Σ_k r_k (D_k v_k) v_kᵀ
-    return 0.5 * float((r ** 2).sum()), G, float(w.max())
+    m = int((r > 0).sum(1).max())  # eigenvalues come sorted: only the last m columns are active
+    r, V = r[:, -m:], V[:, :, -m:]
+    G = torch.einsum("ki,kij,klj->il", ds[act], V * r[:, None, :], V)
+    return 0.5 * float((r ** 2).sum()), G, fmax
 
 
 def inner_step(E, G, h):
@@ -164,27 +206,61 @@ def inner_step(E, G, h):
     return new / new.norm()
 
 
-def _inner(A, eps, E, ds, delta, *, maxit, h0, theta, tol):
-    """Minimise the squared hinge on the sphere; stop as soon as every constraint of the working
-    set holds within ``tol`` (the hinge approaches the feasible set's boundary only in the limit)."""
-    target = delta
-    f, G, fmax = _hinge(E, eps, A, ds, target)
-    h = h0
+def _inner(A, eps, E, ds, delta, *, maxit, h, theta, tol, gtol, enough=None):
+    """Minimise the squared hinge on the sphere from ``E``: explicit steps of the projected flow
+    with step control (the step is proposed by Barzilai–Borwein from the last two iterates and
+    shrunk by ``theta`` until the value decreases). Stops as soon as every constraint of the
+    working set holds within ``tol``, at a stationary point (projected gradient below ``gtol``
+    times the gradient), or when ``enough(E, F, G, fmax)`` says the outer level has what it needs.
+    Returns ``E, F, G, max μ₂`` and the last step."""
+    f, G, fmax = _hinge(E, eps, A, ds, delta)
+    E_prev = g_prev = None
+    recent = [f]
     for _ in range(maxit):
         g = -G + (G * E).sum() * E
-        if fmax <= delta + tol or float(g.norm()) <= 1e-15:
+        if (fmax <= delta + tol or float(g.norm()) <= gtol * float(G.norm())
+                or (enough is not None and enough(E, f, G, fmax))):
             break
+        if E_prev is not None:
+            s, y = E - E_prev, g_prev - g
+            sy = float((s * y).sum())
+            if sy > 0:
+                h = float((s * s).sum()) / sy
         for _ in range(60):  # step control: shrink until the value decreases
             E_new = inner_step(E, G, h)
-            f_new, G_new, fmax_new = _hinge(E_new, eps, A, ds, target)
-            if f_new < f:
+            f_new, G_new, fmax_new = _hinge(E_new, eps, A, ds, delta)
+            if f_new < max(recent):
                 break
             h /= theta
         else:
             break
+        recent = (recent + [f_new])[-_MEMORY:]
+        E_prev, g_prev = E, g
         E, f, G, fmax = E_new, f_new, G_new, fmax_new
-        h *= theta
-    return E, f, G, fmax
+    return E, f, G, fmax, h
+
+
+def _lower_bound(eps, E, F, G) -> float:
+    """A certified lower bound on the smallest feasible ``‖Δ‖_F`` for the working set.
+
+    ``φ(Δ) = √(2F) = ‖(λ(sym(D(A + Δ))) − δ)₊‖`` is convex in ``Δ`` with gradient ``G/φ``, so
+    every feasible ``Δ`` (``φ = 0``) satisfies ``0 ≥ φ + ⟨G/φ, Δ − εE⟩``, hence
+    ``‖Δ‖ ≥ (2F − ε⟨G, E⟩)/‖G‖``. At a stationary ``E = −G/‖G‖`` this is the Newton step on ``√(2F)``."""
+    g = float(G.norm())
+    return (2 * F - eps * float((G * E).sum())) / g if F > 0 and g > 0 else -math.inf
+
+
+def _repair(A, Delta, fmax, delta, lo):
+    """Make ``A + Delta`` feasible for the working set when the largest ``μ₂`` is ``δ + v``:
+    scale by ``1 − v/(δ + v)`` (``δ > 0``) or shift by ``−(v/ℓ) I`` (``ℓ > 0``), whichever moves less.
+    Both lower every ``μ₂(D·)`` of the working set to at most ``δ``. ``None`` if neither applies."""
+    v = fmax - delta
+    out = []
+    if delta > 0:
+        out.append(Delta - v / (delta + v) * (A + Delta))
+    if lo > 0:
+        out.append(Delta - v / lo * torch.eye(A.shape[0], dtype=A.dtype))
+    return min(out, key=lambda D: float(D.norm())) if out else None
 
 
 @dataclass
@@ -201,22 +277,33 @@ class StabilizeResult:
     converged: bool
     working_set: int
     exact: bool
+    lower_bound: float = 0.0  # certified: no Δ with ‖Δ‖_F below it meets the target (see stabilize)
     history: list = field(default_factory=list)
     vertices: torch.Tensor | None = None  # the working set's diagonals, one row per vertex
 
 
-def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float = 1e-6,
-              max_rounds: int = 60, inner_maxit: int = 300, h0: float = 1.0, theta: float = 1.3,
-              method: str = "auto", restarts: int = 32, generator=None) -> StabilizeResult:
+def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float = 1e-3,
+              coarse_tol: float = 1e-2, max_rounds: int = 200, inner_maxit: int = 500, gtol: float = 1e-3,
+              h0: float = 1.0, theta: float = 1.3, method: str = "auto", restarts: int = 32,
+              cuts: int = 4, cut_restarts: int = 8, cut_flips: int = 16, generator=None) -> StabilizeResult:
     """Smallest Frobenius-norm ``Δ`` with ``max_D μ₂(D(A + Δ)) ≤ δ`` (Chapter 1, Algorithm 1).
 
     Two levels: for a size ``ε`` the *inner* level moves a direction ``E`` (``‖E‖_F = 1``) along
-    the projected gradient flow of the squared hinge ``½ Σ_D (μ₂(D(A + εE)) − δ)₊²`` with step
-    control; the *outer* level finds the smallest feasible ``ε`` by Newton steps
-    ``ε ← ε + (f(ε) − δ)/‖D v‖`` safeguarded by bisection. The maximum over all vertices ``D``
-    is handled by cutting planes: a working set of vertices grows by the worst vertex of the
-    current ``A + Δ`` until that worst vertex satisfies the bound (within ``tol``). ``converged``
-    says the final check passed; ``exact`` says it was by enumeration (``n ≤ 16``).
+    the projected gradient flow of the squared hinge ``F = ½ Σ_D ‖(sym(D(A + εE)) − δI)₊‖_F²``
+    with step control; the *outer* level finds the smallest feasible ``ε`` by Newton steps on
+    ``√(2F)`` (for one active eigenvalue ``ε + (μ₂ − δ)/‖D v‖``) inside a bracket
+    ``[ε_lo, ε_hi]``. Because ``√(2F)`` is convex in ``Δ`` the Newton point is a *certified*
+    lower bound; an infeasible ``Δ`` is made feasible for the working set by a small scaling
+    (``δ > 0``) or shift (``ℓ > 0``), which gives ``ε_hi``; otherwise ``ε_hi`` comes from inner
+    solves that reach the target, with bisection. The maximum over all vertices ``D`` is handled
+    by cutting planes: a working set grows by the worst vertex of the current ``A + Δ`` until that
+    vertex satisfies the bound (within ``tol``). Rounds that add a vertex close the bracket to
+    ``coarse_tol`` (relative), the last one to ``rel_tol``.
+
+    The result's ``converged`` says the final check passed (``exact``: by enumeration, ``n ≤ 16``;
+    otherwise by the vertex fixed point with restarts), and ``lower_bound`` is a certified lower
+    bound on the optimal ``‖Δ‖_F`` (the working set is a subset of all vertices), so
+    ``norm / lower_bound − 1`` bounds the suboptimality.
 
     Raises ``ValueError`` for an unreachable target: with ``ℓ = 0`` (tanh, ReLU, sigmoid)
     ``D = 0`` is admissible and ``μ₂(0) = 0``, so ``δ < 0`` can never hold uniformly.
@@ -237,7 +324,8 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
     mu0, D0 = worst(A)
     zero = torch.zeros_like(A)
     if mu0 <= delta:
-        return StabilizeResult(zero, 0.0, mu0, mu0, delta, 0, 0, True, 0, exact, [], torch.diagonal(D0)[None])
+        return StabilizeResult(zero, 0.0, mu0, mu0, delta, 0, 0, True, 0, exact, 0.0, [],
+                               torch.diagonal(D0)[None])
     # a feasible point: A + Δ = -c I gives μ₂(D(-cI)) = -c·min(d) ≤ δ
     c = max(0.0, -delta) / lo if lo > 0 else 0.0
     feasible = -c * torch.eye(n, dtype=A.dtype) - A
@@ -245,43 +333,89 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
     ds = torch.diagonal(D0)[None].clone()
     _, G0 = lognorm_gradient(D0, A)
     E = -G0 / G0.norm() if float(G0.norm()) > 0 else feasible / eps_max
-    eps_lo, eps_hi, E_hi = 0.0, eps_max, feasible / eps_max
+    eps_lo, eps_hi, E_hi, h = 0.0, eps_max, feasible / eps_max, h0
+    certified = 0.0  # the largest certified lower bound (eps_lo may also rest on stalled inner solves)
+    can_repair = delta > 0 or lo > 0
+    rtol = max(coarse_tol, rel_tol)
     iterations, history, converged, mu_after = 0, [], False, mu0
+
+    def upper(eps, E, fmax):
+        """(‖Δ‖, Δ) of the repaired point, or None."""
+        fixed = _repair(A, eps * E, fmax, delta, lo) if can_repair else None
+        return None if fixed is None else (float(fixed.norm()), fixed)
+
+    def enough(eps):
+        def test(E, F, G, fmax):
+            lb = max(eps_lo, _lower_bound(eps, E, F, G))
+            up = upper(eps, E, fmax)
+            ub = eps_hi if up is None else min(eps_hi, up[0])
+            return ub - lb <= rtol * ub
+        return test
+
     for rounds in range(1, max_rounds + 1):
-        # check that the current upper end is still feasible for the enlarged working set
+        # the upper end must still be feasible for the enlarged working set
         _, _, fmax = _hinge(E_hi, eps_hi, A, ds, delta)
         if fmax > delta + tol:
-            eps_hi, E_hi = eps_max, feasible / eps_max
-        eps = min(max(eps_lo, 1e-12) * 1.01 if eps_lo > 0 else eps_hi / 2, eps_hi)
-        for _ in range(200):  # outer: Newton with a bisection safeguard
-            E, F, G, fmax = _inner(A, eps, E, ds, delta, maxit=inner_maxit, h0=h0, theta=theta, tol=tol)
+            up = upper(eps_hi, E_hi, fmax)
+            eps_hi, E_hi = (eps_max, feasible / eps_max) if up is None else (up[0], up[1] / up[0])
+        eps = min(eps_lo * (1 + rtol) if eps_lo > 0 else 0.5 * eps_hi, eps_hi)
+        for _ in range(200):  # outer: Newton on √(2F) inside the bracket
+            E, F, G, fmax, h = _inner(A, eps, E, ds, delta, maxit=inner_maxit, h=h, theta=theta, tol=tol,
+                                      gtol=gtol, enough=enough(eps))
             iterations += 1
+            newton = -math.inf
             if fmax <= delta + tol:
-                eps_hi, E_hi = eps, E.clone()
+                if eps < eps_hi:
+                    eps_hi, E_hi = eps, E.clone()
             else:
-                eps_lo = eps
-            if eps_hi - eps_lo <= rel_tol * eps_hi:
+                newton = _lower_bound(eps, E, F, G)
+                certified = max(certified, newton)
+                eps_lo = max(eps_lo, newton)
+                up = upper(eps, E, fmax)
+                if up is not None and up[0] < eps_hi:
+                    eps_hi, E_hi = up[0], up[1] / up[0]
+            if eps_hi - eps_lo <= rtol * eps_hi:
                 break
-            if fmax <= delta + tol:  # feasible side: the inner stopped early, f is not informative
+            if newton > eps * (1 + 0.1 * rtol):  # Newton from below; without a repair, step over the root
+                eps = newton if can_repair else newton + 0.5 * rtol * eps_lo
+            else:  # feasible, or the inner stalled: bisect
+                if fmax > delta + tol:
+                    eps_lo = max(eps_lo, eps)  # no feasible point found at eps: search above it
                 eps = 0.5 * (eps_lo + eps_hi)
-                continue
-            w, V = _top(ds, A + eps * E)
-            k = int(torch.argmax(w))
-            slope = float((ds[k] * V[k]).norm())  # |f'(ε)| = ‖D v‖ for the active vertex
-            # Newton from the infeasible side, lengthened by half so that it brackets the root
-            # (f is convex-decreasing near ε*, so plain Newton creeps up from below forever)
-            step = eps + 1.5 * (fmax - delta) / slope if slope > 0 else math.inf
-            eps = step if eps_lo < step < eps_hi else 0.5 * (eps_lo + eps_hi)
-        mu_after, D_w = worst(A + eps_hi * E_hi)
-        history.append({"round": rounds, "eps": eps_hi, "mu": mu_after, "working_set": int(ds.shape[0])})
-        if mu_after <= delta + tol:
+            eps = min(max(eps, eps_lo), eps_hi)
+        M = A + eps_hi * E_hi
+        # cutting planes: local maxima of μ₂(D M) from the all-u vertex, the working set and a few
+        # random vertices; the violated ones join the working set, up to `cuts` per round
+        starts = torch.cat([torch.full((1, n), hi, dtype=A.dtype), ds[-cut_restarts:],
+                            _random_vertices(cut_restarts, n, lo, hi, generator)])
+        mus, found = _local_maxima(M, lo, hi, starts, flips=cut_flips)
+        new = [found[i] for i in torch.argsort(mus, descending=True).tolist() if mus[i] > delta + tol]
+        fresh = []
+        for d in new:
+            if len(fresh) < cuts and not any(torch.equal(d, e) for e in list(ds) + fresh):
+                fresh.append(d)
+        mu_after = float(mus.max())
+        if not fresh and exact:  # nothing violated that the local search sees: enumerate
+            mus, found = _enumerate(M, lo, hi, keep=cuts)
+            mu_after = float(mus[0])
+            fresh = [d for m, d in zip(mus, found) if m > delta + tol]
+        elif not fresh:  # beyond enumeration: the vertex fixed point with all its restarts
+            mu_after, D_w = worst(M)
+            if mu_after > delta + tol:
+                fresh = [torch.diagonal(D_w)]
+        history.append({"round": rounds, "eps": eps_hi, "lower_bound": certified, "mu": mu_after,
+                        "working_set": int(ds.shape[0])})
+        E = E_hi.clone()
+        if fresh:
+            ds = torch.cat([ds, torch.stack(fresh)])
+        elif rtol > rel_tol:  # feasible at the coarse tolerance: refine, then check again
+            rtol = rel_tol
+        else:
             converged = True
             break
-        ds = torch.cat([ds, torch.diagonal(D_w)[None]])
-        E = E_hi.clone()
     Delta = eps_hi * E_hi
     return StabilizeResult(Delta, float(Delta.norm()), mu0, mu_after, delta, iterations, rounds,
-                           converged, int(ds.shape[0]), exact, history, ds)
+                           converged, int(ds.shape[0]), exact, certified, history, ds)
 
 
 def euler_step_bound(mu_star: float, A_norm: float, h: float, hi: float = 1.0) -> float:

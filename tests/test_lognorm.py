@@ -109,6 +109,58 @@ def test_stabilize_reaches_the_target_minimally(n, activation, seed):
     _, reference = ln.stabilize_slsqp(A, delta, activation, restarts=2)
     assert reference < float("inf")
     assert res.norm <= 1.01 * reference
+    # the certified lower bound is below every feasible point, and close to ours
+    assert res.lower_bound <= reference + 1e-9 and res.lower_bound <= res.norm
+    assert res.lower_bound >= 0.99 * res.norm
+
+
+def test_matrix_hinge_gradient_matches_finite_differences():
+    """F(E) = ½ Σ_D ‖(sym(D(A + εE)) − δI)₊‖²: G·ε is its gradient, also with several eigenvalues above δ."""
+    n, eps, delta = 6, 0.7, -0.2
+    A, E, P = _A(n, 11), _A(n, 12), _A(n, 13)
+    ds = ln._random_vertices(5, n, 0.1, 1.0, torch.Generator().manual_seed(0))
+    F, G, fmax = ln._hinge(E, eps, A, ds, delta)
+    DM = ds[:, :, None] * (A + eps * E)
+    w = torch.linalg.eigvalsh(0.5 * (DM + DM.mT))
+    assert int((w > delta).sum(1).max()) > 1  # the case the top-eigenvalue hinge gets wrong
+    assert fmax == pytest.approx(float(w.max()))
+    h = 1e-6
+    fd = (ln._hinge(E + h * P, eps, A, ds, delta)[0] - ln._hinge(E - h * P, eps, A, ds, delta)[0]) / (2 * h)
+    assert eps * float((G * P).sum()) == pytest.approx(fd, rel=1e-6)
+
+
+def test_lower_bound_and_repair_bracket_the_working_set_optimum():
+    """From any infeasible E: _lower_bound ≤ the SLSQP optimum over the working set ≤ ‖repaired Δ‖."""
+    n, delta = 6, 0.3
+    A = 2 * _A(n, 21) / math.sqrt(n)
+    ds = ln._random_vertices(8, n, 0.0, 1.0, torch.Generator().manual_seed(2))
+    _, optimum = ln.stabilize_slsqp(A, delta, "tanh", vertices=ds, restarts=2)
+    for seed in range(5):
+        E = _A(n, 30 + seed)
+        E, eps = E / E.norm(), optimum * (0.3 + 0.2 * seed)
+        F, G, fmax = ln._hinge(E, eps, A, ds, delta)
+        assert F > 0
+        assert ln._lower_bound(eps, E, F, G) <= optimum + 1e-9
+        fixed = ln._repair(A, eps * E, fmax, delta, 0.0)
+        assert ln._hinge(fixed / fixed.norm(), float(fixed.norm()), A, ds, delta)[2] <= delta + 1e-12
+        assert float(fixed.norm()) >= optimum - 1e-9
+    assert ln._repair(A, 0 * A, 1.0, 0.0, 0.0) is None  # δ = 0 and ℓ = 0: no cheap repair
+
+
+def test_local_maxima_are_one_flip_optimal_and_ascend():
+    n = 9
+    A = _A(n, 7)
+    starts = ln._random_vertices(6, n, 0.0, 1.0, torch.Generator().manual_seed(3))
+    mus, found = ln._local_maxima(A, 0.0, 1.0, starts)
+    start_mu = torch.stack([torch.tensor(float(lipschitz.lognorm(torch.diag(d) @ A))) for d in starts])
+    assert bool((mus >= start_mu.to(mus.dtype) - 1e-12).all())
+    for mu, d in zip(mus, found):
+        assert set(d.tolist()) <= {0.0, 1.0}
+        assert float(lipschitz.lognorm(torch.diag(d) @ A)) == pytest.approx(float(mu), abs=1e-12)
+        for i in range(n):
+            e = d.clone()
+            e[i] = 1.0 - e[i]
+            assert float(lipschitz.lognorm(torch.diag(e) @ A)) <= float(mu) + 1e-12
 
 
 def test_stabilize_noop_and_infeasible_targets():
