@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.labkit-installed
 PYTEST_ARGS ?=
 
-.PHONY: book test smoke-book student-book editions venv sample benchmark clean
+.PHONY: book test smoke-book student-book editions venv sample benchmark full clean
 
 venv: $(STAMP)
 
@@ -51,6 +51,10 @@ sample: $(STAMP)
 ## Time the test suite and every page and lab (smoke and book mode); record the lab times for the book.
 benchmark: $(STAMP)
 	$(BIN)/python scripts/benchmark.py --json book/data/lab_times.json
+
+## Run a chapter's experiment at full size and record it for the book: make full CH=ch01
+full: $(STAMP)
+	LABKIT_MODE=full $(BIN)/python -m labkit.experiment $(CH)
 
 clean:
 	-$(BIN)/jupyter-book clean . 2>/dev/null

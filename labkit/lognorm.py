@@ -12,6 +12,7 @@ embeds the correction in training.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -21,7 +22,7 @@ from . import _validate
 
 __all__ = ["slope_bounds", "worst_case_lognorm", "lognorm_gradient", "inner_step", "stabilize",
            "StabilizeResult", "stabilize_slsqp", "euler_step_bound", "ODEClassifier", "stabilize_model",
-           "StabilizeEachEpoch"]
+           "StabilizeEachEpoch", "experiment", "full_sizes"]
 
 _SLOPES = {"tanh": (0.0, 1.0), "relu": (0.0, 1.0), "sigmoid": (0.0, 0.25)}
 ENUMERATION_MAX_N = 16
@@ -51,7 +52,7 @@ def _matrix(A) -> torch.Tensor:
     A = torch.as_tensor(A)
     if A.ndim != 2 or A.shape[0] != A.shape[1]:
         raise ValueError(f"A must be a square matrix, got shape {tuple(A.shape)}.")
-    A = A.detach().to(torch.float64)
+    A = A.detach().to("cpu", torch.float64)
     if not torch.isfinite(A).all():
         raise ValueError("A has non-finite entries.")
     return A
@@ -305,6 +306,10 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
     bound on the optimal ``‖Δ‖_F`` (the working set is a subset of all vertices), so
     ``norm / lower_bound − 1`` bounds the suboptimality.
 
+    With ``ℓ = 0`` and ``δ = 0`` the answer has a closed form, returned at once: the feasible
+    matrices are exactly the diagonal ones with non-positive diagonal (the single-unit vertices
+    forbid every off-diagonal entry), so ``Δ`` removes all coupling.
+
     Raises ``ValueError`` for an unreachable target: with ``ℓ = 0`` (tanh, ReLU, sigmoid)
     ``D = 0`` is admissible and ``μ₂(0) = 0``, so ``δ < 0`` can never hold uniformly.
     """
@@ -325,6 +330,11 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
     zero = torch.zeros_like(A)
     if mu0 <= delta:
         return StabilizeResult(zero, 0.0, mu0, mu0, delta, 0, 0, True, 0, exact, 0.0, [],
+                               torch.diagonal(D0)[None])
+    if lo == 0 and delta == 0:  # closed form: the feasible set is {diagonal, ≤ 0} (Chapter 1)
+        Delta = torch.diag(torch.diagonal(A).clamp(max=0)) - A
+        norm = float(Delta.norm())
+        return StabilizeResult(Delta, norm, mu0, 0.0, delta, 0, 0, True, 0, exact, norm, [],
                                torch.diagonal(D0)[None])
     # a feasible point: A + Δ = -c I gives μ₂(D(-cI)) = -c·min(d) ≤ δ
     c = max(0.0, -delta) / lo if lo > 0 else 0.0
@@ -523,7 +533,7 @@ def stabilize_model(model: ODEClassifier, delta: float, **options) -> StabilizeR
     """Replace the block's ``A`` by ``A + Δ`` from :func:`stabilize` (in place; Chapter 1)."""
     res = stabilize(model.A, delta, model.activation, **options)
     with torch.no_grad():
-        model.A.add_(res.delta_matrix.to(model.A.dtype))
+        model.A.add_(res.delta_matrix.to(model.A.device, model.A.dtype))
     return res
 
 
@@ -543,3 +553,46 @@ class StabilizeEachEpoch:
         res = stabilize_model(model, self.delta, **self.options)
         self.history.append({"epoch": epoch + 1, "mu_before": res.mu_before, "mu_after": res.mu_after,
                              "norm": res.norm, "converged": res.converged})
+
+
+def full_sizes() -> dict:
+    """The full-mode sizes of :func:`experiment` (``python -m labkit.experiment ch01``)."""
+    return {"n_train": None, "n_test": None, "epochs": 15, "width": 16, "pgd_steps": 50}
+
+
+def experiment(*, datasets=("mnist", "fashion_mnist"), targets=(None, 0.5, 0.2), n_train=10_000,
+               n_test=1_000, epochs=3, width=10, euler_steps=10, pgd_steps=20,
+               eps=(0.0, 0.05, 0.1, 0.15, 0.2), lr=3e-3, seed=0, device=None) -> dict:
+    """Chapter 1's experiment: for each data set and each target (``None``: classical training),
+    train an :class:`ODEClassifier` (tanh block on ``[0, 1]``, ``euler_steps`` Euler steps), with
+    :class:`StabilizeEachEpoch` for a target; then measure clean accuracy, accuracy under noise,
+    FGSM and PGD (:func:`labkit.experiment.robustness`), the certificate and a lower bound of the
+    block's Lipschitz constant by pair ascent on 64 lifted test points.
+
+    Returns JSON-ready results keyed ``"<data set>/<label>"`` with label ``classical`` or
+    ``δ = <target>``. ``n_train``/``n_test`` ``None`` use the whole split."""
+    from . import data, lipschitz, train
+    from .experiment import robustness
+
+    out = {}
+    for name in datasets:
+        tr = data.load(name, limit=n_train)
+        te = data.load(name, train=False, limit=n_test)
+        for delta in targets:
+            label = "classical" if delta is None else f"δ = {delta:g}"
+            torch.manual_seed(seed)
+            model = ODEClassifier(width=width, T=1.0, steps=euler_steps, activation="tanh")
+            hook = StabilizeEachEpoch(delta) if delta is not None else None
+            t0 = time.perf_counter()
+            train.fit(model, tr, epochs=epochs, lr=lr, seed=seed, after_epoch=hook, device=device)
+            seconds = time.perf_counter() - t0
+            model.eval()
+            r = robustness(model, te, eps, pgd_steps=pgd_steps, seed=seed, device=device)
+            dev = next(model.parameters()).device
+            z = model._linear(model.lift, te.tensors[0][:64].to(dev).flatten(1)).detach()
+            r.update(train_seconds=seconds, certificate=model.certificate(),
+                     block_lower_bound=lipschitz.lower_bound(model.block, z, steps=100,
+                                                             generator=torch.Generator().manual_seed(seed)),
+                     history=hook.history if hook else [], target=delta)
+            out[f"{name}/{label}"] = r
+    return out

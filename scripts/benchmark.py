@@ -30,21 +30,15 @@ def timed(cmd, env):
 
 
 def execute(page: Path, mode: str) -> tuple[float, str | None]:
-    """Execute one page or lab in a fresh kernel in its own folder, as the book build does."""
-    import jupytext
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = jupytext.read(page) if page.suffix == ".md" else nbformat.read(page, as_version=4)
-    os.environ["LABKIT_MODE"] = mode
-    client = NotebookClient(nb, timeout=3600, kernel_name="python3",
-                            resources={"metadata": {"path": str(page.parent)}})
-    t0 = time.perf_counter()
-    try:
-        client.execute()
-    except Exception as err:  # report, keep timing the others
-        return time.perf_counter() - t0, f"{type(err).__name__}: {str(err)[-300:]}"
-    return time.perf_counter() - t0, None
+    """Execute one page or lab in a fresh kernel in its own folder, as the book build does, from
+    a child process of its own (one nbclient session per process: reusing one hung on lab 1)."""
+    code = ("import sys, jupytext, nbformat; from nbclient import NotebookClient; p = sys.argv[1]; "
+            "nb = jupytext.read(p) if p.endswith('.md') else nbformat.read(p, as_version=4); "
+            "NotebookClient(nb, timeout=3600, kernel_name='python3', "
+            "resources={'metadata': {'path': sys.argv[2]}}).execute()")
+    env = dict(os.environ, LABKIT_MODE=mode)
+    secs, proc = timed([str(BIN / "python"), "-c", code, str(page), str(page.parent)], env)
+    return secs, None if proc.returncode == 0 else proc.stderr.strip()[-300:]
 
 
 def pages():

@@ -114,6 +114,21 @@ def test_stabilize_reaches_the_target_minimally(n, activation, seed):
     assert res.lower_bound >= 0.99 * res.norm
 
 
+@pytest.mark.parametrize("activation,seed", [("tanh", 0), ("relu", 1), ("sigmoid", 2)])
+def test_delta_zero_has_the_closed_form(activation, seed):
+    """ℓ = 0, δ = 0: the feasible set is {diagonal ≤ 0}; enumeration confirms, SLSQP finds no smaller Δ."""
+    A = _A(6, seed)
+    res = ln.stabilize(A, 0.0, activation)
+    B = A + res.delta_matrix
+    assert torch.count_nonzero(B - torch.diag(torch.diagonal(B))) == 0 and bool((torch.diagonal(B) <= 0).all())
+    mu, _ = ln.worst_case_lognorm(B, activation, method="enumerate")
+    assert res.converged and mu <= 1e-12 and res.lower_bound == res.norm
+    _, reference = ln.stabilize_slsqp(A, 0.0, activation, restarts=1)
+    assert res.norm <= reference + 1e-6
+    # and nothing smaller is feasible: shrinking Δ by 0.1 % leaves some vertex above 0
+    assert ln.worst_case_lognorm(A + 0.999 * res.delta_matrix, activation, method="enumerate")[0] > 0
+
+
 def test_matrix_hinge_gradient_matches_finite_differences():
     """F(E) = ½ Σ_D ‖(sym(D(A + εE)) − δI)₊‖²: G·ε is its gradient, also with several eigenvalues above δ."""
     n, eps, delta = 6, 0.7, -0.2
