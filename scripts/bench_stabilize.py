@@ -7,17 +7,16 @@ For each n: a random A (seed 0, entries N(0, 1/n) so μ* stays of order one), ta
 stabilize runs first, in a child process stopped after --stabilize-budget seconds. SLSQP gets the
 same constraints: all 2ⁿ vertices where n ≤ 10, otherwise the final working set of stabilize (the
 vertices that the cutting planes found), and runs in a child process stopped after --budget
-seconds. Prints both times and both ‖Δ‖_F, stabilize's certified lower bound on the optimal
+seconds. With --json the rows are saved as a record (labkit.experiment.save_record) that
+Chapter 1 shows. Prints both times and both ‖Δ‖_F, stabilize's certified lower bound on the optimal
 ‖Δ‖_F, and the worst-case μ* of each result (exact by enumeration for n ≤ 16, the vertex fixed
 point with restarts beyond, where it is a lower estimate).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import multiprocessing as mp
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from labkit import lognorm as ln  # noqa: E402
+from labkit.experiment import save_record  # noqa: E402
 
 
 def _matrix(n):
@@ -74,7 +74,7 @@ def main() -> int:
     args = parser.parse_args()
     print(f"{'n':>4} {'stabilize s':>12} {'‖Δ‖ ours':>10} {'lower bd':>10} {'μ* ours':>10} {'rounds':>6} "
           f"{'|W|':>5} | {'SLSQP s':>9} {'‖Δ‖ SLSQP':>10} {'μ* SLSQP':>10} constraints", flush=True)
-    rows = []
+    rows, start = [], time.perf_counter()
     for n in args.sizes:
         ours = _run(_ours, (n, args.delta), args.stabilize_budget)
         if ours is None:
@@ -94,9 +94,9 @@ def main() -> int:
         rows.append({"n": n, "stabilize": {k: v for k, v in ours.items() if k != "vertices"}, "slsqp": ref,
                      "slsqp_constraints": what})
     if args.json:
-        args.json.write_text(json.dumps({"delta": args.delta, "rows": rows, "torch": torch.__version__,
-                                         "machine": platform.processor() or platform.machine(),
-                                         "threads": torch.get_num_threads()}, indent=1))
+        save_record(args.json, {"delta": args.delta, "rows": rows, "budget": args.budget,
+                                "stabilize_budget": args.stabilize_budget},
+                    mode="benchmark", seconds=time.perf_counter() - start, device="cpu")
     return 0
 
 
