@@ -68,11 +68,15 @@ def environment(device=None) -> dict:
             "dirty": None if status is None else bool(status)}
 
 
-def save_record(path, results, *, mode: str, seconds: float, device=None, sizes: dict | None = None) -> Path:
+def save_record(path, results, *, mode: str, seconds: float, device=None, sizes: dict | None = None,
+                env: dict | None = None) -> Path:
     """Write ``results`` with their provenance to ``path`` (JSON, atomically: a crash leaves the
-    old file intact). Raises ``TypeError`` before writing anything if ``results`` is not JSON."""
+    old file intact). ``env`` is :func:`environment` as taken when the run started (default: now,
+    which names a later commit if one was made during the run). Raises ``TypeError`` before
+    writing anything if ``results`` is not JSON."""
     record = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "mode": mode,
-              "seconds": float(seconds), "sizes": sizes or {}, **environment(device), "results": results}
+              "seconds": float(seconds), "sizes": sizes or {}, **(env or environment(device)),
+              "results": results}
     text = json.dumps(record, indent=1, allow_nan=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,11 +115,12 @@ def main(argv=None) -> int:
     module, default_out = EXPERIMENTS[args.chapter]
     mod = importlib.import_module(module)
     sizes = mod.full_sizes()
+    env = environment()
     seed_everything(0)
     t0 = time.perf_counter()
     results = mod.experiment(**sizes)
     out = save_record(args.out or default_out, results, mode="full", seconds=time.perf_counter() - t0,
-                      sizes=sizes)
+                      sizes=sizes, env=env)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from labkit import lognorm as ln  # noqa: E402
-from labkit.experiment import save_record  # noqa: E402
+from labkit.experiment import environment, save_record  # noqa: E402
 
 
 def _matrix(n):
@@ -74,7 +74,7 @@ def main() -> int:
     args = parser.parse_args()
     print(f"{'n':>4} {'stabilize s':>12} {'‖Δ‖ ours':>10} {'lower bd':>10} {'μ* ours':>10} {'rounds':>6} "
           f"{'|W|':>5} | {'SLSQP s':>9} {'‖Δ‖ SLSQP':>10} {'μ* SLSQP':>10} constraints", flush=True)
-    rows, start = [], time.perf_counter()
+    rows, start, env = [], time.perf_counter(), environment("cpu")
     for n in args.sizes:
         ours = _run(_ours, (n, args.delta), args.stabilize_budget)
         if ours is None:
@@ -96,7 +96,7 @@ def main() -> int:
     if args.json:
         save_record(args.json, {"delta": args.delta, "rows": rows, "budget": args.budget,
                                 "stabilize_budget": args.stabilize_budget},
-                    mode="benchmark", seconds=time.perf_counter() - start, device="cpu")
+                    mode="benchmark", seconds=time.perf_counter() - start, env=env)
     return 0
 
 
