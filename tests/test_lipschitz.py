@@ -10,8 +10,11 @@ from torch import nn
 
 from labkit import lipschitz as lip
 
+# entries below 1e-100 in size become 0: LAPACK's eigvals (the test's own reference for the
+# spectral abscissa) fails to converge on matrices mixing 1 with entries like 1e-258
 matrices = st.integers(1, 6).flatmap(
-    lambda n: arrays(np.float64, (n, n), elements=st.floats(-10, 10, allow_nan=False)))
+    lambda n: arrays(np.float64, (n, n), elements=st.floats(-10, 10, allow_nan=False).map(
+        lambda x: x if abs(x) > 1e-100 else 0.0)))
 
 
 def _lognorm_by_limit(A, p, h=1e-7):
