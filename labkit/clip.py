@@ -11,19 +11,9 @@ from __future__ import annotations
 import torch
 
 from . import _validate
+from .lipschitz import quotient
 
-__all__ = ["quotient", "PairSet", "LambdaSchedule"]
-
-
-def quotient(f, u: torch.Tensor, v: torch.Tensor, *, squared: bool = False) -> torch.Tensor:
-    """Per-pair difference quotient ``‖f(u) − f(v)‖₂ / ‖u − v‖₂`` (inputs and outputs flattened),
-    or its square. Pairs with ``u = v`` give 0, not NaN (Chapter 2, *The cheap surrogate*)."""
-    if u.shape != v.shape or u.ndim < 2:
-        raise ValueError(f"u and v must be batches of the same shape, got {tuple(u.shape)} and {tuple(v.shape)}.")
-    num = (f(u) - f(v)).flatten(1).pow(2).sum(1)
-    den = (u - v).flatten(1).pow(2).sum(1)
-    q2 = torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
-    return q2 if squared else q2.clamp_min(1e-30).sqrt() * (q2 > 0)
+__all__ = ["quotient", "PairSet", "LambdaSchedule"]  # quotient: labkit.lipschitz.quotient, re-exported
 
 
 class PairSet:

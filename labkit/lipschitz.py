@@ -16,7 +16,7 @@ from torch import nn
 from . import _validate
 
 __all__ = [
-    "lognorm", "spectral_norm", "PowerIteration", "PowerIterationReport", "lower_bound",
+    "lognorm", "spectral_norm", "PowerIteration", "PowerIterationReport", "quotient", "lower_bound",
     "upper_bound", "ACTIVATION_LIPSCHITZ",
 ]
 
@@ -170,6 +170,18 @@ def _jacobian_norms(f, x):
     return torch.stack(norms)
 
 
+def quotient(f, u: torch.Tensor, v: torch.Tensor, *, squared: bool = False) -> torch.Tensor:
+    """Per-pair difference quotient ``‖f(u) − f(v)‖₂ / ‖u − v‖₂`` (inputs and outputs flattened),
+    or its square; every value is a lower bound of the Lipschitz constant. Pairs with ``u = v``
+    give 0, not NaN (Chapter 0; CLIP's pairs in Chapter 2)."""
+    if u.shape != v.shape or u.ndim < 2:
+        raise ValueError(f"u and v must be batches of the same shape, got {tuple(u.shape)} and {tuple(v.shape)}.")
+    num = (f(u) - f(v)).flatten(1).pow(2).sum(1)
+    den = (u - v).flatten(1).pow(2).sum(1)
+    q2 = torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
+    return q2 if squared else q2.clamp_min(1e-30).sqrt() * (q2 > 0)
+
+
 def lower_bound(f, x: torch.Tensor, *, method: str = "pairs", steps: int = 50, lr: float = 0.01,
                 init_radius: float = 0.05, generator=None) -> float:
     """A lower bound on the l2 Lipschitz constant of ``f`` near the inputs ``x`` (Chapter 0).
@@ -203,9 +215,7 @@ def lower_bound(f, x: torch.Tensor, *, method: str = "pairs", steps: int = 50, l
         opt = torch.optim.Adam([a, b], lr=_validate.positive(lr, "lr"))
         best = 0.0
         for _ in range(steps + 1):
-            diff_in = (a - b).flatten(1).norm(dim=1)
-            q = (f(a) - f(b)).flatten(1).norm(dim=1) / diff_in.clamp_min(1e-12)
-            q = torch.where(diff_in > 1e-9, q, torch.zeros_like(q))
+            q = quotient(f, a, b)
             best = max(best, float(q.detach().max()))
             opt.zero_grad()
             (-q.sum()).backward()
