@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import _validate
 
-__all__ = ["fgsm", "pgd", "pgd_l2", "gaussian_noise", "robust_accuracy", "NORMS"]
+__all__ = ["fgsm", "pgd", "pgd_l2", "pgd_l2_sphere", "gaussian_noise", "robust_accuracy", "NORMS"]
 
 NORMS = ("linf", "l2")
 
@@ -122,6 +122,39 @@ def pgd(model, x, y, eps, *, norm="linf", steps=10, step_size=None, random_start
             best[~fooled] = x_adv[~fooled]
             fooled |= newly
     return best.detach()
+
+
+def pgd_l2_sphere(model, x, y, eps, *, steps=7, step_size=0.5, clamp=(0.0, 1.0), generator=None):
+    """The CLIP authors' l2 attack (Chapter 2, *The paper's attack*), kept for comparison with their
+    numbers; :func:`pgd` with ``norm="l2"`` is the standard one.
+
+    Starts at a uniform random perturbation rescaled to norm ``eps``; each step adds
+    ``step_size · sign(∇_x loss)`` (an l∞ step), clamps to the box and rescales the perturbation to
+    norm exactly ``eps`` (the *sphere*, not the ball); examples already misclassified are frozen;
+    the result is clamped to the box, so its distance from ``x`` is at most ``eps``.
+    """
+    eps = _check(x, y, eps, clamp)
+    steps = _validate.positive_int(steps, "steps")
+    alpha = _validate.nonneg(step_size, "step_size")
+    x = x.detach()
+    if eps == 0:
+        return x.clone()
+
+    def to_sphere(delta):
+        return delta * (eps / (_flat_norm(delta) + 1e-12))
+
+    with _frozen(model):
+        x_adv = (x + to_sphere(2 * _rand(torch.rand, x.shape, generator, x) - 1)).clamp(*clamp)
+        for _ in range(steps):
+            with torch.no_grad():
+                active = model(x_adv).argmax(1) == y
+            if not bool(active.any()):
+                break
+            grad = _input_grad(model, x_adv, y)
+            stepped = (x_adv + alpha * grad.sign()).clamp(*clamp)
+            stepped = x + to_sphere(stepped - x)
+            x_adv = torch.where(active.view(-1, *([1] * (x.ndim - 1))), stepped, x_adv).detach()
+    return x_adv.clamp(*clamp).detach()
 
 
 def gaussian_noise(model, x, y, eps, *, clamp=(0.0, 1.0), generator=None):

@@ -13,7 +13,7 @@ import math
 import torch
 
 __all__ = ["lognorm_2", "certified_radius", "fgsm_step", "euler_resnet", "lognorm_inf",
-           "rank_one_gradient", "controlled_inner_step"]
+           "rank_one_gradient", "controlled_inner_step", "quotient_gradient", "pair_update", "lambda_rule"]
 
 
 def _call(fn, *args):
@@ -192,3 +192,81 @@ def controlled_inner_step(fn) -> None:
         _close(E_new, cand, f"E_new from h = {h0}", "step along −G + ⟨G,E⟩E, renormalise, and shrink h "
                "by theta until μ decreases.", rtol=1e-8, atol=1e-10)
         _close(h_new, 1.3 * h, f"h_new from h = {h0}", "after an accepted step, grow h by theta.")
+
+
+def _lab2_net():
+    g = torch.Generator().manual_seed(21)
+    torch.manual_seed(21)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)).double()
+    u = torch.rand(6, 5, generator=g, dtype=torch.float64)
+    v = u + 0.3 * torch.randn(6, 5, generator=g, dtype=torch.float64)
+    return net, u, v
+
+
+def _pair_grads(f, u, v):
+    from .lipschitz import quotient
+
+    u = u.clone().requires_grad_(True)
+    v = v.clone().requires_grad_(True)
+    q = quotient(f, u, v)
+    gu, gv = torch.autograd.grad(q.sum(), (u, v))
+    return q.detach(), gu, gv
+
+
+def quotient_gradient(fn) -> None:
+    """Lab 2, exercise 1: ``fn(f, u, v)`` returns ``(q, gu, gv)``: the per-pair difference quotients
+    ``‖f(u_i) − f(v_i)‖ / ‖u_i − v_i‖`` of a batch of pairs and their gradients in ``u`` and ``v``."""
+    net, u, v = _lab2_net()
+    W = torch.tensor([[2.0, 0.0], [0.0, 0.5]], dtype=torch.float64)
+    lin = lambda z: z @ W.T  # noqa: E731
+    a = torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    b = torch.tensor([[0.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    for f, x, y, name in ((lin, a, b, "the linear map diag(2, 1/2)"), (net, u, v, "a small tanh network")):
+        got = _call(fn, f, x.clone(), y.clone())
+        if not (isinstance(got, tuple) and len(got) == 3):
+            raise AssertionError("return a triple (q, gu, gv).")
+        q, gu, gv = _pair_grads(f, x, y)
+        _close(got[0], q, f"quotients for {name}", "one number per pair: the norm of the output difference "
+               "over the norm of the input difference (flattened, l2).")
+        hint = ("differentiate each pair's quotient with respect to its own u_i and v_i (autograd on the sum "
+                "of the quotients gives all of them at once); the quotient depends on u and v only through "
+                "f(u) − f(v) and u − v.")
+        _close(got[1], gu, f"gradient in u for {name}", hint, rtol=1e-6, atol=1e-9)
+        _close(got[2], gv, f"gradient in v for {name}", hint, rtol=1e-6, atol=1e-9)
+
+
+def pair_update(fn) -> None:
+    """Lab 2, exercise 2: ``fn(f, u, v, step, growth)`` takes one accept/reject ascent step of every
+    pair and returns ``(u, v, step)``: the tentative pair ``u + step_i ∇_u q_i``, ``v + step_i ∇_v q_i``
+    is kept, and ``step_i`` multiplied by ``growth``, only if its quotient increased; otherwise the
+    pair stays and ``step_i`` is divided by ``growth``."""
+    from .clip import PairSet
+
+    net, u, v = _lab2_net()
+    step = torch.tensor([0.01, 0.1, 1.0, 10.0, 100.0, 1000.0], dtype=torch.float64)
+    ref = PairSet(u, v, growth=1.3)
+    ref.step = step.clone()
+    ref.update(net)
+    got = _call(fn, net, u.clone(), v.clone(), step.clone(), 1.3)
+    if not (isinstance(got, tuple) and len(got) == 3):
+        raise AssertionError("return a triple (u, v, step).")
+    accepted = (ref.step > step).tolist()
+    if all(accepted) or not any(accepted):
+        raise AssertionError("internal: the check's pairs should mix accepted and rejected steps.")
+    _close(got[2], ref.step, "step sizes after the update", "multiply a pair's step by growth when its step "
+           "was kept and divide it by growth when it was rejected.")
+    hint = ("take the tentative step with each pair's own step size along the gradient of its quotient (ascent), "
+            "and keep it only where the quotient went up.")
+    _close(got[0], ref.u, "u after the update", hint, rtol=1e-8, atol=1e-10)
+    _close(got[1], ref.v, "v after the update", hint, rtol=1e-8, atol=1e-10)
+
+
+def lambda_rule(fn) -> None:
+    """Lab 2, exercise 3: ``fn(lam, accuracy, target, increment)`` returns the next ``λ`` of the
+    target-accuracy rule: ``lam + increment`` above the target, ``max(lam − increment, 0)`` otherwise."""
+    cases = [((0.1, 0.99, 0.97, 0.05), 0.15), ((0.1, 0.90, 0.97, 0.05), 0.05), ((0.02, 0.5, 0.97, 0.05), 0.0),
+             ((0.0, 0.98, 0.97, 0.01), 0.01), ((1.0, 0.97, 0.97, 0.5), 0.5)]
+    for args, expected in cases:
+        _close(_call(fn, *args), expected, f"λ after lam={args[0]}, accuracy={args[1]}, target={args[2]}, "
+               f"increment={args[3]}", "more regularisation when the accuracy beats the target (strictly), "
+               "less otherwise, and λ is never negative.")

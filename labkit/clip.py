@@ -8,12 +8,17 @@ quotient after every mini-batch (Algorithm 1); the training loss adds ``λ`` tim
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from . import _validate
 from .lipschitz import quotient
 
-__all__ = ["quotient", "PairSet", "LambdaSchedule"]  # quotient: labkit.lipschitz.quotient, re-exported
+__all__ = ["quotient", "PairSet", "LambdaSchedule", "mlp", "clip_loss", "Setting", "SETTINGS", "get_setting",
+           "Run", "train"]  # quotient: labkit.lipschitz.quotient, re-exported
 
 
 class PairSet:
@@ -73,12 +78,14 @@ class PairSet:
         from .attacks import _frozen
 
         with _frozen(model):
-            with torch.no_grad():
-                best = self._values(model, self.u, self.v)
+            best = None
             for _ in range(_validate.positive_int(iters, "iters")):
                 u = self.u.clone().requires_grad_(True)
                 v = self.v.clone().requires_grad_(True)
-                gu, gv = torch.autograd.grad(self._values(model, u, v).sum(), (u, v))
+                values = self._values(model, u, v)
+                gu, gv = torch.autograd.grad(values.sum(), (u, v))
+                if best is None:  # the current quotients come with the first gradient
+                    best = values.detach()
                 shape = (-1,) + (1,) * (u.ndim - 1)
                 tu = self.u + self.step.view(shape) * gu
                 tv = self.v + self.step.view(shape) * gv
@@ -143,3 +150,386 @@ class LambdaSchedule:
                 self.lam = self.lam + self.increment if accuracy > self.target else max(self.lam - self.increment, 0.0)
         self.history.append(self.lam)
         return self.lam
+
+
+# --------------------------------------------------------------------------- models and loss
+def mlp(sizes=(784, 200, 80, 10), activation: str = "sigmoid", *, last_activation: bool = False) -> nn.Sequential:
+    """Flatten, then ``Linear → activation`` per layer; with ``last_activation`` also after the
+    last layer, as in the authors' ``fully_connected`` (Chapter 2, *Two settings*)."""
+    acts = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
+    if activation not in acts:
+        raise ValueError(f"activation must be one of {sorted(acts)}, got {activation!r}.")
+    sizes = [_validate.positive_int(s, "layer size") for s in sizes]
+    if len(sizes) < 2:
+        raise ValueError(f"sizes needs an input and an output size, got {sizes}.")
+    layers: list[nn.Module] = [nn.Flatten()]
+    for k, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if k < len(sizes) - 2 or last_activation:
+            layers.append(acts[activation]())
+    return nn.Sequential(*layers)
+
+
+def clip_loss(model, x, y, pairs: PairSet, lam: float, *, loss_fn=None, reduce: str = "max",
+              reg_max: float | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """CLIP's loss (Chapter 2, Algorithm 2): ``loss_fn(model(x), y) + lam · R`` with ``R`` the
+    quotient (squared if ``pairs.squared``) of the worst pair at the last update (``reduce="max"``)
+    or the mean over all pairs (``"mean"``). The pairs enter as constants; only the parameters are
+    differentiated. When ``R > reg_max`` the term is left out, as in the authors' code. Returns
+    the loss, the outputs ``model(x)`` and ``R`` (a float; NaN when ``lam = 0``)."""
+    loss_fn = loss_fn or F.cross_entropy
+    out = model(x)
+    data = loss_fn(out, y)
+    if lam == 0:
+        return data, out, float("nan")
+    if reduce == "max":
+        u, v = pairs.worst()
+    elif reduce == "mean":
+        u, v = pairs.u, pairs.v
+    else:
+        raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}.")
+    reg = quotient(model, u.detach(), v.detach(), squared=pairs.squared).mean()
+    value = float(reg.detach())
+    if reg_max is not None and value > reg_max:
+        return data, out, value
+    return data + lam * reg, out, value
+
+
+# --------------------------------------------------------------------------- settings and training
+@dataclass(frozen=True)
+class Setting:
+    """Everything that distinguishes the two ways of training with CLIP (Chapter 2, *Two settings*).
+
+    ``"paper"`` is the authors' released code (784-200-80-10 with sigmoid after every layer, SGD
+    0.1 with momentum 0.9, squared quotient of the single worst pair dropped above 5000, pairs not
+    clamped, λ rule on training accuracy every second epoch after a warm-up, model selection by
+    accuracy under their sphere attack on the validation split); ``"standard"`` is ours (plain
+    logits, the quotient itself, pairs kept in the image box, λ rule on validation accuracy every
+    epoch, the last model kept)."""
+
+    name: str
+    last_activation: bool
+    squared: bool
+    reg_max: float | None
+    pair_clamp: tuple[float, float] | None
+    cooldown: int
+    schedule_on: str  # "train" or "val"
+    select: str  # "adversarial" or "last"
+    activation: str = "sigmoid"
+    sizes: tuple = (784, 200, 80, 10)
+    lr: float = 0.1
+    momentum: float = 0.9
+    batch_size: int = 128
+    reduce: str = "max"
+    pair_init: str = "partial_random"
+    pair_step: float = 10.0
+    growth: float = 1.3
+    n_pairs: int = 500
+    redraw: int = 2000
+    val_attack_steps: int = 7
+    goal: float = 0.9  # the authors' default goal accuracy, used in model selection when no target is set
+
+
+SETTINGS = {
+    "paper": Setting("paper", last_activation=True, squared=True, reg_max=5000.0, pair_clamp=None,
+                     cooldown=1, schedule_on="train", select="adversarial"),
+    "standard": Setting("standard", last_activation=False, squared=False, reg_max=None, pair_clamp=(0.0, 1.0),
+                        cooldown=0, schedule_on="val", select="last"),
+}
+
+
+def get_setting(name) -> Setting:
+    """The :class:`Setting` called ``name`` (``"paper"`` or ``"standard"``), or ``name`` itself
+    if it is a :class:`Setting`."""
+    if isinstance(name, Setting):
+        return name
+    if name not in SETTINGS:
+        raise ValueError(f"setting must be one of {sorted(SETTINGS)}, got {name!r}.")
+    return SETTINGS[name]
+
+
+@dataclass
+class Run:
+    """What :func:`train` returns: the model it kept and one row per epoch in ``history``
+    (``lam``, ``loss``, ``accuracy``, ``val_accuracy``, ``val_adv_accuracy``, ``estimate`` the largest
+    pair quotient at the end of the epoch, ``reg`` the mean regulariser over the epoch) and the
+    largest pair quotient after every ``trace_every`` batches in ``trace``."""
+
+    model: nn.Module
+    setting: str
+    history: dict = field(default_factory=dict)
+    trace: list = field(default_factory=list)
+    best_epoch: int = 0
+    seconds: float = 0.0
+
+
+def _draw_pairs(val_x, s: Setting, gen, dev) -> PairSet:
+    idx = torch.randperm(val_x.shape[0], generator=gen)[: 2 * s.n_pairs]
+    return PairSet.from_batch(val_x[idx].to(dev), mode=s.pair_init, generator=gen, step=s.pair_step,
+                              growth=s.growth, squared=s.squared, clamp=s.pair_clamp)
+
+
+def train(model, train_data, val_data, *, setting="paper", epochs: int = 10, lam: float = 0.1,
+          target: float | None = 0.97, increment: float = 0.05, warmup: int = 1, weight_decay: float = 0.0,
+          seed: int = 0, device=None, progress: bool | None = None, trace_every: int = 10) -> Run:
+    """Train ``model`` with CLIP (Chapter 2, Algorithm 2) in the given :class:`Setting`.
+
+    Every mini-batch: one accept/reject ascent step of the pairs (:meth:`PairSet.update`), then an
+    SGD step on :func:`clip_loss`. The pairs come from the validation split (``2·n_pairs`` images)
+    and are drawn again every ``redraw`` batches. After each epoch ``λ`` follows
+    :class:`LambdaSchedule`: 0 for ``warmup`` epochs, then ``lam``, then ``± increment`` by whether
+    the accuracy (training or validation, by the setting) exceeds ``target``; ``lam = 0`` trains
+    without CLIP and ``target=None`` keeps ``λ`` fixed. ``weight_decay`` is SGD's (the baseline).
+    Returns a :class:`Run` with the kept model: the last one, or in the paper setting the best by
+    accuracy under the sphere attack (ε = 2) on the validation split, plus one if the training
+    accuracy beat the target (``Setting.goal`` without one), as the authors score it.
+    """
+    import copy
+    import time
+
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from . import attacks, progress_enabled
+    from .train import _device, evaluate
+
+    s = get_setting(setting)
+    epochs = _validate.positive_int(epochs, "epochs")
+    lam = _validate.nonneg(lam, "lam")
+    warmup = int(warmup)
+    if warmup < 0:
+        raise ValueError(f"warmup must be non-negative, got {warmup}.")
+    if len(train_data) == 0 or len(val_data) < 2:
+        raise ValueError("train_data must be non-empty and val_data needs at least two examples.")
+    dev = _device(device)
+    model.to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum,
+                          weight_decay=_validate.nonneg(weight_decay, "weight_decay"))
+    fixed = target is None or lam == 0
+    schedule = LambdaSchedule(lam, 0.0 if fixed else target, 0.0 if fixed else increment,
+                              warmup=warmup if lam > 0 else 0, cooldown=s.cooldown)
+    gen = torch.Generator().manual_seed(seed)
+    val_x, val_y = val_data.tensors[0], val_data.tensors[1]
+    pairs = _draw_pairs(val_x, s, gen, dev) if lam > 0 else None
+    keys = ("lam", "loss", "accuracy", "val_accuracy", "val_adv_accuracy", "estimate", "reg")
+    run = Run(model=model, setting=s.name, history={k: [] for k in keys})
+    best_score, best_state, batches = -1.0, None, 0
+    show = progress_enabled() if progress is None else progress
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        current = schedule.lam
+        torch.manual_seed(seed + epoch)
+        loader = DataLoader(train_data, batch_size=s.batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(seed + epoch))
+        model.train()
+        loss_sum, correct, total, regs = 0.0, 0, 0, []
+        bar = tqdm(loader, desc=f"{s.name} {epoch + 1}/{epochs} λ={current:.3g}", disable=not show, leave=False)
+        for xb, yb in bar:
+            xb, yb = xb.to(dev), yb.to(dev)
+            if pairs is not None:
+                if batches and batches % s.redraw == 0:
+                    pairs = _draw_pairs(val_x, s, gen, dev)
+                pairs.update(model)
+                if batches % trace_every == 0:
+                    run.trace.append(pairs.estimate())
+            batches += 1
+            loss, out, reg = clip_loss(model, xb, yb, pairs, current, reduce=s.reduce, reg_max=s.reg_max)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            regs.append(reg)
+            loss_sum += float(loss.detach()) * yb.shape[0]
+            correct += int((out.argmax(1) == yb).sum())
+            total += yb.shape[0]
+        val_acc = evaluate(model, val_data, device=dev)["accuracy"]
+        adv = attacks.pgd_l2_sphere(model, val_x.to(dev), val_y.to(dev), 2.0, steps=s.val_attack_steps,
+                                    generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            model.eval()
+            val_adv = float((model(adv).argmax(1) == val_y.to(dev)).float().mean())
+            model.train()
+        h = run.history
+        h["lam"].append(current)
+        h["loss"].append(loss_sum / total)
+        h["accuracy"].append(correct / total)
+        h["val_accuracy"].append(val_acc)
+        h["val_adv_accuracy"].append(val_adv)
+        h["estimate"].append(pairs.estimate() if pairs is not None else float("nan"))
+        finite = [r for r in regs if r == r]
+        h["reg"].append(sum(finite) / len(finite) if finite else float("nan"))
+        accuracy = correct / total if s.schedule_on == "train" else val_acc
+        if s.select == "adversarial":
+            score = val_adv + float(accuracy > (s.goal if target is None else target))
+            if score > best_score:
+                best_score, best_state, run.best_epoch = score, copy.deepcopy(model.state_dict()), epoch
+        else:
+            run.best_epoch = epoch
+        schedule.step(accuracy)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    run.seconds = time.perf_counter() - t0
+    return run
+
+
+# --------------------------------------------------------------------------- 1-D regression
+def regression_data(n: int = 40, *, noise: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` noisy samples ``y = sin(πx) + x/2 + noise·N(0, 1)`` at uniform random ``x`` in [−1, 1]
+    (Chapter 2, *Regression*), as ``(n, 1)`` float64 tensors. The ground truth is
+    :func:`regression_truth`."""
+    g = torch.Generator().manual_seed(int(_validate.nonneg(seed, "seed")))
+    n = _validate.positive_int(n, "n")
+    x = 2 * torch.rand(n, 1, generator=g, dtype=torch.float64) - 1
+    y = regression_truth(x) + _validate.nonneg(noise, "noise") * torch.randn(n, 1, generator=g, dtype=torch.float64)
+    return x, y
+
+
+def regression_truth(x: torch.Tensor) -> torch.Tensor:
+    """The ground truth of the regression example, ``sin(πx) + x/2`` (Lipschitz constant π + 1/2)."""
+    return torch.sin(torch.pi * x) + 0.5 * x
+
+
+def grid_lipschitz(f, lo: float = -1.0, hi: float = 1.0, points: int = 2001) -> float:
+    """Largest slope of a 1-D function ``f`` between neighbouring points of a uniform grid on
+    ``[lo, hi]``: a lower bound of its Lipschitz constant there, and for a smooth ``f`` a close one."""
+    t = torch.linspace(lo, hi, _validate.positive_int(points, "points"), dtype=torch.float64).view(-1, 1)
+    with torch.no_grad():
+        y = f(t).view(-1)
+    return float(((y[1:] - y[:-1]).abs() / (t[1, 0] - t[0, 0])).max())
+
+
+def fit_regression(x, y, lam: float, *, width: int = 100, steps: int = 3000, lr: float = 3e-3, seed: int = 0,
+                   pair_noise: float = 0.1) -> tuple[nn.Module, PairSet]:
+    """Fit a 1-``width``-``width``-1 tanh network to ``(x, y)`` by full-batch Adam on the mean squared
+    error plus ``lam`` times the largest pair quotient (Chapter 2, *Regression*); the pairs are the
+    data points and their ``U[0, pair_noise)`` shifts, moved by one ascent step per Adam step.
+    Returns the network (float64, eval mode) and its pairs."""
+    lam = _validate.nonneg(lam, "lam")
+    torch.manual_seed(seed)
+    model = mlp((1, width, width, 1), "tanh").double()
+    pairs = PairSet.from_batch(torch.cat([x, x]), mode="partial_random", noise=pair_noise, step=0.1,
+                               generator=torch.Generator().manual_seed(seed))
+    opt = torch.optim.Adam(model.parameters(), lr=_validate.positive(lr, "lr"))
+    for _ in range(_validate.positive_int(steps, "steps")):
+        if lam > 0:
+            pairs.update(model)
+        loss, _, _ = clip_loss(model, x, y, pairs, lam, loss_fn=F.mse_loss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    pairs.update(model)
+    return model.eval(), pairs
+
+
+def regression(lams=(0.0, 1e-3, 1e-2, 1e-1), *, n: int = 40, noise: float = 0.2, steps: int = 3000,
+               seed: int = 0) -> dict:
+    """The regression sweep of Chapter 2: for each ``λ`` the fit on a grid, its grid Lipschitz
+    constant, the pair estimate, the training error and the error against the ground truth.
+    JSON-ready."""
+    x, y = regression_data(n, noise=noise, seed=seed)
+    grid = torch.linspace(-1, 1, 401, dtype=torch.float64).view(-1, 1)
+    truth = regression_truth(grid)
+    out = {"x": x.view(-1).tolist(), "y": y.view(-1).tolist(), "grid": grid.view(-1).tolist(),
+           "truth": truth.view(-1).tolist(), "lams": [float(v) for v in lams], "fits": [], "lipschitz": [],
+           "estimate": [], "train_mse": [], "truth_mse": []}
+    for lam in lams:
+        model, pairs = fit_regression(x, y, lam, steps=steps, seed=seed)
+        with torch.no_grad():
+            fit = model(grid)
+            out["train_mse"].append(float(F.mse_loss(model(x), y)))
+        out["fits"].append(fit.view(-1).tolist())
+        out["truth_mse"].append(float(F.mse_loss(fit, truth)))
+        out["lipschitz"].append(grid_lipschitz(model))
+        out["estimate"].append(pairs.estimate())
+    return out
+
+
+# --------------------------------------------------------------------------- Chapter 2's experiment
+#: The targets of "CLIP low" and "CLIP high" per data set (MNIST's are the README's CLIP95/97).
+TARGETS = {"mnist": (0.95, 0.97), "fashion_mnist": (0.85, 0.88)}
+CONFIGS = ("none", "weight decay", "CLIP low", "CLIP high")
+
+
+def split(data, n_val: int, *, seed: int = 42):
+    """A seeded random split of a ``TensorDataset`` into training and validation parts of sizes
+    ``len(data) − n_val`` and ``n_val`` (the authors split 0.9/0.1 with seed 42)."""
+    from torch.utils.data import TensorDataset
+
+    x, y = data.tensors
+    n_val = _validate.positive_int(n_val, "n_val")
+    if n_val >= len(y):
+        raise ValueError(f"n_val={n_val} leaves no training data out of {len(y)}.")
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    return TensorDataset(x[perm[n_val:]], y[perm[n_val:]]), TensorDataset(x[perm[:n_val]], y[perm[:n_val]])
+
+
+def evaluate_model(model, test, *, eps: float = 2.0, noise: float = 1.0, attack_steps: int = 100,
+                   pairs_from=None, seed: int = 0, device=None) -> dict:
+    """Chapter 2's evaluation table for one model: clean accuracy, accuracy under Gaussian noise of
+    standard deviation ``noise``, under standard l2 PGD and under the authors' sphere attack at
+    radius ``eps`` (``attack_steps`` steps each), and the Lipschitz constant of the model's output
+    bracketed: ``lower_bound`` (:func:`labkit.lipschitz.lower_bound` on 200 test points),
+    ``pair_ascent`` (200 ascent steps of a fresh :class:`PairSet` drawn from ``pairs_from``,
+    default the test images) and ``upper_bound`` (product of layer norms and slopes)."""
+    from functools import partial
+
+    from . import attacks, lipschitz
+    from .train import _device, evaluate
+
+    dev = _device(device)
+    gen = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
+    acc = lambda attack, e: attacks.robust_accuracy(model, test, attack, [e], device=dev, progress=False)[e]  # noqa: E731
+    x = test.tensors[0][:200].to(dev)
+    source = (pairs_from if pairs_from is not None else test).tensors[0][:1000].to(dev)
+    pairs = PairSet.from_batch(source, step=10.0, generator=gen())
+    pairs.update(model, iters=200)
+    return {"clean": evaluate(model, test, device=dev)["accuracy"],
+            "noise": acc(partial(attacks.gaussian_noise, generator=gen()), noise),
+            "pgd_l2": acc(partial(attacks.pgd, norm="l2", steps=attack_steps, generator=gen()), eps),
+            "pgd_sphere": acc(partial(attacks.pgd_l2_sphere, steps=attack_steps, generator=gen()), eps),
+            "lower_bound": lipschitz.lower_bound(model, x, steps=100, generator=gen()),
+            "pair_ascent": pairs.estimate(), "upper_bound": lipschitz.upper_bound(model)}
+
+
+def full_sizes() -> dict:
+    """The full-mode sizes of :func:`experiment` (``python -m labkit.experiment ch02``): MNIST, all
+    of it (54 000 / 6 000 / 10 000), the authors' 100 epochs (6 at λ = 0) in their setting, 30 in
+    ours. Fashion-MNIST is left out: on a 2-core CPU it would double the run's hour."""
+    return {"datasets": ["mnist"], "n_train": None, "n_val": 6000, "n_test": None,
+            "epochs": {"paper": 100, "standard": 30}, "warmup": {"paper": 6, "standard": 2}}
+
+
+def experiment(*, datasets=("mnist", "fashion_mnist"), settings=("paper", "standard"), n_train=8000, n_val=1000,
+               n_test=1000, epochs=None, warmup=None, targets=None, lam=0.1, increment=0.01,
+               weight_decay=5e-4, eps=2.0, noise=1.0, attack_steps=100, seed=0, device=None) -> dict:
+    """Chapter 2's experiment: for each data set and setting, train the four :data:`CONFIGS` (no
+    regularisation, SGD weight decay ``weight_decay``, CLIP with the low and the high target of
+    :data:`TARGETS`) and evaluate each with :func:`evaluate_model`. ``epochs`` and ``warmup`` are
+    numbers or ``{setting: number}`` (defaults: 10 and 2 epochs). ``n_train`` images of the
+    training split (``None``: all) are split into training and ``n_val`` validation images.
+    Returns JSON-ready results keyed ``"<data set>/<setting>/<config>"``."""
+    from . import data
+
+    pick = lambda v, s, default: default if v is None else (v[s] if isinstance(v, dict) else v)  # noqa: E731
+    out = {}
+    for name in datasets:
+        full = data.load(name, limit=None if n_train is None else n_train + n_val)
+        tr, val = split(full, n_val)
+        te = data.load(name, train=False, limit=n_test)
+        lo, hi = (targets or TARGETS)[name]
+        for sname in settings:
+            s = get_setting(sname)
+            for config in CONFIGS:
+                target = {"CLIP low": lo, "CLIP high": hi}.get(config)
+                torch.manual_seed(seed)
+                model = mlp(s.sizes, s.activation, last_activation=s.last_activation)
+                run = train(model, tr, val, setting=s, epochs=pick(epochs, sname, 10), warmup=pick(warmup, sname, 2),
+                            lam=lam if target is not None else 0.0, target=target, increment=increment,
+                            weight_decay=weight_decay if config == "weight decay" else 0.0, seed=seed,
+                            device=device)
+                r = evaluate_model(run.model, te, eps=eps, noise=noise, attack_steps=attack_steps, pairs_from=val,
+                                   seed=seed, device=device)
+                r.update(target=target, history=run.history, trace=run.trace, best_epoch=run.best_epoch,
+                         train_seconds=run.seconds)
+                out[f"{name}/{sname}/{config}"] = r
+    return out

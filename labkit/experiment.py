@@ -26,7 +26,8 @@ __all__ = ["robustness", "environment", "save_record", "load_record", "EXPERIMEN
 ROOT = Path(__file__).resolve().parents[1]
 #: Chapter → (module path of its experiment function, record file). Each function takes
 #: keyword sizes and returns JSON-ready results; ``full_sizes()`` gives its full-mode sizes.
-EXPERIMENTS = {"ch01": ("labkit.lognorm", ROOT / "book" / "data" / "ch01_full.json")}
+EXPERIMENTS = {"ch01": ("labkit.lognorm", ROOT / "book" / "data" / "ch01_full.json"),
+               "ch02": ("labkit.clip", ROOT / "book" / "data" / "ch02_full.json")}
 
 
 def robustness(model, test, eps, *, pgd_steps: int = 20, seed: int = 0, device=None) -> dict:

@@ -42,6 +42,33 @@ def test_pgd_never_leaves_ball_or_box(linear_setup, eps, norm, steps, seed):
     assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
 
 
+@settings(max_examples=15, deadline=None)
+@given(eps=st.floats(0.0, 2.0), steps=st.integers(1, 6), seed=st.integers(0, 1000))
+def test_sphere_attack_never_leaves_ball_or_box(linear_setup, eps, steps, seed):
+    model, x, y = linear_setup
+    adv = attacks.pgd_l2_sphere(model, x[:32], y[:32], eps, steps=steps, generator=torch.Generator().manual_seed(seed))
+    assert float((adv - x[:32]).flatten(1).norm(dim=1).max()) <= eps + 1e-5
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+
+
+def test_sphere_attack_lands_on_the_sphere_and_freezes_fooled_examples():
+    """Inside the box (no clamping) every step ends at distance exactly eps; an example that is
+    misclassified at the start is never moved again; and the attack beats random points of the sphere."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 3))
+    x = 0.5 + 0.01 * torch.randn(64, 20, generator=torch.Generator().manual_seed(1))
+    y = model(x).argmax(1)
+    eps = 0.2
+    adv = attacks.pgd_l2_sphere(model, x, y, eps, steps=5, step_size=0.05, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose((adv - x).norm(dim=1), torch.full((64,), eps), atol=1e-5)
+    start = attacks.pgd_l2_sphere(model, x, y, eps, steps=1, step_size=0.0, generator=torch.Generator().manual_seed(2))
+    fooled_at_start = model(start).argmax(1) != y
+    again = attacks.pgd_l2_sphere(model, x, y, eps, steps=5, step_size=0.05, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(again[fooled_at_start], start[fooled_at_start])
+    with torch.no_grad():
+        assert int((model(adv).argmax(1) != y).sum()) > int(fooled_at_start.sum())
+
+
 def test_fgsm_is_sign_step(linear_setup):
     model, x, y = linear_setup
     adv = attacks.fgsm(model, x, y, 0.1)
@@ -113,7 +140,7 @@ def test_certified_accuracy_matches_radii(linear_setup):
 
 
 # ----------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("attack", [attacks.fgsm, attacks.pgd, attacks.gaussian_noise])
+@pytest.mark.parametrize("attack", [attacks.fgsm, attacks.pgd, attacks.pgd_l2_sphere, attacks.gaussian_noise])
 def test_attacks_reject_negative_eps(linear_setup, attack):
     model, x, y = linear_setup
     with pytest.raises(ValueError, match="eps"):

@@ -23,7 +23,27 @@ def _inner_ok(E, G, h, value, theta):
         h /= theta
 
 
+def _quotient_grad(f, u, v):
+    u = u.clone().requires_grad_(True)
+    v = v.clone().requires_grad_(True)
+    q = lipschitz.quotient(f, u, v)
+    gu, gv = torch.autograd.grad(q.sum(), (u, v))
+    return q.detach(), gu, gv
+
+
+def _pair_update(f, u, v, step, growth, ascent=1.0, rule="increase"):
+    q, gu, gv = _quotient_grad(f, u, v)
+    tu, tv = u + ascent * step[:, None] * gu, v + ascent * step[:, None] * gv
+    new = lipschitz.quotient(f, tu, tv).detach()
+    ok = new > q if rule == "increase" else torch.ones_like(new, dtype=torch.bool)
+    return (torch.where(ok[:, None], tu, u), torch.where(ok[:, None], tv, v),
+            torch.where(ok, step * growth, step / growth))
+
+
 RIGHT = {
+    "quotient_gradient": _quotient_grad,
+    "pair_update": _pair_update,
+    "lambda_rule": lambda lam, acc, target, inc: lam + inc if acc > target else max(lam - inc, 0.0),
     "lognorm_inf": lambda A: lipschitz.lognorm(A, "inf"),
     "rank_one_gradient": lambda D, M: ln.lognorm_gradient(D, M)[1],
     "controlled_inner_step": _inner_ok,
@@ -47,7 +67,22 @@ def _fgsm_no_clamp(model, x, y, eps):
     return (x + eps * g.sign()).detach()
 
 
+def _sq_grad(f, u, v):
+    q, gu, gv = _quotient_grad(f, u, v)
+    return q, 2 * q[:, None] * gu, 2 * q[:, None] * gv
+
+
 WRONG = {
+    "quotient_gradient": [_sq_grad,                                                   # gradient of q²
+                          lambda f, u, v: (_quotient_grad(f, u, v)[0] ** 2, *_quotient_grad(f, u, v)[1:]),
+                          lambda f, u, v: (_quotient_grad(f, u, v)[0], _quotient_grad(f, u, v)[1],
+                                           _quotient_grad(f, u, v)[1])],             # gv = gu
+    "pair_update": [lambda *a: _pair_update(*a, ascent=-1.0),                          # descent
+                    lambda *a: _pair_update(*a, rule="always"),                        # no rejection
+                    lambda f, u, v, step, growth: (*_pair_update(f, u, v, step, growth)[:2], step)],
+    "lambda_rule": [lambda lam, acc, target, inc: lam - inc if acc > target else lam + inc,  # reversed
+                    lambda lam, acc, target, inc: lam + inc if acc > target else lam - inc,  # can go negative
+                    lambda lam, acc, target, inc: lam + inc if acc >= target else max(lam - inc, 0.0)],
     "lognorm_inf": [lambda A: torch.linalg.matrix_norm(A, float("inf")),      # the norm itself
                     lambda A: lipschitz.lognorm(A, 1),                         # columns, not rows
                     lambda A: lipschitz.lognorm(A, 2)],

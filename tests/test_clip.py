@@ -2,6 +2,7 @@
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from labkit import clip
 
@@ -104,3 +105,127 @@ def test_lambda_schedule_follows_the_target_accuracy():
     assert s.lam == 0.0                 # never negative
     with pytest.raises(ValueError):
         clip.LambdaSchedule(0.1, target=1.5, increment=0.1)
+
+
+# ----------------------------------------------------------------------------- loss, training, regression
+def test_paper_loss_equals_a_hand_computation_on_a_tiny_batch():
+    """Paper setting: cross-entropy of the sigmoid outputs + λ · squared quotient of the single
+    worst pair; the term is dropped above reg_max."""
+    torch.manual_seed(0)
+    s = clip.SETTINGS["paper"]
+    net = clip.mlp((4, 3, 2), "sigmoid", last_activation=s.last_activation).double()
+    W1, b1, W2, b2 = (p.detach() for p in net.parameters())
+    f = lambda z: torch.sigmoid(W2 @ torch.sigmoid(W1 @ z + b1) + b2)  # noqa: E731
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(3, 4, generator=g, dtype=torch.float64), torch.tensor([0, 1, 1])
+    pairs = clip.PairSet(torch.rand(5, 4, generator=g, dtype=torch.float64),
+                         torch.rand(5, 4, generator=g, dtype=torch.float64), squared=s.squared)
+    pairs.update(net)
+    lam = 0.3
+    ce = -sum(float(torch.log_softmax(f(x[i]), 0)[y[i]]) for i in range(3)) / 3
+    q2 = max(float((f(u) - f(v)).pow(2).sum() / (u - v).pow(2).sum()) for u, v in zip(pairs.u, pairs.v))
+    loss, out, reg = clip.clip_loss(net, x, y, pairs, lam, reduce=s.reduce, reg_max=s.reg_max)
+    assert float(loss.detach()) == pytest.approx(ce + lam * q2, rel=1e-12)
+    assert reg == pytest.approx(q2, rel=1e-12) and out.shape == (3, 2)
+    dropped, _, reg2 = clip.clip_loss(net, x, y, pairs, lam, reduce=s.reduce, reg_max=0.5 * q2)
+    assert float(dropped) == pytest.approx(ce, rel=1e-12) and reg2 == pytest.approx(q2)
+    mean, _, _ = clip.clip_loss(net, x, y, pairs, lam, reduce="mean")
+    q2_all = [float((f(u) - f(v)).pow(2).sum() / (u - v).pow(2).sum()) for u, v in zip(pairs.u, pairs.v)]
+    assert float(mean) == pytest.approx(ce + lam * sum(q2_all) / 5, rel=1e-12)
+    # only the parameters are differentiated: the pairs receive no gradient
+    loss.backward()
+    assert pairs.u.grad is None and all(p.grad is not None for p in net.parameters())
+
+
+def test_mlp_matches_the_authors_layout():
+    paper = clip.mlp(last_activation=True)
+    assert [type(m).__name__ for m in paper] == ["Flatten", "Linear", "Sigmoid", "Linear", "Sigmoid", "Linear", "Sigmoid"]
+    assert [m.out_features for m in paper if isinstance(m, nn.Linear)] == [200, 80, 10]
+    assert type(clip.mlp()[-1]) is nn.Linear
+    with pytest.raises(ValueError):
+        clip.mlp(activation="swish")
+    with pytest.raises(ValueError):
+        clip.mlp((784,))
+
+
+def test_larger_lambda_gives_a_smaller_constant_on_the_regression_problem():
+    """Monotonicity in λ (Chapter 2, proposition): on average over seeds the fitted network's
+    Lipschitz constant falls and its training error rises as λ grows."""
+    lams = (0.0, 0.03, 0.3)
+    lip = {lam: 0.0 for lam in lams}
+    err = {lam: 0.0 for lam in lams}
+    for seed in range(3):
+        x, y = clip.regression_data(20, seed=seed)
+        for lam in lams:
+            model, pairs = clip.fit_regression(x, y, lam, width=20, steps=400, lr=1e-2, seed=seed)
+            lip[lam] += clip.grid_lipschitz(model) / 3
+            err[lam] += float(torch.nn.functional.mse_loss(model(x), y)) / 3
+            assert pairs.estimate() <= clip.grid_lipschitz(model, points=20001) * (1 + 1e-3) + 1e-3  # from below
+    assert lip[0.0] > lip[0.03] > lip[0.3]
+    assert err[0.0] < err[0.03] < err[0.3]
+
+
+def test_grid_lipschitz_known_answers():
+    assert clip.grid_lipschitz(lambda t: 3 * t) == pytest.approx(3.0)
+    assert clip.grid_lipschitz(clip.regression_truth) == pytest.approx(torch.pi + 0.5, rel=1e-4)
+    assert clip.grid_lipschitz(torch.abs, -1, 1, 2000) == pytest.approx(1.0)
+
+
+def _blobs(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x = (torch.rand(3, 1, 4, 4, generator=g)[y] + 0.1 * torch.randn(n, 1, 4, 4, generator=g)).clamp(0, 1)
+    return TensorDataset(x, y)
+
+
+@pytest.mark.parametrize("name", ["paper", "standard"])
+def test_train_runs_both_settings_and_records_its_history(name):
+    tr, val = _blobs(256, 0), _blobs(64, 1)
+    s = clip.SETTINGS[name]
+    torch.manual_seed(0)
+    model = clip.mlp((16, 12, 3), last_activation=s.last_activation)
+    run = clip.train(model, tr, val, setting=name, epochs=4, lam=0.1, target=0.5, increment=0.05, warmup=1,
+                     progress=False, trace_every=1)
+    h = run.history
+    assert all(len(v) == 4 for v in h.values())
+    assert h["lam"][0] == 0.0 and h["lam"][1] == 0.1  # one warm-up epoch, then λ
+    assert len(run.trace) == 4 * 2 and all(t > 0 for t in run.trace)
+    assert 0 <= run.best_epoch < 4 and not run.model.training
+    if name == "standard":
+        assert run.best_epoch == 3
+    again = clip.train(clip.mlp((16, 12, 3), last_activation=s.last_activation), tr, val, setting=name, epochs=1,
+                       progress=False)
+    assert all(h2 == h2 for h2 in again.history["loss"])
+
+
+def test_train_is_reproducible_and_rejects_bad_input():
+    tr, val = _blobs(128, 0), _blobs(32, 1)
+
+    def once():
+        torch.manual_seed(3)
+        m = clip.mlp((16, 8, 3))
+        clip.train(m, tr, val, setting="standard", epochs=2, lam=0.1, progress=False, seed=5)
+        return torch.cat([p.detach().flatten() for p in m.parameters()])
+
+    assert torch.equal(once(), once())
+    with pytest.raises(ValueError, match="setting"):
+        clip.train(clip.mlp((16, 3)), tr, val, setting="nope", epochs=1)
+    with pytest.raises(ValueError, match="lam"):
+        clip.train(clip.mlp((16, 3)), tr, val, lam=-1.0, epochs=1)
+    with pytest.raises(ValueError, match="val_data"):
+        clip.train(clip.mlp((16, 3)), tr, _blobs(1, 2), epochs=1)
+
+
+def test_split_and_evaluation_table():
+    data = _blobs(100, 0)
+    tr, val = clip.split(data, 20)
+    assert len(tr) == 80 and len(val) == 20
+    both = torch.cat([tr.tensors[0], val.tensors[0]]).flatten(1)
+    assert torch.unique(both, dim=0).shape[0] == torch.unique(data.tensors[0].flatten(1), dim=0).shape[0]
+    with pytest.raises(ValueError):
+        clip.split(data, 100)
+    torch.manual_seed(0)
+    model = clip.mlp((16, 8, 3))
+    r = clip.evaluate_model(model, _blobs(64, 3), attack_steps=5)
+    assert r["pair_ascent"] <= r["upper_bound"] and r["lower_bound"] <= r["upper_bound"]
+    assert r["pgd_l2"] <= r["clean"] and r["pgd_sphere"] <= r["clean"]
