@@ -120,9 +120,9 @@ def progress_enabled() -> bool:
     return mode() != "smoke"
 
 
-from . import attacks, certify, check, data, lipschitz, lognorm, odes, train  # noqa: E402
+from . import attacks, certify, check, clip, data, lipschitz, lognorm, odes, train  # noqa: E402
 
 __all__ = [
-    "MODES", "Config", "__version__", "attacks", "by_mode", "certify", "check", "data", "device",
+    "MODES", "Config", "__version__", "attacks", "by_mode", "certify", "check", "clip", "data", "device",
     "lipschitz", "lognorm", "mode", "odes", "progress_enabled", "seed_everything", "setup", "train",
 ]

@@ -18,7 +18,8 @@ from . import _validate
 from .lipschitz import quotient
 
 __all__ = ["quotient", "PairSet", "LambdaSchedule", "mlp", "clip_loss", "Setting", "SETTINGS", "get_setting",
-           "Run", "train"]  # quotient: labkit.lipschitz.quotient, re-exported
+           "Run", "train", "regression_data", "regression_truth", "grid_lipschitz", "fit_regression", "regression",
+           "split", "evaluate_model", "TARGETS", "CONFIGS", "experiment", "full_sizes"]  # quotient: labkit.lipschitz.quotient, re-exported
 
 
 class PairSet:
@@ -464,12 +465,12 @@ def split(data, n_val: int, *, seed: int = 42):
 
 
 def evaluate_model(model, test, *, eps: float = 2.0, noise: float = 1.0, attack_steps: int = 100,
-                   pairs_from=None, seed: int = 0, device=None) -> dict:
+                   ascent_steps: int = 200, pairs_from=None, seed: int = 0, device=None) -> dict:
     """Chapter 2's evaluation table for one model: clean accuracy, accuracy under Gaussian noise of
     standard deviation ``noise``, under standard l2 PGD and under the authors' sphere attack at
     radius ``eps`` (``attack_steps`` steps each), and the Lipschitz constant of the model's output
-    bracketed: ``lower_bound`` (:func:`labkit.lipschitz.lower_bound` on 200 test points),
-    ``pair_ascent`` (200 ascent steps of a fresh :class:`PairSet` drawn from ``pairs_from``,
+    bracketed: ``lower_bound`` (:func:`labkit.lipschitz.lower_bound`, 100 Adam steps from 200 test
+    points), ``pair_ascent`` (``ascent_steps`` steps of a fresh :class:`PairSet` drawn from ``pairs_from``,
     default the test images) and ``upper_bound`` (product of layer norms and slopes)."""
     from functools import partial
 
@@ -482,7 +483,7 @@ def evaluate_model(model, test, *, eps: float = 2.0, noise: float = 1.0, attack_
     x = test.tensors[0][:200].to(dev)
     source = (pairs_from if pairs_from is not None else test).tensors[0][:1000].to(dev)
     pairs = PairSet.from_batch(source, step=10.0, generator=gen())
-    pairs.update(model, iters=200)
+    pairs.update(model, iters=_validate.positive_int(ascent_steps, "ascent_steps"))
     return {"clean": evaluate(model, test, device=dev)["accuracy"],
             "noise": acc(partial(attacks.gaussian_noise, generator=gen()), noise),
             "pgd_l2": acc(partial(attacks.pgd, norm="l2", steps=attack_steps, generator=gen()), eps),
@@ -501,7 +502,8 @@ def full_sizes() -> dict:
 
 def experiment(*, datasets=("mnist", "fashion_mnist"), settings=("paper", "standard"), n_train=8000, n_val=1000,
                n_test=1000, epochs=None, warmup=None, targets=None, lam=0.1, increment=0.01,
-               weight_decay=5e-4, eps=2.0, noise=1.0, attack_steps=100, seed=0, device=None) -> dict:
+               weight_decay=5e-4, eps=2.0, noise=1.0, attack_steps=100, ascent_steps=200, seed=0,
+               device=None) -> dict:
     """Chapter 2's experiment: for each data set and setting, train the four :data:`CONFIGS` (no
     regularisation, SGD weight decay ``weight_decay``, CLIP with the low and the high target of
     :data:`TARGETS`) and evaluate each with :func:`evaluate_model`. ``epochs`` and ``warmup`` are
@@ -527,8 +529,8 @@ def experiment(*, datasets=("mnist", "fashion_mnist"), settings=("paper", "stand
                             lam=lam if target is not None else 0.0, target=target, increment=increment,
                             weight_decay=weight_decay if config == "weight decay" else 0.0, seed=seed,
                             device=device)
-                r = evaluate_model(run.model, te, eps=eps, noise=noise, attack_steps=attack_steps, pairs_from=val,
-                                   seed=seed, device=device)
+                r = evaluate_model(run.model, te, eps=eps, noise=noise, attack_steps=attack_steps,
+                                   ascent_steps=ascent_steps, pairs_from=val, seed=seed, device=device)
                 r.update(target=target, history=run.history, trace=run.trace, best_epoch=run.best_epoch,
                          train_seconds=run.seconds)
                 out[f"{name}/{sname}/{config}"] = r
