@@ -500,13 +500,14 @@ def full_sizes() -> dict:
             "epochs": {"paper": 100, "standard": 30}, "warmup": {"paper": 6, "standard": 2}}
 
 
-def experiment(*, datasets=("mnist", "fashion_mnist"), settings=("paper", "standard"), n_train=8000, n_val=1000,
+def experiment(*, datasets=("mnist", "fashion_mnist"), settings=("paper", "standard"), configs=CONFIGS,
+               n_train=8000, n_val=1000,
                n_test=1000, epochs=None, warmup=None, targets=None, lam=0.1, increment=0.01,
                weight_decay=5e-4, eps=2.0, noise=1.0, attack_steps=100, ascent_steps=200, seed=0,
                device=None) -> dict:
-    """Chapter 2's experiment: for each data set and setting, train the four :data:`CONFIGS` (no
-    regularisation, SGD weight decay ``weight_decay``, CLIP with the low and the high target of
-    :data:`TARGETS`) and evaluate each with :func:`evaluate_model`. ``epochs`` and ``warmup`` are
+    """Chapter 2's experiment: for each data set and setting, train the ``configs`` (default all four
+    :data:`CONFIGS`: no regularisation, SGD weight decay ``weight_decay``, CLIP with the low and the
+    high target of :data:`TARGETS`) and evaluate each with :func:`evaluate_model`. ``epochs`` and ``warmup`` are
     numbers or ``{setting: number}`` (defaults: 10 and 2 epochs). ``n_train`` images of the
     training split (``None``: all) are split into training and ``n_val`` validation images.
     Returns JSON-ready results keyed ``"<data set>/<setting>/<config>"``."""
@@ -521,7 +522,9 @@ def experiment(*, datasets=("mnist", "fashion_mnist"), settings=("paper", "stand
         lo, hi = (targets or TARGETS)[name]
         for sname in settings:
             s = get_setting(sname)
-            for config in CONFIGS:
+            for config in configs:
+                if config not in CONFIGS:
+                    raise ValueError(f"configs must be among {CONFIGS}, got {config!r}.")
                 target = {"CLIP low": lo, "CLIP high": hi}.get(config)
                 torch.manual_seed(seed)
                 model = mlp(s.sizes, s.activation, last_activation=s.last_activation)
