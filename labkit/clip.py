@@ -287,6 +287,7 @@ def train(model, train_data, val_data, *, setting="paper", epochs: int = 10, lam
     """
     import copy
     import time
+    from functools import partial
 
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -310,7 +311,7 @@ def train(model, train_data, val_data, *, setting="paper", epochs: int = 10, lam
     schedule = LambdaSchedule(lam, 0.0 if fixed else target, 0.0 if fixed else increment,
                               warmup=warmup if lam > 0 else 0, cooldown=s.cooldown)
     gen = torch.Generator().manual_seed(seed)
-    val_x, val_y = val_data.tensors[0], val_data.tensors[1]
+    val_x = val_data.tensors[0]
     pairs = _draw_pairs(val_x, s, gen, dev) if lam > 0 else None
     keys = ("lam", "loss", "accuracy", "val_accuracy", "val_adv_accuracy", "estimate", "reg")
     run = Run(model=model, setting=s.name, history={k: [] for k in keys})
@@ -343,12 +344,9 @@ def train(model, train_data, val_data, *, setting="paper", epochs: int = 10, lam
             correct += int((out.argmax(1) == yb).sum())
             total += yb.shape[0]
         val_acc = evaluate(model, val_data, device=dev)["accuracy"]
-        adv = attacks.pgd_l2_sphere(model, val_x.to(dev), val_y.to(dev), 2.0, steps=s.val_attack_steps,
-                                    generator=torch.Generator().manual_seed(seed))
-        with torch.no_grad():
-            model.eval()
-            val_adv = float((model(adv).argmax(1) == val_y.to(dev)).float().mean())
-            model.train()
+        val_adv = attacks.robust_accuracy(model, val_data, partial(attacks.pgd_l2_sphere, steps=s.val_attack_steps,
+                                                                   generator=torch.Generator().manual_seed(seed)),
+                                          [2.0], device=dev, progress=False)[2.0]
         h = run.history
         h["lam"].append(current)
         h["loss"].append(loss_sum / total)
