@@ -88,22 +88,34 @@ def pgd(model, x, y, eps, *, norm="linf", steps=10, step_size=None, random_start
     normalised gradient (l2), projects back onto the ball and clamps to the image box. Keeps,
     per example, the first iterate that is misclassified, so a success is never undone by a
     later step. The result is always inside the ball and the box.
+
+    ``eps`` is a number, or a tensor of per-example radii of shape ``(N,)`` (used to attack each
+    point at a fraction of its own certified radius, Chapter 4); ``step_size`` then scales with it.
     """
-    eps = _check(x, y, eps, clamp)
+    if isinstance(eps, torch.Tensor) and eps.ndim == 1:
+        _check(x, y, 0.0, clamp)
+        if eps.shape[0] != x.shape[0] or not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()):
+            raise ValueError(f"per-example eps must be {x.shape[0]} finite non-negative radii, got shape "
+                             f"{tuple(eps.shape)}.")
+        eps = eps.detach().to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.ndim - 1)))
+        if step_size is not None:
+            raise ValueError("with per-example eps the step size is 2.5 · eps / steps; leave step_size unset.")
+    else:
+        eps = _check(x, y, eps, clamp)
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
     steps = _validate.positive_int(steps, "steps")
     alpha = 2.5 * eps / steps if step_size is None else _validate.nonneg(step_size, "step_size")
     x = x.detach()
-    if eps == 0:
+    if not bool(torch.as_tensor(eps).any()):
         return x.clone()
     with _frozen(model):
         if random_start and norm == "linf":
             delta = eps * (2 * _rand(torch.rand, x.shape, generator, x) - 1)
         elif random_start:
             noise = _rand(torch.randn, x.shape, generator, x)
-            radius = eps * _rand(torch.rand, (x.shape[0],), generator, x)
-            delta = noise / (_flat_norm(noise) + 1e-12) * radius.view(-1, *([1] * (x.ndim - 1)))
+            radius = _rand(torch.rand, (x.shape[0],), generator, x).view(-1, *([1] * (x.ndim - 1))) * eps
+            delta = noise / (_flat_norm(noise) + 1e-12) * radius
         else:
             delta = torch.zeros_like(x)
         x_adv = (x + delta).clamp(*clamp)

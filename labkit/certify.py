@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import _validate
 
-__all__ = ["margin", "certified_radius", "certified_accuracy"]
+__all__ = ["margin", "certified_radius", "lln_radius", "certified_accuracy"]
 
 
 def _check_logits(logits, labels):
@@ -42,6 +42,25 @@ def certified_radius(logits: torch.Tensor, labels: torch.Tensor, lipschitz: floa
     """
     L = _validate.positive(lipschitz, "lipschitz")
     return margin(logits, labels).clamp(min=0) / (math.sqrt(2.0) * L)
+
+
+def lln_radius(logits: torch.Tensor, labels: torch.Tensor, pair_norms: torch.Tensor,
+               lipschitz: float = 1.0) -> torch.Tensor:
+    """Pairwise certified radius for a last-layer-normalised head (Chapter 4, *Certificates*):
+    ``min_{j≠y} (f_y − f_j) / (‖ŵ_y − ŵ_j‖ · L)``, clamped at 0, where ``pair_norms[i, j] =
+    ‖ŵ_i − ŵ_j‖`` and ``L`` bounds the constant of the features feeding the head. No √2 here: the
+    head is not 1-Lipschitz, so the √2 rule would be unsound for it."""
+    _check_logits(logits, labels)
+    L = _validate.positive(lipschitz, "lipschitz")
+    K = logits.shape[1]
+    if pair_norms.shape != (K, K):
+        raise ValueError(f"pair_norms must be {K}×{K}, got {tuple(pair_norms.shape)}.")
+    labels = labels.long()
+    gaps = logits.gather(1, labels[:, None]) - logits                     # f_y − f_j
+    norms = pair_norms.to(logits)[labels]                                 # ‖ŵ_y − ŵ_j‖
+    ratio = gaps / norms.clamp_min(1e-12)
+    ratio = ratio.scatter(1, labels[:, None], float("inf"))
+    return ratio.min(1).values.clamp(min=0) / L
 
 
 def certified_accuracy(model, data: Dataset, eps, lipschitz: float, *, batch_size=512,

@@ -13,7 +13,8 @@ import math
 import torch
 
 __all__ = ["lognorm_2", "certified_radius", "fgsm_step", "euler_resnet", "lognorm_inf",
-           "rank_one_gradient", "controlled_inner_step", "quotient_gradient", "pair_update", "lambda_rule"]
+           "rank_one_gradient", "controlled_inner_step", "quotient_gradient", "pair_update", "lambda_rule",
+           "euler_step_norm", "cpl_step", "power_iteration", "lln_radius"]
 
 
 def _call(fn, *args):
@@ -270,3 +271,95 @@ def lambda_rule(fn) -> None:
         _close(_call(fn, *args), expected, f"λ after lam={args[0]}, accuracy={args[1]}, target={args[2]}, "
                f"increment={args[3]}", "more regularisation when the accuracy beats the target (strictly), "
                "less otherwise, and λ is never negative.")
+
+
+# --------------------------------------------------------------------------- lab 4
+def _psd(seed, n=5):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(n, n, generator=g, dtype=torch.float64)
+    return A @ A.T / n
+
+
+def euler_step_norm(fn) -> None:
+    """Lab 4, exercise 1: ``fn(Q, h)`` returns ``‖I − hQ‖₂``, the Lipschitz constant of the Euler step
+    ``x ↦ x − h∇f(x)`` of the quadratic potential ``f(x) = ½ xᵀQx`` (``Q`` symmetric, ``Q ⪰ 0``)."""
+    cases = [torch.diag(torch.tensor([4.0, 1.0, 0.0], dtype=torch.float64)), _psd(0), _psd(1, 7)]
+    hint = ("the step is linear, x ↦ (I − hQ)x, so its constant is the spectral norm of I − hQ; with the "
+            "eigenvalues λ_i of Q that is max_i |1 − hλ_i|, which is > 1 exactly when h > 2/λ_max.")
+    for Q in cases:
+        L = float(torch.linalg.eigvalsh(Q)[-1])
+        for c in (0.3, 1.0, 2.0, 2.5):
+            h = c / L
+            expected = torch.linalg.matrix_norm(torch.eye(Q.shape[0], dtype=Q.dtype) - h * Q, ord=2)
+            _close(_call(fn, Q.clone(), h), expected, f"‖I − hQ‖ at h = {c}/L", hint, rtol=1e-8)
+
+
+def _cpl_reference(x, W, b):
+    h = 2.0 / torch.linalg.matrix_norm(W, ord=2) ** 2
+    return x - h * torch.relu(x @ W.T + b) @ W
+
+
+def cpl_step(fn) -> None:
+    """Lab 4, exercise 2: ``fn(x, W, b)`` returns the dense CPL ``x − (2/‖W‖₂²) Wᵀ ReLU(Wx + b)`` for a
+    batch ``x`` of shape ``(N, n)``, ``W`` of shape ``(m, n)``."""
+    from .convex import ConvexPotentialLayer
+
+    g = torch.Generator().manual_seed(4)
+    for n, m in ((6, 9), (8, 3)):
+        layer = ConvexPotentialLayer(n, m, generator=g).double().eval()
+        W, b = layer.weight.detach().clone(), layer.bias.detach().clone()
+        x = torch.randn(5, n, generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            expected = layer(x)
+        got = _call(fn, x.clone(), W.clone(), b.clone())
+        _close(got, expected, f"CPL output for W of shape {m}×{n}",
+               "h = 2/‖W‖₂² uses the spectral norm (torch.linalg.matrix_norm(W, ord=2)), not the Frobenius "
+               "norm; the batch is x (N × n), so Wx + b is x @ W.T + b and Wᵀσ(·) is σ(·) @ W.", rtol=1e-8)
+
+
+def power_iteration(fn) -> None:
+    """Lab 4, exercise 3: ``fn(W, u, iters)`` runs ``iters`` power-iteration steps
+    ``v ← Wu/‖Wu‖, u ← Wᵀv/‖Wᵀv‖`` from ``u`` and returns ``(sigma, u)`` with ``sigma = ‖W u‖``."""
+    g = torch.Generator().manual_seed(5)
+    Uq, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    Vq, _ = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))
+    S = torch.zeros(6, 4, dtype=torch.float64)
+    S[0, 0], S[1, 1], S[2, 2], S[3, 3] = 3.0, 2.0, 1.0, 0.5
+    W = Uq @ S @ Vq.T
+    u0 = torch.randn(4, generator=g, dtype=torch.float64)
+    u0 = u0 / u0.norm()
+    hint = ("one step maps u to Wᵀ(Wu) and normalises; the estimate is ‖Wu‖ for the final u (not ‖WᵀWu‖, "
+            "which estimates ‖W‖²).")
+    got = _call(fn, W.clone(), u0.clone(), 1)
+    if not (isinstance(got, tuple) and len(got) == 2):
+        raise AssertionError("return a pair (sigma, u).")
+    u1 = W.T @ (W @ u0)
+    u1 = u1 / u1.norm()
+    _close(got[1], u1, "u after one step", hint, rtol=1e-8)
+    _close(got[0], (W @ u1).norm(), "sigma after one step", hint, rtol=1e-8)
+    values = []
+    for k in (1, 2, 5, 20, 200):
+        sigma, _ = _call(fn, W.clone(), u0.clone(), k)
+        values.append(float(sigma))
+        if float(sigma) > 3.0 * (1 + 1e-12):
+            raise AssertionError(f"after {k} steps the estimate {float(sigma):.6f} exceeds ‖W‖ = 3: the power "
+                                 f"iteration approaches the norm from below. Hint: {hint}")
+    if any(b < a - 1e-12 for a, b in zip(values, values[1:])):
+        raise AssertionError(f"the estimates {values} should not decrease with more steps. Hint: {hint}")
+    _close(values[-1], 3.0, "sigma after 200 steps", hint, rtol=1e-8)
+
+
+def lln_radius(fn) -> None:
+    """Lab 4, exercise 4: ``fn(logits, labels, W_hat)`` returns the pairwise certified radius of an LLN
+    head, ``max(0, min_{j≠y} (f_y − f_j)/‖ŵ_y − ŵ_j‖)`` per example (features 1-Lipschitz)."""
+    from .certify import lln_radius as reference
+
+    g = torch.Generator().manual_seed(6)
+    W = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    W_hat = W / W.norm(dim=1, keepdim=True)
+    logits = torch.randn(12, 4, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 4, (12,), generator=g)
+    expected = reference(logits, labels, torch.cdist(W_hat, W_hat), 1.0)
+    _close(_call(fn, logits.clone(), labels.clone(), W_hat.clone()), expected, "pairwise radii",
+           "for each example and each other class j, divide the logit gap f_y − f_j by ‖ŵ_y − ŵ_j‖ (not by "
+           "√2), take the smallest over j ≠ y, and give 0 to misclassified examples.", rtol=1e-8)

@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Chapter → (module path of its experiment function, record file). Each function takes
 #: keyword sizes and returns JSON-ready results; ``full_sizes()`` gives its full-mode sizes.
 EXPERIMENTS = {"ch01": ("labkit.lognorm", ROOT / "book" / "data" / "ch01_full.json"),
-               "ch02": ("labkit.clip", ROOT / "book" / "data" / "ch02_full.json")}
+               "ch02": ("labkit.clip", ROOT / "book" / "data" / "ch02_full.json"),
+               "ch04": ("labkit.convex", ROOT / "book" / "data" / "ch04_full.json")}
 
 
 def robustness(model, test, eps, *, pgd_steps: int = 20, seed: int = 0, device=None) -> dict:

@@ -72,7 +72,38 @@ def _sq_grad(f, u, v):
     return q, 2 * q[:, None] * gu, 2 * q[:, None] * gv
 
 
+def _power(W, u, iters):
+    for _ in range(iters):
+        u = W.T @ (W @ u)
+        u = u / u.norm()
+    return (W @ u).norm(), u
+
+
+def _lln(lo, y, W_hat):
+    return certify.lln_radius(lo, y, torch.cdist(W_hat, W_hat), 1.0)
+
+
+RIGHT.update({
+    "euler_step_norm": lambda Q, h: torch.linalg.matrix_norm(torch.eye(Q.shape[0], dtype=Q.dtype) - h * Q, ord=2),
+    "cpl_step": lambda x, W, b: x - 2 / torch.linalg.matrix_norm(W, 2) ** 2 * torch.relu(x @ W.T + b) @ W,
+    "power_iteration": _power,
+    "lln_radius": _lln,
+})
+
 WRONG = {
+    "euler_step_norm": [lambda Q, h: 1 - h * torch.linalg.eigvalsh(Q)[-1],                # signed, one end
+                        lambda Q, h: torch.linalg.matrix_norm(torch.eye(Q.shape[0], dtype=Q.dtype) + h * Q, ord=2),
+                        lambda Q, h: torch.ones((), dtype=Q.dtype)],
+    "cpl_step": [lambda x, W, b: x - 1 / torch.linalg.matrix_norm(W, 2) ** 2 * torch.relu(x @ W.T + b) @ W,  # h = 1/‖W‖²
+                 lambda x, W, b: x - 2 / torch.linalg.matrix_norm(W) ** 2 * torch.relu(x @ W.T + b) @ W,     # Frobenius
+                 lambda x, W, b: x - 2 / torch.linalg.matrix_norm(W, 2) ** 2 * (x @ W.T + b) @ W],           # no ReLU
+    "power_iteration": [lambda W, u, k: ((W.T @ W @ _power(W, u, k)[1]).norm(), _power(W, u, k)[1]),   # σ²
+                        lambda W, u, k: ((W @ u).norm(), u),                                           # no steps
+                        lambda W, u, k: (_power(W, u, k)[0] * 1.001, _power(W, u, k)[1])],             # above
+    "lln_radius": [lambda lo, y, W_hat: _lln(lo, y, W_hat) / math.sqrt(2),
+                   lambda lo, y, W_hat: certify.certified_radius(lo, y, 1.0),                  # √2 rule
+                   lambda lo, y, W_hat: -_lln(-lo, y, W_hat)],
+
     "quotient_gradient": [_sq_grad,                                                   # gradient of q²
                           lambda f, u, v: (_quotient_grad(f, u, v)[0] ** 2, *_quotient_grad(f, u, v)[1:]),
                           lambda f, u, v: (_quotient_grad(f, u, v)[0], _quotient_grad(f, u, v)[1],

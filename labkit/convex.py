@@ -1,0 +1,803 @@
+"""Convex potential layers: 1-Lipschitz residual networks with certified l2 robustness (Chapter 4).
+
+A *convex potential layer* (CPL, Meunier et al. 2022) is one explicit Euler step of the gradient
+flow of the convex potential ``f(x) = Σ_i ψ(w_iᵀx + b_i)`` (``ψ' = σ``)::
+
+    z = x − h · Wᵀ σ(W x + b),      h = 2 / ‖W‖₂²,
+
+which is 1-Lipschitz in l2 for every ``h ≤ 2/‖W‖₂²`` (Chapter 4, *The CPL theorem*). ``W`` is a
+matrix (:class:`ConvexPotentialLayer`) or a zero-padded convolution, whose adjoint ``Wᵀ`` is the
+transposed convolution with the same kernel, padding and stride (:class:`ConvexPotentialConv2d`).
+The SDP-based Lipschitz layer (SLL, Araujo et al. 2023) replaces ``h`` by a diagonal scaling
+``2T`` with ``WᵀTW ⪯ I`` from a Gershgorin bound (:class:`SLLLayer`, :class:`SLLConv2d`); CPL is
+the special case ``T = I/‖W‖²``.
+
+**How ‖W‖ is obtained, and why the certificate is sound.** In training mode a CPL takes a few power
+iteration steps per forward pass from a persistent vector (stored in the module's state), and the
+gradient flows through the estimate ``σ̂ = ‖W u‖`` as in the authors' code; the step is
+``2/(σ̂² + 10⁻⁴)``. The power iteration approaches ``‖W‖`` *from below*, so that step may be slightly
+too long. In evaluation mode the layer therefore does not use it: it uses an **upper bound** of
+``‖W‖``, computed in float64 and cached until the weights change: the exact spectral norm for a
+matrix, and for a convolution the norm of the circular convolution with the same kernel on a torus
+large enough that no wrap-around reaches the image (the zero-padded operator is a restriction of
+it, so its norm is no larger; :func:`conv_norm_upper_bound`). Every trained model evaluated here is
+therefore 1-Lipschitz up to floating-point rounding, whatever the power iteration did.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from . import _validate
+
+__all__ = ["ConvexPotentialLayer", "ConvexPotentialConv2d", "SLLLayer", "SLLConv2d",
+           "conv_norm_upper_bound", "conv_matrix", "all_active_norm", "ChannelPad", "FeaturePad", "SumPool2d", "FirstK",
+           "LLN", "Center", "LipschitzNet", "cpl_dense", "cpl_conv", "PRESETS", "preset", "preset_parameters", "baseline_mlp",
+           "margin_loss", "triangular_lr", "Augmented", "train", "certified_radii", "evaluate",
+           "experiment", "full_sizes"]
+
+_EPS_TRAIN = 1e-4  # added to σ̂² in training mode, as in the authors' code
+_MONOTONE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Identity)
+
+
+def _activation(act):
+    """Elementwise, non-decreasing, slope ≤ 1 (Chapter 4, *Pitfalls*): ReLU, tanh, sigmoid,
+    softplus, identity, or leaky ReLU with slope in [0, 1]."""
+    act = nn.ReLU() if act is None else act
+    if isinstance(act, nn.LeakyReLU) and 0 <= act.negative_slope <= 1:
+        return act
+    if not isinstance(act, _MONOTONE):
+        raise TypeError(f"the activation inside a convex potential layer must be elementwise, non-decreasing "
+                        f"and 1-Lipschitz (ReLU, LeakyReLU(0≤α≤1), Tanh, Sigmoid, Softplus); got {act!r}. "
+                        "GroupSort/MaxMin can only go between layers.")
+    return act
+
+
+def _init_uniform(t: torch.Tensor, fan_in: int, generator=None):
+    bound = 1.0 / math.sqrt(fan_in)
+    with torch.no_grad():
+        t.copy_((torch.rand(t.shape, generator=generator) * 2 - 1) * bound)
+
+
+def _normalize(t):
+    return t / t.norm().clamp_min(1e-30)
+
+
+class _Residual(nn.Module):
+    """Shared machinery of the residual layers ``x − Wᵀ S σ(Wx + b)``: the operator ``W`` and its
+    adjoint are given by subclasses; CPL computes ``S = h·I`` from ‖W‖, SLL a diagonal scaling."""
+
+    def _op(self, x, bias=True):
+        raise NotImplementedError
+
+    def _adjoint(self, y, shape):
+        raise NotImplementedError
+
+
+class _CPLBase(_Residual):
+    def __init__(self, activation, step, train_iters):
+        super().__init__()
+        self.activation = _activation(activation)
+        self.step = _validate.positive(step, "step")
+        self.train_iters = _validate.positive_int(train_iters, "train_iters")
+        self._bound_cache = None  # (key, value) of the certified norm
+
+    # -- the norm -------------------------------------------------------------------------------
+    def _u_shape(self, x):
+        raise NotImplementedError
+
+    def _ensure_u(self, shape, like):
+        if self.u.shape != torch.Size(shape):
+            gen = torch.Generator().manual_seed(0)
+            self.u = _normalize(torch.randn(shape, generator=gen, dtype=like.dtype)).to(like.device)
+            self._bound_cache = None
+
+    def power_norm(self, iters: int = 100, shape=None) -> torch.Tensor:
+        """Power iteration from the stored vector (updated in place): a lower bound of ``‖W‖₂`` that
+        grows towards it. Returns ``‖W u‖`` with the gradient attached (Chapter 4, *Power iteration*)."""
+        iters = _validate.positive_int(iters, "iters")
+        if shape is not None:
+            self._ensure_u(shape, self.weight)
+        if self.u.numel() == 0:
+            raise RuntimeError("the layer has not seen an input yet: give shape=(1, C, H, W).")
+        with torch.no_grad():
+            u = self.u.to(self.weight.dtype)
+            for _ in range(iters):
+                v = _normalize(self._op(u, bias=False))
+                u = _normalize(self._adjoint(v, u.shape))
+            self.u.copy_(u)
+        return self._op(self.u.to(self.weight.dtype), bias=False).norm()
+
+    def norm_bound(self) -> float:
+        """An upper bound of ``‖W‖₂`` in float64 (exact for a matrix), cached until the weight
+        changes; used by the evaluation-mode step, so the certificate is sound."""
+        key = (self.weight._version, self.weight.data_ptr(), tuple(self.u.shape))
+        if self._bound_cache is None or self._bound_cache[0] != key:
+            self._bound_cache = (key, self._compute_bound())
+        return self._bound_cache[1]
+
+    def step_size(self, x=None) -> torch.Tensor | float:
+        """The step ``h``: ``step/(σ̂² + 10⁻⁴)`` from the power iteration in training mode (with its
+        gradient), ``step/bound²`` from :meth:`norm_bound` in evaluation mode."""
+        if x is not None:
+            self._ensure_u(self._u_shape(x), x)
+        if self.training:
+            self._bound_cache = None
+            sigma = self.power_norm(self.train_iters)
+            return self.step / (sigma ** 2 + _EPS_TRAIN)
+        return self.step / self.norm_bound() ** 2
+
+    def forward(self, x):
+        h = self.step_size(x)
+        return x - h * self._adjoint(self.activation(self._op(x)), x.shape)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "u"
+        if key in state_dict and state_dict[key].shape != self.u.shape:
+            self.u = torch.empty_like(state_dict[key])
+        self._bound_cache = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class ConvexPotentialLayer(_CPLBase):
+    """Dense CPL ``z = x − (2/‖W‖²) Wᵀσ(Wx + b)`` with ``W`` of shape ``(hidden, features)``
+    (Chapter 4, *The CPL theorem*). ``step`` is the numerator (2 is the largest 1-Lipschitz one;
+    ``step=2.2`` builds the counterexample of the chapter). ``train_iters`` power steps per
+    training forward; evaluation uses the exact norm (see the module docstring)."""
+
+    def __init__(self, features: int, hidden: int | None = None, *, activation=None, step: float = 2.0,
+                 train_iters: int = 1, generator=None):
+        features = _validate.positive_int(features, "features")
+        hidden = features if hidden is None else _validate.positive_int(hidden, "hidden")
+        super().__init__(activation, step, train_iters)
+        self.features, self.hidden = features, hidden
+        self.weight = nn.Parameter(torch.empty(hidden, features))
+        self.bias = nn.Parameter(torch.empty(hidden))
+        _init_uniform(self.weight, features, generator)
+        _init_uniform(self.bias, features, generator)
+        self.register_buffer("u", torch.empty(0))
+        self._ensure_u((features,), self.weight)
+
+    def _u_shape(self, x):
+        if x.ndim != 2 or x.shape[1] != self.features:
+            raise ValueError(f"expected input of shape (N, {self.features}), got {tuple(x.shape)}.")
+        return (self.features,)
+
+    def _op(self, x, bias=True):
+        return F.linear(x, self.weight, self.bias if bias else None)
+
+    def _adjoint(self, y, shape):
+        return y @ self.weight
+
+    def _compute_bound(self):
+        W = self.weight.detach().double()
+        G = W @ W.T if W.shape[0] <= W.shape[1] else W.T @ W
+        return float(torch.linalg.eigvalsh(G)[-1].clamp_min(0).sqrt())
+
+    def extra_repr(self):
+        return f"features={self.features}, hidden={self.hidden}, step={self.step}"
+
+
+def _transpose_padding(in_size, kernel, stride, padding):
+    out = (in_size + 2 * padding - kernel) // stride + 1
+    return in_size - ((out - 1) * stride - 2 * padding + kernel)
+
+
+def conv_norm_upper_bound(weight: torch.Tensor, input_size, padding: int) -> float:
+    """Upper bound of the l2 operator norm of the zero-padded convolution with kernel ``weight``
+    ``(C_out, C_in, k, k)`` on ``input_size = (H, W)`` images (any stride): the norm of the circular
+    convolution on an ``(H + 2p) × (W + 2p)`` torus, i.e. the largest singular value of the kernel's
+    2-D DFT over all frequencies, in float64 (Chapter 4, *A sound norm for convolutions*). The
+    zero-padded operator is that circular one between an isometric embedding and a coordinate
+    restriction; a stride only drops output rows."""
+    H, W = input_size
+    N1, N2 = H + 2 * padding, W + 2 * padding
+    if weight.shape[-2] > N1 or weight.shape[-1] > N2:
+        raise ValueError("kernel larger than the padded input.")
+    K = torch.fft.fft2(weight.detach().double(), s=(N1, N2))   # (C_out, C_in, N1, N2)
+    mats = K.permute(2, 3, 0, 1)
+    return float(torch.linalg.matrix_norm(mats, ord=2).max())
+
+
+def conv_matrix(op, shape, dtype=torch.float64) -> torch.Tensor:
+    """The matrix of a linear map ``op`` on tensors of ``shape`` (without batch), column by column,
+    applied to ``dtype`` basis vectors: for exact SVD checks on small inputs (Chapter 4)."""
+    n = math.prod(shape)
+    eye = torch.eye(n, dtype=dtype).reshape(n, *shape)
+    with torch.no_grad():
+        return op(eye).reshape(n, -1).T
+
+
+class ConvexPotentialConv2d(_CPLBase):
+    """Convolutional CPL: ``W`` is the zero-padded convolution with kernel ``(hidden, channels, k, k)``,
+    ``Wᵀ`` the transposed convolution with the same kernel, padding and stride (its exact adjoint),
+    so the layer maps ``(N, channels, H, W)`` to the same shape (Chapter 4). The power iteration
+    runs on the actual input size (its vector is re-initialised when the size changes). The
+    authors' hidden width is 5 (``conv_size``), not ``channels``: say which you use."""
+
+    def __init__(self, channels: int, hidden: int | None = None, kernel_size: int = 3, *, stride: int = 1,
+                 activation=None, step: float = 2.0, train_iters: int = 1, generator=None):
+        channels = _validate.positive_int(channels, "channels")
+        hidden = channels if hidden is None else _validate.positive_int(hidden, "hidden")
+        self_k = _validate.positive_int(kernel_size, "kernel_size")
+        if self_k % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (same padding), got {kernel_size}.")
+        super().__init__(activation, step, train_iters)
+        self.channels, self.hidden, self.kernel_size = channels, hidden, self_k
+        self.stride, self.padding = _validate.positive_int(stride, "stride"), self_k // 2
+        self.weight = nn.Parameter(torch.empty(hidden, channels, self_k, self_k))
+        self.bias = nn.Parameter(torch.empty(hidden))
+        fan_in = channels * self_k * self_k
+        _init_uniform(self.weight, fan_in, generator)
+        _init_uniform(self.bias, fan_in, generator)
+        self.register_buffer("u", torch.empty(0))
+
+    def _u_shape(self, x):
+        if x.ndim != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"expected input of shape (N, {self.channels}, H, W), got {tuple(x.shape)}.")
+        return (1, self.channels, x.shape[2], x.shape[3])
+
+    def _op(self, x, bias=True):
+        return F.conv2d(x, self.weight, self.bias if bias else None, stride=self.stride, padding=self.padding)
+
+    def _adjoint(self, y, shape):
+        op = tuple(_transpose_padding(s, self.kernel_size, self.stride, self.padding) for s in shape[-2:])
+        return F.conv_transpose2d(y, self.weight, stride=self.stride, padding=self.padding, output_padding=op)
+
+    def _compute_bound(self):
+        if self.u.numel() == 0:
+            raise RuntimeError("the layer has not seen an input yet; run one forward pass first.")
+        return conv_norm_upper_bound(self.weight, self.u.shape[-2:], self.padding)
+
+    def extra_repr(self):
+        return (f"channels={self.channels}, hidden={self.hidden}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, step={self.step}")
+
+
+class _SLLBase(_Residual):
+    def __init__(self, activation, hidden, generator, step):
+        super().__init__()
+        self.activation = _activation(activation)
+        self.step = _validate.positive(step, "step")
+        self.theta = nn.Parameter(torch.randn(hidden, generator=generator))
+
+    def scaling(self) -> torch.Tensor:
+        """The diagonal ``t`` with ``t_i = 1 / Σ_j |WWᵀ|_ij q_j/q_i``, ``q = exp(θ)`` (Gershgorin;
+        Chapter 4, *SLL*): then ``WᵀTW ⪯ I`` exactly, for every value of the parameters."""
+        q = torch.exp(self.theta)
+        row = (self._abs_gram() @ q) / q
+        return 1.0 / (row + 1e-12)   # a larger denominator only shortens the step: still sound
+
+    def forward(self, x):
+        self._check_input(x)
+        t = self.scaling()
+        pre = self.activation(self._op(x))
+        return x - self.step * self._adjoint(self._scale(pre, t), x.shape)
+
+
+class SLLLayer(_SLLBase):
+    """Dense SLL ``z = x − 2 Wᵀ T σ(Wx + b)`` with ``T`` from :meth:`scaling` (Chapter 4, *SLL*).
+    Exactly 1-Lipschitz without any norm estimate; CPL is the case ``T = I/‖W‖²``. ``step`` replaces
+    the factor 2 (larger values break the guarantee, for tests)."""
+
+    def __init__(self, features: int, hidden: int | None = None, *, activation=None, step: float = 2.0,
+                 generator=None):
+        features = _validate.positive_int(features, "features")
+        hidden = features if hidden is None else _validate.positive_int(hidden, "hidden")
+        super().__init__(activation, hidden, generator, step)
+        self.features, self.hidden = features, hidden
+        self.weight = nn.Parameter(torch.empty(hidden, features))
+        self.bias = nn.Parameter(torch.empty(hidden))
+        nn.init.xavier_normal_(self.weight, generator=generator)
+        _init_uniform(self.bias, features, generator)
+
+    def _check_input(self, x):
+        if x.ndim != 2 or x.shape[1] != self.features:
+            raise ValueError(f"expected input of shape (N, {self.features}), got {tuple(x.shape)}.")
+
+    def _abs_gram(self):
+        return (self.weight @ self.weight.T).abs()
+
+    def _op(self, x, bias=True):
+        return F.linear(x, self.weight, self.bias if bias else None)
+
+    def _adjoint(self, y, shape):
+        return y @ self.weight
+
+    @staticmethod
+    def _scale(pre, t):
+        return pre * t
+
+
+class SLLConv2d(_SLLBase):
+    """Convolutional SLL (stride 1, zero padding ``k//2``): ``|WWᵀ|`` is bounded by the absolute
+    autocorrelation of the kernel summed over all offsets, a bound valid for zero padding
+    (Chapter 4, *SLL*)."""
+
+    def __init__(self, channels: int, hidden: int | None = None, kernel_size: int = 3, *, activation=None,
+                 step: float = 2.0, generator=None):
+        channels = _validate.positive_int(channels, "channels")
+        hidden = channels if hidden is None else _validate.positive_int(hidden, "hidden")
+        k = _validate.positive_int(kernel_size, "kernel_size")
+        if k % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (same padding), got {kernel_size}.")
+        super().__init__(activation, hidden, generator, step)
+        self.channels, self.hidden, self.kernel_size, self.padding = channels, hidden, k, k // 2
+        self.weight = nn.Parameter(torch.empty(hidden, channels, k, k))
+        self.bias = nn.Parameter(torch.empty(hidden))
+        nn.init.xavier_normal_(self.weight, generator=generator)
+        _init_uniform(self.bias, channels * k * k, generator)
+
+    def _check_input(self, x):
+        if x.ndim != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"expected input of shape (N, {self.channels}, H, W), got {tuple(x.shape)}.")
+
+    def _abs_gram(self):
+        k = self.kernel_size
+        auto = F.conv2d(self.weight, self.weight, padding=k - 1)   # (hidden, hidden, 2k-1, 2k-1)
+        return auto.abs().sum((2, 3))
+
+    def _op(self, x, bias=True):
+        return F.conv2d(x, self.weight, self.bias if bias else None, padding=self.padding)
+
+    def _adjoint(self, y, shape):
+        return F.conv_transpose2d(y, self.weight, padding=self.padding)
+
+    @staticmethod
+    def _scale(pre, t):
+        return pre * t.view(1, -1, 1, 1)
+
+
+def all_active_norm(layer: nn.Module, shape) -> float:
+    """``‖J‖₂`` of a residual layer's Jacobian where every unit is active (``σ' = 1``), i.e. of
+    ``I − S`` with ``S = h WᵀW`` (CPL) or ``2WᵀTW`` (SLL), computed exactly in evaluation mode on
+    inputs of ``shape`` (no batch). The CPL theorem says ≤ 1 exactly when ``h ≤ 2/‖W‖²``; at ``h =
+    2.2/‖W‖²`` it is 1.2 (Chapter 4, *Why the bound is tight*). Random-pair estimates miss this."""
+    import copy
+
+    probe = copy.deepcopy(layer).double().eval()
+    probe.activation = nn.Identity()
+    with torch.no_grad():
+        zero = torch.zeros((1, *shape), dtype=torch.float64)
+        if isinstance(probe, _CPLBase):
+            probe._ensure_u((shape[0],) if len(shape) == 1 else (1, *shape), zero)
+        base = probe(zero)
+        J = conv_matrix(lambda t: probe(t) - base, tuple(shape))
+    return float(torch.linalg.matrix_norm(J, ord=2))
+
+
+# -- norm-preserving pieces -------------------------------------------------------------------------
+
+class ChannelPad(nn.Module):
+    """Append zero channels up to ``channels``: an isometric embedding (norm exactly 1)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = _validate.positive_int(channels, "channels")
+
+    def forward(self, x):
+        extra = self.channels - x.shape[1]
+        if extra < 0:
+            raise ValueError(f"input has {x.shape[1]} channels, more than {self.channels}.")
+        return F.pad(x, (0, 0, 0, 0, 0, extra)) if x.ndim == 4 else F.pad(x, (0, extra))
+
+
+class FeaturePad(ChannelPad):
+    """Flatten and append zero features up to ``features`` (an isometric embedding)."""
+
+    def forward(self, x):
+        return super().forward(x.flatten(1))
+
+
+class SumPool2d(nn.Module):
+    """Sum over ``k × k`` blocks divided by ``k`` (not ``k²``): operator norm exactly 1, while average
+    pooling has norm ``1/k`` and would shrink every margin by ``k`` (Chapter 4, *Pitfalls*)."""
+
+    def __init__(self, kernel_size: int = 4):
+        super().__init__()
+        self.kernel_size = _validate.positive_int(kernel_size, "kernel_size")
+
+    def forward(self, x):
+        return F.avg_pool2d(x, self.kernel_size) * self.kernel_size
+
+
+class FirstK(nn.Module):
+    """Keep the first ``k`` coordinates (a projection, 1-Lipschitz): the logits of a model whose
+    certificate uses the √2 rule."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = _validate.positive_int(k, "k")
+
+    def forward(self, x):
+        return x[:, : self.k]
+
+
+class LLN(nn.Module):
+    """Last-layer normalisation: ``f_i(z) = ŵ_iᵀ z + b_i`` with unit rows ``ŵ_i = w_i/‖w_i‖``. Not
+    1-Lipschitz as a map (its norm can reach √K); ``f_y − f_j`` is ``‖ŵ_y − ŵ_j‖``-Lipschitz, which
+    the pairwise certificate uses (Chapter 4, *Certificates*)."""
+
+    def __init__(self, features: int, classes: int, generator=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(_validate.positive_int(classes, "classes"),
+                                               _validate.positive_int(features, "features")))
+        self.bias = nn.Parameter(torch.zeros(classes))
+        nn.init.xavier_normal_(self.weight, generator=generator)
+
+    def normalized_weight(self):
+        return self.weight / self.weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def forward(self, z):
+        return F.linear(z, self.normalized_weight(), self.bias)
+
+    def pair_norms(self) -> torch.Tensor:
+        """``‖ŵ_i − ŵ_j‖₂`` for all class pairs (a ``K × K`` matrix)."""
+        W = self.normalized_weight().detach()
+        return torch.cdist(W, W)
+
+
+class Center(nn.Module):
+    """Subtract a fixed mean (a translation: Lipschitz constant 1; dividing by a standard deviation
+    would multiply the constant by ``1/min std``, so it is not offered)."""
+
+    def __init__(self, mean):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+
+    def forward(self, x):
+        return x - self.mean
+
+
+class LipschitzNet(nn.Module):
+    """A classifier ``head ∘ body`` whose ``body`` is 1-Lipschitz by construction (Chapter 4): the
+    head is :class:`FirstK` (√2 certificate) or :class:`LLN` (pairwise certificate)."""
+
+    def __init__(self, body: nn.Sequential, head: nn.Module):
+        super().__init__()
+        if not isinstance(head, (FirstK, LLN)):
+            raise TypeError("head must be FirstK or LLN.")
+        self.body, self.head = body, head
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+    def parameters_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _layer(kind, conv, width, hidden, generator, kernel_size=3):
+    if kind == "cpl":
+        return (ConvexPotentialConv2d(width, hidden, kernel_size, generator=generator) if conv
+                else ConvexPotentialLayer(width, hidden, generator=generator))
+    if kind == "sll":
+        return (SLLConv2d(width, hidden, kernel_size, generator=generator) if conv
+                else SLLLayer(width, hidden, generator=generator))
+    raise ValueError(f"layer must be 'cpl' or 'sll', got {kind!r}.")
+
+
+def _head(head, features, classes, generator):
+    if head == "first":
+        if classes > features:
+            raise ValueError("the first-K head needs at least as many features as classes.")
+        return FirstK(classes)
+    if head == "lln":
+        return LLN(features, classes, generator)
+    raise ValueError(f"head must be 'first' or 'lln', got {head!r}.")
+
+
+def cpl_dense(in_features: int = 784, *, width: int = 1024, depth: int = 4, hidden: int = 512, classes: int = 10,
+              layer: str = "cpl", head: str = "first", seed: int = 0) -> LipschitzNet:
+    """Dense network for MNIST-sized inputs: flatten, zero-pad to ``width``, ``depth`` CPL (or SLL)
+    layers of ``hidden`` units, head (Chapter 4, *Experiment*)."""
+    if width < in_features:
+        raise ValueError(f"width ({width}) must be at least in_features ({in_features}).")
+    gen = torch.Generator().manual_seed(seed)
+    body = nn.Sequential(FeaturePad(width), *[_layer(layer, False, width, hidden, gen) for _ in range(depth)])
+    return LipschitzNet(body, _head(head, width, classes, gen))
+
+
+def cpl_conv(in_shape=(3, 32, 32), *, channels: int = 16, conv_depth: int = 5, conv_hidden: int | None = None,
+             pool: int = 4, dense_depth: int = 2, dense_hidden: int = 512, classes: int = 10, layer: str = "cpl",
+             head: str = "lln", mean=None, seed: int = 0) -> LipschitzNet:
+    """The authors' architecture (Chapter 4, *Architecture*): centre, zero-pad channels to
+    ``channels``, ``conv_depth`` convolutional layers of ``conv_hidden`` hidden channels (default
+    ``channels``; the authors use 5), sum-pool ``pool`` (norm 1), flatten, ``dense_depth`` dense
+    layers of ``dense_hidden`` units, head."""
+    C, H, W = in_shape
+    if H % pool or W % pool:
+        raise ValueError(f"pool {pool} must divide the image size {H}×{W}.")
+    gen = torch.Generator().manual_seed(seed)
+    mean = torch.zeros(C, 1, 1) if mean is None else torch.as_tensor(mean, dtype=torch.float32).view(C, 1, 1)
+    features = channels * (H // pool) * (W // pool)
+    body = nn.Sequential(Center(mean), ChannelPad(channels),
+                         *[_layer(layer, True, channels, conv_hidden or channels, gen) for _ in range(conv_depth)],
+                         SumPool2d(pool), nn.Flatten(),
+                         *[_layer(layer, False, features, dense_hidden, gen) for _ in range(dense_depth)])
+    return LipschitzNet(body, _head(head, features, classes, gen))
+
+
+#: Model presets. ``mnist`` and ``cifar`` are the CPU-sized book models; ``cpl-s`` … ``cpl-xl`` are
+#: the published sizes (width / conv layers / dense layers from the SLL code of the same group:
+#: conv hidden width 5, dense hidden 2048; CPL-XL's 236 M parameters match it).
+PRESETS = {
+    "mnist": dict(builder="dense", width=1024, depth=4, hidden=512, head="first"),
+    "cifar": dict(builder="conv", channels=16, conv_depth=4, conv_hidden=16, dense_depth=2, dense_hidden=512,
+                  head="lln"),
+    "cpl-s": dict(builder="conv", channels=45, conv_depth=20, conv_hidden=5, dense_depth=7, dense_hidden=2048,
+                  head="lln"),
+    "cpl-m": dict(builder="conv", channels=60, conv_depth=30, conv_hidden=5, dense_depth=10, dense_hidden=2048,
+                  head="lln"),
+    "cpl-l": dict(builder="conv", channels=90, conv_depth=50, conv_hidden=5, dense_depth=10, dense_hidden=2048,
+                  head="lln"),
+    "cpl-xl": dict(builder="conv", channels=120, conv_depth=70, conv_hidden=5, dense_depth=15, dense_hidden=2048,
+                   head="lln"),
+}
+
+
+def preset_parameters(name: str, *, in_shape=(3, 32, 32), classes: int = 10, layer: str = "cpl") -> int:
+    """Number of trainable parameters of a preset, counted without building it (CPL-XL has 236 M)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}.")
+    p = PRESETS[name]
+    extra = 1 if layer == "sll" else 0   # SLL's θ, one per hidden unit
+    if p["builder"] == "dense":
+        F_, m = p["width"], p["hidden"]
+        body = p["depth"] * (m * F_ + m * (1 + extra))
+    else:
+        C, h, k = p["channels"], p["conv_hidden"], 3
+        F_ = C * (in_shape[1] // 4) * (in_shape[2] // 4)
+        m = p["dense_hidden"]
+        body = p["conv_depth"] * (h * C * k * k + h * (1 + extra)) + p["dense_depth"] * (m * F_ + m * (1 + extra))
+    return body + (classes * F_ + classes if p["head"] == "lln" else 0)
+
+
+def preset(name: str, **overrides) -> LipschitzNet:
+    """Build a model from :data:`PRESETS` (keyword ``overrides`` replace its entries, e.g.
+    ``layer="sll"``, ``mean=...``, ``classes=100``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}.")
+    cfg = {**PRESETS[name], **overrides}
+    builder = cfg.pop("builder")
+    return cpl_dense(**cfg) if builder == "dense" else cpl_conv(**cfg)
+
+
+def baseline_mlp(in_features: int = 784, *, width: int = 1024, depth: int = 4, classes: int = 10,
+                 seed: int = 0) -> nn.Sequential:
+    """An unconstrained ReLU network of about the size of the ``mnist`` preset, to set beside it:
+    its only certificate is the product of layer norms (:func:`labkit.lipschitz.upper_bound`)."""
+    torch.manual_seed(seed)
+    sizes = [in_features] + [width] * depth
+    layers = [nn.Flatten()]
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(sizes[-1], classes))
+
+
+# -- training -----------------------------------------------------------------------------------------
+
+def margin_loss(logits: torch.Tensor, labels: torch.Tensor, margin: float = 0.7) -> torch.Tensor:
+    """The authors' loss: PyTorch's multi-class hinge ``(1/K) Σ_{j≠y} max(0, m − f_y + f_j)``,
+    batch mean (note the ``1/K``; Chapter 4, *Training*)."""
+    return F.multi_margin_loss(logits, labels, margin=margin)
+
+
+def triangular_lr(optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The authors' per-step schedule, piecewise linear through (0, 0), (0.4 T, 1), (0.8 T, 1/20),
+    (T, 0) times the base rate; evaluated at step midpoints, so neither the first nor the last step
+    runs at rate 0 (the released code loses its last epoch to that)."""
+    T = _validate.positive_int(total_steps, "total_steps")
+
+    def factor(k):
+        s = min((k + 0.5) / T, 1.0)
+        if s <= 0.4:
+            return s / 0.4
+        if s <= 0.8:
+            return 1.0 + (s - 0.4) / 0.4 * (1 / 20 - 1.0)
+        return (1 - s) / 0.2 / 20
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Augmented(Dataset):
+    """Random crop of the reflect-padded image and horizontal flip (the authors' CIFAR
+    augmentation); draws from torch's global generator, which :func:`labkit.train.fit` seeds per
+    epoch, so runs repeat."""
+
+    def __init__(self, data: Dataset, pad: int = 4, flip: bool = True):
+        self.data, self.pad, self.flip = data, pad, flip
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        x, y = self.data[i]
+        if self.pad:
+            H, W = x.shape[-2:]
+            xp = F.pad(x[None], (self.pad,) * 4, mode="reflect")[0]
+            a, b = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
+            x = xp[:, a:a + H, b:b + W]
+        if self.flip and bool(torch.rand(()) < 0.5):
+            x = x.flip(-1)
+        return x, y
+
+
+def train(model, data: Dataset, epochs: int, *, lr: float = 1e-3, margin: float | None = 0.7,
+          batch_size: int = 256, augment: bool = False, seed: int = 0, device=None, progress=None):
+    """Train with the authors' recipe (Chapter 4, *Training*): Adam, triangular learning rate per
+    step, multi-margin loss with ``margin`` (``None``: cross-entropy, for the baseline), optional
+    augmentation. Returns :class:`labkit.train.History`."""
+    from . import train as _train
+
+    epochs = _validate.positive_int(epochs, "epochs")
+    batch_size = _validate.positive_int(batch_size, "batch_size")
+    loss_fn = F.cross_entropy if margin is None else functools.partial(margin_loss,
+                                                                       margin=_validate.positive(margin, "margin"))
+    opt = torch.optim.Adam(model.parameters(), lr=_validate.positive(lr, "lr"))
+    steps = epochs * math.ceil(len(data) / batch_size)
+    sched = triangular_lr(opt, steps)
+    return _train.fit(model, Augmented(data) if augment else data, epochs, batch_size=batch_size, optimizer=opt,
+                      loss_fn=loss_fn, seed=seed, device=device, progress=progress,
+                      after_step=lambda m: sched.step())
+
+
+# -- certificates and evaluation ----------------------------------------------------------------------
+
+def certified_radii(model, x: torch.Tensor, y: torch.Tensor, *, lipschitz: float | None = None) -> torch.Tensor:
+    """Certified l2 radius of each example (0 when misclassified), in evaluation mode (Chapter 4).
+
+    For a :class:`LipschitzNet` the body's constant is 1: a :class:`FirstK` head uses the √2 rule
+    :func:`labkit.certify.certified_radius`, an :class:`LLN` head the pairwise rule
+    :func:`labkit.certify.lln_radius`. Any other model needs ``lipschitz``, an upper bound of its
+    logits' constant."""
+    from . import certify
+
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    finally:
+        model.train(was)
+    if isinstance(model, LipschitzNet):
+        if lipschitz is not None:
+            raise ValueError("a LipschitzNet certifies itself; do not pass lipschitz.")
+        if isinstance(model.head, LLN):
+            return certify.lln_radius(logits, y, model.head.pair_norms().to(logits), 1.0)
+        return certify.certified_radius(logits, y, 1.0)
+    if lipschitz is None:
+        raise ValueError("give lipschitz, an upper bound of the model's Lipschitz constant.")
+    return certify.certified_radius(logits, y, lipschitz)
+
+
+def evaluate(model, test: Dataset, eps_list, *, lipschitz: float | None = None, pgd_steps: int = 50,
+             n_attack: int | None = None, n_lower: int = 64, lower_steps: int = 100, device=None,
+             progress=None) -> dict:
+    """Clean accuracy, certified accuracy and l2-PGD accuracy at each radius of ``eps_list``, and a
+    lower bound of the Lipschitz constant (adversarial pair search on ``n_lower`` test images) of
+    the certified map: the body of a :class:`LipschitzNet` (certified constant 1), else the whole
+    model (certified constant ``lipschitz``) (Chapter 4, *Experiment*). PGD runs on the first
+    ``n_attack`` test images (default all); ``broken`` counts the attacked images that were
+    certified at a radius and still fooled there (a sound certificate gives 0)."""
+    from tqdm.auto import tqdm
+
+    from . import attacks, device as default_device, lipschitz as lip, progress_enabled
+
+    dev = torch.device(device) if device is not None else default_device()
+    model = model.to(dev)
+    x = torch.stack([test[i][0] for i in range(len(test))]).to(dev)
+    y = torch.as_tensor([int(test[i][1]) for i in range(len(test))], device=dev)
+    if len(y) == 0:
+        raise ValueError("test is empty.")
+    radii = torch.cat([certified_radii(model, xb, yb, lipschitz=lipschitz)
+                       for xb, yb in zip(x.split(512), y.split(512))])
+    model.eval()
+    with torch.no_grad():
+        clean = float(torch.cat([model(xb).argmax(1) for xb in x.split(512)]).eq(y).float().mean())
+    eps_values = [_validate.nonneg(e, "eps") for e in eps_list]
+    steps = _validate.positive_int(pgd_steps, "pgd_steps")
+    n = len(y) if n_attack is None else min(_validate.positive_int(n_attack, "n_attack"), len(y))
+    gen = torch.Generator().manual_seed(0)
+    correct, broken = {e: 0 for e in eps_values}, {e: 0 for e in eps_values}
+    show = progress_enabled() if progress is None else progress
+    batches = list(zip(x[:n].split(256), y[:n].split(256), radii[:n].split(256)))
+    with tqdm(total=len(batches) * len(eps_values), desc="PGD", disable=not show, leave=False) as bar:
+        for xb, yb, rb in batches:
+            for e in eps_values:
+                adv = attacks.pgd(model, xb, yb, e, norm="l2", steps=steps, generator=gen)
+                with torch.no_grad():
+                    ok = model(adv).argmax(1) == yb
+                correct[e] += int(ok.sum())
+                broken[e] += int(((rb > e) & ~ok).sum())
+                bar.update()
+    model.eval()
+    target = model.body if isinstance(model, LipschitzNet) else model
+    lower = lip.lower_bound(target, x[:n_lower], steps=lower_steps, generator=torch.Generator().manual_seed(0))
+    return {"clean": clean,
+            "certified": {str(e): float((radii > e).float().mean()) for e in eps_values},
+            "pgd": {str(e): correct[e] / n for e in eps_values},
+            "broken": {str(e): broken[e] for e in eps_values}, "n_attack": n,
+            "certified_constant": 1.0 if isinstance(model, LipschitzNet) else float(lipschitz),
+            "lower_bound": lower, "median_radius": float(radii.median()),
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+# -- the chapter's experiment ---------------------------------------------------------------------------
+
+#: l2 radii of the chapter: MNIST-like (1.58 is the usual MNIST radius) and CIFAR-10 (k/255).
+EPS_MNIST = (0.5, 1.0, 1.58)
+EPS_CIFAR = (36 / 255, 72 / 255, 108 / 255)
+
+
+def _cifar_mean(data):
+    return data.tensors[0].mean((0, 2, 3))
+
+
+def experiment(*, datasets=("mnist", "fashion_mnist"), n_train=6000, n_test=1000, dense_epochs=3,
+               cifar=True, cifar_train=None, cifar_test=None, cifar_epochs=4, cifar_preset="cifar",
+               cifar_layers=("cpl", "sll"), require_full_cifar=False, pgd_steps=20, n_attack=500, n_lower=64,
+               lower_steps=100, seed=0, device=None, progress=None) -> dict:
+    """Chapter 4's experiment. For each MNIST-like data set: the dense ``mnist`` preset (CPL, first-K
+    head) and :func:`baseline_mlp`, evaluated at :data:`EPS_MNIST`. If ``cifar``: the convolutional
+    preset ``cifar_preset`` with each of ``cifar_layers`` (CPL, SLL) on the CIFAR-10 data (all of what
+    ``LABKIT_DATA`` holds unless limited), evaluated at :data:`EPS_CIFAR`; ``require_full_cifar``
+    refuses a training set smaller than the official 50 000 images. Returns JSON-ready results keyed
+    ``"<data set>/<model>"`` with each model's training time and history."""
+    import time
+
+    from . import data as _data, lipschitz as lip, seed_everything
+
+    out = {}
+    for name in datasets:
+        tr = _data.load(name, limit=n_train)
+        te = _data.load(name, train=False, limit=n_test)
+        in_features = math.prod(tr.tensors[0].shape[1:])
+        for label in ("cpl", "baseline"):
+            seed_everything(seed)
+            if label == "cpl":
+                model = preset("mnist", seed=seed)
+                t0 = time.perf_counter()
+                hist = train(model, tr, dense_epochs, seed=seed, device=device, progress=progress)
+                lipc = None
+            else:
+                model = baseline_mlp(in_features, width=PRESETS["mnist"]["width"], depth=PRESETS["mnist"]["depth"],
+                                     seed=seed)
+                t0 = time.perf_counter()
+                hist = train(model, tr, dense_epochs, margin=None, seed=seed, device=device, progress=progress)
+                lipc = lip.upper_bound(model.cpu())
+            seconds = time.perf_counter() - t0
+            res = evaluate(model, te, EPS_MNIST, lipschitz=lipc, pgd_steps=pgd_steps, n_attack=n_attack,
+                           n_lower=n_lower, lower_steps=lower_steps, device=device, progress=progress)
+            out[f"{name}/{label}"] = {**res, "seconds": seconds, "history": hist.as_dict()}
+    if cifar:
+        tr = _data.load("cifar10", limit=cifar_train)
+        te = _data.load("cifar10", train=False, limit=cifar_test)
+        if require_full_cifar and (len(tr) < 50000 or len(te) < 10000):
+            raise _data.DataNotFoundError(
+                f"full mode needs all of CIFAR-10 (50 000 / 10 000 images) but found {len(tr)} / {len(te)} "
+                "(the subset in LABKIT_DATA?). Point LABKIT_DATA at the full cifar-10-batches-py folder, or "
+                "run `python -m labkit.data download cifar10` on a machine with network access.")
+        mean = _cifar_mean(tr)
+        for kind in cifar_layers:
+            seed_everything(seed)
+            model = preset(cifar_preset, layer=kind, mean=mean, seed=seed)
+            t0 = time.perf_counter()
+            hist = train(model, tr, cifar_epochs, augment=True, seed=seed, device=device, progress=progress)
+            seconds = time.perf_counter() - t0
+            res = evaluate(model, te, EPS_CIFAR, pgd_steps=pgd_steps, n_attack=n_attack, n_lower=n_lower,
+                           lower_steps=lower_steps, device=device, progress=progress)
+            out[f"cifar10/{kind}"] = {**res, "seconds": seconds, "history": hist.as_dict()}
+    return out
+
+
+def full_sizes() -> dict:
+    """Full mode (``python -m labkit.experiment ch04``): CPL-S with the authors' recipe on all of
+    CIFAR-10 (50 000 / 10 000 images, 200 epochs, batch 256, margin 0.7, Adam 1e-3 triangular, crop
+    and flip). Needs a GPU and the full CIFAR-10 (a machine that can download it, or
+    ``LABKIT_DATA`` pointing at it); on the 5 000-image subset it refuses to run."""
+    return {"datasets": (), "cifar_preset": "cpl-s", "cifar_epochs": 200, "cifar_train": None, "cifar_test": None,
+            "cifar_layers": ("cpl",), "pgd_steps": 10, "n_attack": None, "require_full_cifar": True}
