@@ -281,7 +281,7 @@ class _SLLBase(_Residual):
 
 
 class SLLLayer(_SLLBase):
-    """Dense SLL ``z = x − 2 Wᵀ T σ(Wx + b)`` with ``T`` from :meth:`scaling` (Chapter 4, *SLL*).
+    """Dense SLL ``z = x − 2 Wᵀ T σ(Wx + b)`` with ``T`` from its ``scaling()`` (Chapter 4, *SLL*).
     Exactly 1-Lipschitz without any norm estimate; CPL is the case ``T = I/‖W‖²``. ``step`` replaces
     the factor 2 (larger values break the guarantee, for tests)."""
 
@@ -728,8 +728,9 @@ def evaluate(model, test: Dataset, eps_list, *, lipschitz: float | None = None, 
 
 # -- the chapter's experiment ---------------------------------------------------------------------------
 
-#: l2 radii of the chapter: MNIST-like (1.58 is the usual MNIST radius) and CIFAR-10 (k/255).
+#: The l2 radii of Chapter 4 for MNIST and Fashion-MNIST (1.58 is the usual MNIST radius).
 EPS_MNIST = (0.5, 1.0, 1.58)
+#: The l2 radii of Chapter 4 for CIFAR-10 (36, 72 and 108 over 255).
 EPS_CIFAR = (36 / 255, 72 / 255, 108 / 255)
 
 
