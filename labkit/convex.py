@@ -68,18 +68,10 @@ def _normalize(t):
     return t / t.norm().clamp_min(1e-30)
 
 
-class _Residual(nn.Module):
-    """Shared machinery of the residual layers ``x − Wᵀ S σ(Wx + b)``: the operator ``W`` and its
-    adjoint are given by subclasses; CPL computes ``S = h·I`` from ‖W‖, SLL a diagonal scaling."""
+class _CPLBase(nn.Module):
+    """Shared machinery of the CPLs ``x − h Wᵀσ(Wx + b)``; subclasses give ``W`` (``_op``) and ``Wᵀ``
+    (``_adjoint``)."""
 
-    def _op(self, x, bias=True):
-        raise NotImplementedError
-
-    def _adjoint(self, y, shape):
-        raise NotImplementedError
-
-
-class _CPLBase(_Residual):
     def __init__(self, activation, step, train_iters):
         super().__init__()
         self.activation = _activation(activation)
@@ -224,15 +216,15 @@ class ConvexPotentialConv2d(_CPLBase):
                  activation=None, step: float = 2.0, train_iters: int = 1, generator=None):
         channels = _validate.positive_int(channels, "channels")
         hidden = channels if hidden is None else _validate.positive_int(hidden, "hidden")
-        self_k = _validate.positive_int(kernel_size, "kernel_size")
-        if self_k % 2 == 0:
+        k = _validate.positive_int(kernel_size, "kernel_size")
+        if k % 2 == 0:
             raise ValueError(f"kernel_size must be odd (same padding), got {kernel_size}.")
         super().__init__(activation, step, train_iters)
-        self.channels, self.hidden, self.kernel_size = channels, hidden, self_k
-        self.stride, self.padding = _validate.positive_int(stride, "stride"), self_k // 2
-        self.weight = nn.Parameter(torch.empty(hidden, channels, self_k, self_k))
+        self.channels, self.hidden, self.kernel_size = channels, hidden, k
+        self.stride, self.padding = _validate.positive_int(stride, "stride"), k // 2
+        self.weight = nn.Parameter(torch.empty(hidden, channels, k, k))
         self.bias = nn.Parameter(torch.empty(hidden))
-        fan_in = channels * self_k * self_k
+        fan_in = channels * k * k
         _init_uniform(self.weight, fan_in, generator)
         _init_uniform(self.bias, fan_in, generator)
         self.register_buffer("u", torch.empty(0))
@@ -259,7 +251,9 @@ class ConvexPotentialConv2d(_CPLBase):
                 f"stride={self.stride}, step={self.step}")
 
 
-class _SLLBase(_Residual):
+class _SLLBase(nn.Module):
+    """Shared machinery of the SLLs ``x − 2 Wᵀ T σ(Wx + b)``."""
+
     def __init__(self, activation, hidden, generator, step):
         super().__init__()
         self.activation = _activation(activation)
@@ -685,7 +679,7 @@ def evaluate(model, test: Dataset, eps_list, *, lipschitz: float | None = None, 
     certified at a radius and still fooled there (a sound certificate gives 0)."""
     from tqdm.auto import tqdm
 
-    from . import attacks, device as default_device, lipschitz as lip, progress_enabled
+    from . import attacks, device as default_device, lipschitz as lip, progress_enabled, train as _train
 
     dev = torch.device(device) if device is not None else default_device()
     model = model.to(dev)
@@ -695,9 +689,8 @@ def evaluate(model, test: Dataset, eps_list, *, lipschitz: float | None = None, 
         raise ValueError("test is empty.")
     radii = torch.cat([certified_radii(model, xb, yb, lipschitz=lipschitz)
                        for xb, yb in zip(x.split(512), y.split(512))])
-    model.eval()
-    with torch.no_grad():
-        clean = float(torch.cat([model(xb).argmax(1) for xb in x.split(512)]).eq(y).float().mean())
+    clean = _train.evaluate(model, test, device=dev)["accuracy"]
+    model.eval()   # the attacked model and the check below use the sound evaluation norm
     eps_values = [_validate.nonneg(e, "eps") for e in eps_list]
     steps = _validate.positive_int(pgd_steps, "pgd_steps")
     n = len(y) if n_attack is None else min(_validate.positive_int(n_attack, "n_attack"), len(y))
@@ -714,7 +707,6 @@ def evaluate(model, test: Dataset, eps_list, *, lipschitz: float | None = None, 
                 correct[e] += int(ok.sum())
                 broken[e] += int(((rb > e) & ~ok).sum())
                 bar.update()
-    model.eval()
     target = model.body if isinstance(model, LipschitzNet) else model
     lower = lip.lower_bound(target, x[:n_lower], steps=lower_steps, generator=torch.Generator().manual_seed(0))
     return {"clean": clean,
