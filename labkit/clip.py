@@ -503,13 +503,18 @@ def experiment(*, datasets=("mnist", "fashion_mnist"), settings=("paper", "stand
                n_train=8000, n_val=1000,
                n_test=1000, epochs=None, warmup=None, targets=None, lam=0.1, increment=0.01,
                weight_decay=5e-4, eps=2.0, noise=1.0, attack_steps=100, ascent_steps=200, seed=0,
-               device=None) -> dict:
+               device=None, done=None, on_result=None) -> dict:
     """Chapter 2's experiment: for each data set and setting, train the ``configs`` (default all four
     :data:`CONFIGS`: no regularisation, SGD weight decay ``weight_decay``, CLIP with the low and the
     high target of :data:`TARGETS`) and evaluate each with :func:`evaluate_model`. ``epochs`` and ``warmup`` are
     numbers or ``{setting: number}`` (defaults: 10 and 2 epochs). ``n_train`` images of the
     training split (``None``: all) are split into training and ``n_val`` validation images.
-    Returns JSON-ready results keyed ``"<data set>/<setting>/<config>"``."""
+    Returns JSON-ready results keyed ``"<data set>/<setting>/<config>"``.
+
+    Every run is seeded on its own, so runs can be resumed: results already in ``done`` (a dict
+    of earlier results with the same sizes) are taken as they are, and ``on_result(key, result)``
+    is called after each new run (``python -m labkit.experiment`` uses both to keep a partial
+    record)."""
     from . import data
 
     pick = lambda v, s, default: default if v is None else (v[s] if isinstance(v, dict) else v)  # noqa: E731
@@ -524,6 +529,10 @@ def experiment(*, datasets=("mnist", "fashion_mnist"), settings=("paper", "stand
             for config in configs:
                 if config not in CONFIGS:
                     raise ValueError(f"configs must be among {CONFIGS}, got {config!r}.")
+                key = f"{name}/{sname}/{config}"
+                if done and key in done:
+                    out[key] = done[key]
+                    continue
                 target = {"CLIP low": lo, "CLIP high": hi}.get(config)
                 torch.manual_seed(seed)
                 model = mlp(s.sizes, s.activation, last_activation=s.last_activation)
@@ -535,5 +544,7 @@ def experiment(*, datasets=("mnist", "fashion_mnist"), settings=("paper", "stand
                                    ascent_steps=ascent_steps, pairs_from=val, seed=seed, device=device)
                 r.update(target=target, history=run.history, trace=run.trace, best_epoch=run.best_epoch,
                          train_seconds=run.seconds)
-                out[f"{name}/{sname}/{config}"] = r
+                out[key] = r
+                if on_result is not None:
+                    on_result(key, r)
     return out

@@ -21,7 +21,7 @@ import torch
 
 from . import _validate
 
-__all__ = ["robustness", "environment", "save_record", "load_record", "EXPERIMENTS", "main"]
+__all__ = ["robustness", "environment", "save_record", "load_record", "partial_path", "EXPERIMENTS", "main"]
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Chapter → (module path of its experiment function, record file). Each function takes
@@ -71,14 +71,14 @@ def environment(device=None) -> dict:
 
 
 def save_record(path, results, *, mode: str, seconds: float, device=None, sizes: dict | None = None,
-                env: dict | None = None) -> Path:
+                env: dict | None = None, extra: dict | None = None) -> Path:
     """Write ``results`` with their provenance to ``path`` (JSON, atomically: a crash leaves the
     old file intact). ``env`` is :func:`environment` as taken when the run started (default: now,
-    which names a later commit if one was made during the run). Raises ``TypeError`` before
-    writing anything if ``results`` is not JSON."""
+    which names a later commit if one was made during the run); ``extra``: further top-level
+    fields. Raises ``TypeError`` before writing anything if ``results`` is not JSON."""
     record = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "mode": mode,
               "seconds": float(seconds), "sizes": sizes or {}, **(env or environment(device)),
-              "results": results}
+              **(extra or {}), "results": results}
     text = json.dumps(record, indent=1, allow_nan=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,11 +101,21 @@ def load_record(path) -> dict | None:
     return json.loads(path.read_text())
 
 
+def partial_path(out) -> Path:
+    """Where :func:`main` keeps the results of an unfinished full run next to its record ``out``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".partial.json")
+
+
 def main(argv=None) -> int:
-    """``python -m labkit.experiment CHAPTER [--out FILE]``: run a chapter's experiment at full
-    sizes on the default device and write its record (default: the file the book reads)."""
+    """``python -m labkit.experiment CHAPTER [--out FILE] [--restart]``: run a chapter's experiment
+    at full sizes on the default device and write its record (default: the file the book reads).
+    For experiments made of independent seeded runs, each finished run is kept in a partial file
+    beside the record, and a later call with the same sizes resumes from it (``--restart``
+    discards it); the partial file is removed once the record is written."""
     import argparse
     import importlib
+    import inspect
     import time
 
     from . import seed_everything
@@ -113,16 +123,38 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m labkit.experiment", description=main.__doc__)
     parser.add_argument("chapter", choices=sorted(EXPERIMENTS))
     parser.add_argument("--out", type=Path, help="record file (default: the one the book reads)")
+    parser.add_argument("--restart", action="store_true", help="ignore the results of an unfinished run")
     args = parser.parse_args(argv)
     module, default_out = EXPERIMENTS[args.chapter]
+    out_path = args.out or default_out
     mod = importlib.import_module(module)
     sizes = mod.full_sizes()
     env = environment()
     seed_everything(0)
     t0 = time.perf_counter()
-    results = mod.experiment(**sizes)
-    out = save_record(args.out or default_out, results, mode="full", seconds=time.perf_counter() - t0,
-                      sizes=sizes, env=env)
+    kwargs, extra, before = dict(sizes), None, 0.0
+    if "on_result" in inspect.signature(mod.experiment).parameters:
+        part = partial_path(out_path)
+        old = load_record(part) if not args.restart else None
+        done = old["results"] if old is not None and old.get("sizes") == json.loads(json.dumps(sizes)) else {}
+        if done:
+            before = old["seconds"]
+            extra = {"resumed": {"runs": sorted(done), "seconds": before,
+                                 **{k: old.get(k) for k in ("commit", "dirty", "device", "torch")}}}
+            print(f"resuming: {len(done)} finished run(s) from {part}", file=sys.stderr)
+        finished = dict(done)
+
+        def keep(key, result):
+            finished[key] = result
+            save_record(part, finished, mode="partial", seconds=before + time.perf_counter() - t0,
+                        sizes=sizes, env=env)
+
+        kwargs.update(done=done, on_result=keep)
+    results = mod.experiment(**kwargs)
+    out = save_record(out_path, results, mode="full", seconds=before + time.perf_counter() - t0,
+                      sizes=sizes, env=env, extra=extra)
+    if "on_result" in kwargs:
+        partial_path(out_path).unlink(missing_ok=True)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

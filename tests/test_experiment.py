@@ -1,5 +1,6 @@
 """labkit.experiment: robustness curves and full-mode records."""
 import json
+import sys
 
 import pytest
 import torch
@@ -53,3 +54,52 @@ def test_record_is_atomic_and_rejects_non_json(tmp_path):
 def test_main_rejects_unknown_chapter():
     with pytest.raises(SystemExit):
         experiment.main(["ch99"])
+
+
+def test_main_keeps_finished_runs_and_resumes_after_a_crash(tmp_path, monkeypatch):
+    import types
+
+    calls = []
+
+    def run(*, n, done=None, on_result=None, crash_at=None):
+        out = {}
+        for i in range(n):
+            key = f"run{i}"
+            if done and key in done:
+                out[key] = done[key]
+                continue
+            if i == crash_at:
+                raise KeyboardInterrupt
+            calls.append(key)
+            out[key] = {"value": i * i}
+            on_result(key, out[key])
+        return out
+
+    fake = types.ModuleType("fake_chapter")
+    fake.full_sizes = lambda: {"n": 3}
+
+    def chapter_experiment(*, n, done=None, on_result=None):
+        return run(n=n, done=done, on_result=on_result, crash_at=fake.crash_at)
+
+    fake.experiment = chapter_experiment
+    monkeypatch.setitem(sys.modules, "fake_chapter", fake)
+    out = tmp_path / "rec.json"
+    monkeypatch.setitem(experiment.EXPERIMENTS, "chX", ("fake_chapter", out))
+
+    fake.crash_at = 2
+    with pytest.raises(KeyboardInterrupt):
+        experiment.main(["chX"])
+    assert not out.exists()
+    part = experiment.load_record(experiment.partial_path(out))
+    assert part["mode"] == "partial" and sorted(part["results"]) == ["run0", "run1"]
+
+    fake.crash_at = None
+    assert experiment.main(["chX"]) == 0
+    assert calls == ["run0", "run1", "run2"]  # the finished runs were not repeated
+    rec = experiment.load_record(out)
+    assert rec["results"] == {f"run{i}": {"value": i * i} for i in range(3)}
+    assert rec["resumed"]["runs"] == ["run0", "run1"]
+    assert not experiment.partial_path(out).exists()
+
+    experiment.main(["chX", "--restart"])  # a finished record leaves nothing to resume
+    assert calls[3:] == ["run0", "run1", "run2"] and "resumed" not in experiment.load_record(out)
