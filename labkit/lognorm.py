@@ -26,6 +26,8 @@ __all__ = ["slope_bounds", "worst_case_lognorm", "lognorm_gradient", "inner_step
 
 _SLOPES = {"tanh": (0.0, 1.0), "relu": (0.0, 1.0), "sigmoid": (0.0, 0.25)}
 ENUMERATION_MAX_N = 16
+TRACK_MIN_N, TRACK_BLOCK = 16, 4  # above this size the inner steps follow eigenvectors (see _inner)
+KRYLOV_STEPS = 12  # and the cut search judges moves by Lanczos (see _local_maxima)
 _MEMORY = 5
 
 
@@ -90,12 +92,48 @@ def _enumerate(M, lo, hi, keep=1):
     return best_w, best_d
 
 
-def _local_maxima(M, lo, hi, starts, max_iter=100, flips=16):
+def _krylov_top(d: torch.Tensor, M: torch.Tensor, x0: torch.Tensor, steps: int):
+    """Top Ritz pairs of ``sym(diag(d) M)`` for a batch of diagonals ``d`` (k, n) on the Krylov
+    spaces of dimension ``steps`` started at ``x0`` (k, n): Lanczos with full reorthogonalisation,
+    ``O(k n² steps)`` instead of a dense eigensolver's ``O(k n³)``. The Ritz value never exceeds
+    the top eigenvalue, and from a start near the top eigenvector it is accurate to many digits."""
+    k, n = d.shape
+    m = min(steps, n)
+    Q = torch.zeros(k, n, m, dtype=M.dtype)
+    q = x0 / x0.norm(dim=1, keepdim=True)
+    for j in range(m):
+        Q[:, :, j] = q
+        if j == m - 1:
+            break
+        w = 0.5 * (d * (q @ M.T) + (d * q) @ M)  # sym(D M) q
+        for _ in range(2):  # twice is enough (Kahan–Parlett)
+            w = w - torch.einsum("knj,kj->kn", Q[:, :, :j + 1], torch.einsum("knj,kn->kj", Q[:, :, :j + 1], w))
+        norm = w.norm(dim=1, keepdim=True)
+        q = w / norm.clamp(min=1e-300)
+        if bool((norm <= 1e-12).any()):  # an invariant subspace: continue with a random orthogonal direction
+            fresh = torch.randn(k, n, dtype=M.dtype, generator=torch.Generator().manual_seed(j))
+            q = torch.where(norm > 1e-12, q, fresh)
+            q = q - torch.einsum("knj,kj->kn", Q[:, :, :j + 1], torch.einsum("knj,kn->kj", Q[:, :, :j + 1], q))
+            q = q / q.norm(dim=1, keepdim=True)
+    SQ = 0.5 * (d[:, :, None] * (M @ Q) + M.mT @ (d[:, :, None] * Q))
+    T = Q.mT @ SQ
+    w, Z = torch.linalg.eigh(0.5 * (T + T.mT))
+    return w[:, -1], (Q @ Z[:, :, -1:]).squeeze(2)
+
+
+def _local_maxima(M, lo, hi, starts, max_iter=100, flips=16, krylov: int = 0):
     """Vertex fixed point ``d_i ← u if v_i (M v)_i > 0 else ℓ`` from each start (rows of
     ``starts``, all advanced together), each finished by single-coordinate flips while one
     increases μ₂ (1-opt local search; only the ``flips`` coordinates whose first-order loss
     ``|v_i (M v)_i|`` is smallest are tried, all of them when ``n ≤ flips``). Every accepted move
-    strictly increases μ₂. Returns the values and the local maxima."""
+    strictly increases μ₂. Returns the values and the local maxima.
+
+    With ``krylov = m > 0`` the single flips (``flips`` candidates per start, each one coordinate
+    away from the current vertex) are judged by :func:`_krylov_top` started from the current top
+    eigenvector (m Lanczos steps) instead of dense eigensolves, and the values returned are
+    recomputed exactly at the end: much faster for large n, while the vertices found are 1-opt
+    for the Ritz values only (enough for the cutting planes of :func:`stabilize`, which need
+    violated vertices, judged exactly)."""
     d = starts.to(M.dtype).clone()
     K, n = d.shape
     nf = min(flips, n)
@@ -116,7 +154,10 @@ def _local_maxima(M, lo, hi, starts, max_iter=100, flips=16):
             rows = torch.arange(len(stuck))[:, None]
             flipped = torch.where(dr[stuck][rows, order] > 0.5 * (lo + hi), lo_t, hi_t)
             cand[rows, torch.arange(nf)[None, :], order] = flipped
-            w_c, v_c = _top(cand.reshape(-1, n), M)
+            if krylov:
+                w_c, v_c = _krylov_top(cand.reshape(-1, n), M, vr[stuck].repeat_interleave(nf, dim=0), krylov)
+            else:
+                w_c, v_c = _top(cand.reshape(-1, n), M)
             w_c, v_c = w_c.reshape(-1, nf), v_c.reshape(-1, nf, n)
             k = w_c.argmax(1)
             pick = torch.arange(len(stuck))
@@ -125,6 +166,9 @@ def _local_maxima(M, lo, hi, starts, max_iter=100, flips=16):
         idx = running[moved]
         d[idx], mu[idx], v[idx] = new[moved], w_new[moved], v_new[moved]
         running = idx
+    if krylov:
+        DM = d[:, :, None] * M
+        mu = torch.linalg.eigvalsh(0.5 * (DM + DM.mT))[:, -1]
     return mu, d
 
 
@@ -178,25 +222,73 @@ def lognorm_gradient(D, M):
     return float(w[0]), torch.outer(d * v, v)
 
 
-def _hinge(E, eps, A, ds, delta):
+def _hinge(E, eps, A, ds, delta, basis: int = 0):
     """Squared hinge ``F = ½ Σ_D ‖(sym(D(A + εE)) − δI)₊‖_F²`` over the working set, its gradient
     ``G = Σ_D Σ_j r_j D v_j v_jᵀ`` in ``E`` (up to the factor ε; ``r_j = (λ_j − δ)₊``) and the
     largest ``μ₂``. Every eigenvalue above ``δ`` counts, not only the top one: ``F`` has the same
     zeros as the top-eigenvalue hinge but stays differentiable where that eigenvalue is multiple,
-    which is where the minimisation over ``E`` drives it (Chapter 1, *Pitfalls*)."""
+    which is where the minimisation over ``E`` drives it (Chapter 1, *Pitfalls*).
+
+    With ``basis > 0`` every vertex is decomposed in full and the top eigenvectors are returned
+    as a fourth value, ``(k, n, b)`` with ``b ≥ basis`` and more than the eigenvalues above ``δ``
+    of any vertex (the start of :func:`_tracked_hinge`)."""
     DM = ds[:, :, None] * (A + eps * E)
     S = 0.5 * (DM + DM.mT)
-    top = torch.linalg.eigvalsh(S)[:, -1]  # values first; vectors only where a constraint is violated
+    if basis:
+        w_all, V_all = torch.linalg.eigh(S)
+        top, act = w_all[:, -1], w_all[:, -1] > delta
+        b = min(S.shape[-1], max(basis, int((w_all > delta).sum(1).max()) + 2))
+        Vb = V_all[:, :, -b:]
+        w, V = w_all[act], V_all[act]
+    else:
+        top = torch.linalg.eigvalsh(S)[:, -1]  # values first; vectors only where a constraint is violated
+        act = top > delta
+        if bool(act.any()):
+            w, V = torch.linalg.eigh(S[act])
     fmax = float(top.max())
-    act = top > delta
     if not bool(act.any()):
-        return 0.0, torch.zeros_like(E), fmax
-    w, V = torch.linalg.eigh(S[act])
+        out = 0.0, torch.zeros_like(E), fmax
+    else:
+        F, G = _hinge_terms(w, V, ds[act], delta)
+        out = F, G, fmax
+    return (*out, Vb) if basis else out
+
+
+def _hinge_terms(w, V, d, delta):
+    """``½ Σ r²`` and ``Σ r_j D v_j v_jᵀ`` from ascending eigenpairs ``(w, V)`` of active vertices ``d``."""
     r = (w - delta).clamp(min=0)
-    m = int((r > 0).sum(1).max())  # eigenvalues come sorted: only the last m columns are active
+    m = max(int((r > 0).sum(1).max()), 1)  # eigenvalues come sorted: only the last m columns are active
     r, V = r[:, -m:], V[:, :, -m:]
-    G = torch.einsum("ki,kij,klj->il", ds[act], V * r[:, None, :], V)
-    return 0.5 * float((r ** 2).sum()), G, fmax
+    G = torch.einsum("ki,kij,klj->il", d, V * r[:, None, :], V)
+    return 0.5 * float((r ** 2).sum()), G
+
+
+def _tracked_hinge(E, eps, A, ds, delta, V):
+    """:func:`_hinge` from a basis ``V`` (``(k, n, b)``) of each vertex's top eigenvectors at a
+    nearby point, updated by one block-Krylov step with Rayleigh–Ritz: the top ``b`` Ritz pairs of
+    ``sym(D M)`` on ``span[V, sym(D M) V]``. Cost ``O(k n² b)`` instead of ``O(k n³)`` for full
+    decompositions. Ritz values never exceed the eigenvalues they approximate (interlacing), so
+    the hinge and ``μ₂`` are underestimated, never overestimated: :func:`_inner` uses these values to
+    move and the exact :func:`_hinge` to decide. Returns ``F, G, max μ₂``, the new basis and
+    whether it is wide enough (its lowest Ritz value below ``δ`` for every vertex)."""
+    M = A + eps * E
+    dd = ds[:, :, None]
+
+    def apply(X):  # sym(D M) X without forming the k matrices
+        return 0.5 * (dd * (M @ X) + M.mT @ (dd * X))
+
+    Q, _ = torch.linalg.qr(torch.cat([V, apply(V)], dim=2))
+    T = Q.mT @ apply(Q)
+    w, Z = torch.linalg.eigh(0.5 * (T + T.mT))
+    b = V.shape[2]
+    w, V = w[:, -b:], Q @ Z[:, :, -b:]
+    fmax = float(w[:, -1].max())
+    wide = b == V.shape[1] or bool((w[:, 0] < delta).all())
+    act = w[:, -1] > delta
+    if not bool(act.any()):
+        return 0.0, torch.zeros_like(E), fmax, V, wide
+    F, G = _hinge_terms(w[act], V[act], ds[act], delta)
+    return F, G, fmax, V, wide
 
 
 def inner_step(E, G, h):
@@ -207,21 +299,42 @@ def inner_step(E, G, h):
     return new / new.norm()
 
 
-def _inner(A, eps, E, ds, delta, *, maxit, h, theta, tol, gtol, enough=None):
+def _inner(A, eps, E, ds, delta, *, maxit, h, theta, tol, gtol, enough=None, track: int = 0):
     """Minimise the squared hinge on the sphere from ``E``: explicit steps of the projected flow
     with step control (the step is proposed by Barzilai–Borwein from the last two iterates and
     shrunk by ``theta`` until the value decreases). Stops as soon as every constraint of the
     working set holds within ``tol``, at a stationary point (projected gradient below ``gtol``
     times the gradient), or when ``enough(E, F, G, fmax)`` says the outer level has what it needs.
+
+    With ``track = b > 0`` the steps evaluate the hinge by :func:`_tracked_hinge` (eigenvectors
+    followed from step to step, at least ``b`` per vertex) and only the stopping decision by the
+    exact :func:`_hinge`: a stop seen on tracked values is confirmed exactly, or the iteration
+    goes on from the exact values with a fresh basis. Either way the returned values are exact.
     Returns ``E, F, G, max μ₂`` and the last step."""
-    f, G, fmax = _hinge(E, eps, A, ds, delta)
+    def exact(E):
+        if not track:
+            return (*_hinge(E, eps, A, ds, delta), None)
+        return _hinge(E, eps, A, ds, delta, basis=track)
+
+    def evaluate(E, V):
+        if V is None:
+            return (*_hinge(E, eps, A, ds, delta), None)
+        F, G, fmax, V, wide = _tracked_hinge(E, eps, A, ds, delta, V)
+        return (F, G, fmax, V) if wide else exact(E)
+
+    f, G, fmax, V = exact(E)
+    is_exact = True
     E_prev = g_prev = None
     recent = [f]
     for _ in range(maxit):
         g = -G + (G * E).sum() * E
         if (fmax <= delta + tol or float(g.norm()) <= gtol * float(G.norm())
                 or (enough is not None and enough(E, f, G, fmax))):
-            break
+            if is_exact:
+                break
+            f, G, fmax, V = exact(E)  # confirm on exact values
+            is_exact, recent = True, [f]
+            continue
         if E_prev is not None:
             s, y = E - E_prev, g_prev - g
             sy = float((s * y).sum())
@@ -229,7 +342,7 @@ def _inner(A, eps, E, ds, delta, *, maxit, h, theta, tol, gtol, enough=None):
                 h = float((s * s).sum()) / sy
         for _ in range(60):  # step control: shrink until the value decreases
             E_new = inner_step(E, G, h)
-            f_new, G_new, fmax_new = _hinge(E_new, eps, A, ds, delta)
+            f_new, G_new, fmax_new, V_new = evaluate(E_new, V)
             if f_new < max(recent):
                 break
             h /= theta
@@ -237,7 +350,10 @@ def _inner(A, eps, E, ds, delta, *, maxit, h, theta, tol, gtol, enough=None):
             break
         recent = (recent + [f_new])[-_MEMORY:]
         E_prev, g_prev = E, g
-        E, f, G, fmax = E_new, f_new, G_new, fmax_new
+        E, f, G, fmax, V = E_new, f_new, G_new, fmax_new, V_new
+        is_exact = V is None
+    if not is_exact:
+        f, G, fmax, _ = exact(E)
     return E, f, G, fmax, h
 
 
@@ -284,9 +400,11 @@ class StabilizeResult:
 
 
 def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float = 1e-3,
-              coarse_tol: float = 1e-2, max_rounds: int = 200, inner_maxit: int = 500, gtol: float = 1e-3,
+              coarse_tol: float = 1e-2, max_rounds: int = 1000, inner_maxit: int = 500, gtol: float = 1e-3,
               h0: float = 1.0, theta: float = 1.3, method: str = "auto", restarts: int = 32,
-              cuts: int = 4, cut_restarts: int = 8, cut_flips: int = 16, generator=None) -> StabilizeResult:
+              cuts: int | None = None, cut_restarts: int | None = None, cut_flips: int = 16,
+              track: int | None = None,
+              generator=None) -> StabilizeResult:
     """Smallest Frobenius-norm ``Δ`` with ``max_D μ₂(D(A + Δ)) ≤ δ`` (Chapter 1, Algorithm 1).
 
     Two levels: for a size ``ε`` the *inner* level moves a direction ``E`` (``‖E‖_F = 1``) along
@@ -297,14 +415,21 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
     lower bound; an infeasible ``Δ`` is made feasible for the working set by a small scaling
     (``δ > 0``) or shift (``ℓ > 0``), which gives ``ε_hi``; otherwise ``ε_hi`` comes from inner
     solves that reach the target, with bisection. The maximum over all vertices ``D`` is handled
-    by cutting planes: a working set grows by the worst vertex of the current ``A + Δ`` until that
-    vertex satisfies the bound (within ``tol``). Rounds that add a vertex close the bracket to
+    by cutting planes: a working set grows by the worst vertices of the current ``A + Δ`` (up to
+    ``cuts`` per round, default ``max(4, n // 8)``, found by local searches from the all-``u``
+    vertex, the newest ``cut_restarts`` members of the working set and as many random vertices,
+    default ``max(8, n // 8)``) until the worst one satisfies the bound (within ``tol``). Rounds that add a vertex close the bracket to
     ``coarse_tol`` (relative), the last one to ``rel_tol``.
 
     The result's ``converged`` says the final check passed (``exact``: by enumeration, ``n ≤ 16``;
     otherwise by the vertex fixed point with restarts), and ``lower_bound`` is a certified lower
     bound on the optimal ``‖Δ‖_F`` (the working set is a subset of all vertices), so
     ``norm / lower_bound − 1`` bounds the suboptimality.
+
+    ``track`` (default: 4 for ``n > 16``, else 0) makes the inner steps follow at least that many
+    top eigenvectors per vertex by one block-Krylov step instead of dense eigensolves, and the
+    cut search judge single flips by Lanczos (:func:`_inner`, :func:`_local_maxima`); all
+    decisions are still taken on exact values. ``track=0`` uses dense eigensolves throughout.
 
     With ``ℓ = 0`` and ``δ = 0`` the answer has a closed form, returned at once: the feasible
     matrices are exactly the diagonal ones with non-positive diagonal (the single-unit vertices
@@ -326,6 +451,13 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
     worst = lambda M: worst_case_lognorm(M, (lo, hi), method=method, restarts=restarts,  # noqa: E731
                                           generator=generator)
     exact = (method == "enumerate") or (method == "auto" and n <= ENUMERATION_MAX_N)
+    if track is None:
+        track = TRACK_BLOCK if n > TRACK_MIN_N else 0
+    elif track:
+        _validate.positive_int(track, "track")
+    krylov = KRYLOV_STEPS if track else 0
+    cuts = max(4, n // 8) if cuts is None else _validate.positive_int(cuts, "cuts")
+    cut_restarts = max(8, n // 8) if cut_restarts is None else _validate.positive_int(cut_restarts, "cut_restarts")
     mu0, D0 = worst(A)
     zero = torch.zeros_like(A)
     if mu0 <= delta:
@@ -371,7 +503,7 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
         eps = min(eps_lo * (1 + rtol) if eps_lo > 0 else 0.5 * eps_hi, eps_hi)
         for _ in range(200):  # outer: Newton on √(2F) inside the bracket
             E, F, G, fmax, h = _inner(A, eps, E, ds, delta, maxit=inner_maxit, h=h, theta=theta, tol=tol,
-                                      gtol=gtol, enough=enough(eps))
+                                      gtol=gtol, enough=enough(eps), track=track)
             iterations += 1
             newton = -math.inf
             if fmax <= delta + tol:
@@ -398,7 +530,7 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
         # random vertices; the violated ones join the working set, up to `cuts` per round
         starts = torch.cat([torch.full((1, n), hi, dtype=A.dtype), ds[-cut_restarts:],
                             _random_vertices(cut_restarts, n, lo, hi, generator)])
-        mus, found = _local_maxima(M, lo, hi, starts, flips=cut_flips)
+        mus, found = _local_maxima(M, lo, hi, starts, flips=cut_flips, krylov=krylov)
         new = [found[i] for i in torch.argsort(mus, descending=True).tolist() if mus[i] > delta + tol]
         fresh = []
         for d in new:

@@ -93,14 +93,16 @@ def test_inner_step_stays_on_sphere_and_descends():
     assert ln.lognorm_gradient(D, A + 0.5 * E1)[0] < mu
 
 
-@pytest.mark.parametrize("n,activation,seed", [(8, "tanh", 0), (8, "relu", 1), (10, "tanh", 2), (10, "relu", 3)])
-def test_stabilize_reaches_the_target_minimally(n, activation, seed):
-    """Enumeration confirms the bound; ‖Δ‖_F is within 1 % of SLSQP's best (all vertices as constraints).
+@pytest.mark.parametrize("n,activation,seed,track", [(8, "tanh", 0, 0), (8, "relu", 1, 0), (10, "tanh", 2, 0),
+                                                     (10, "relu", 3, 0), (10, "tanh", 2, 2), (10, "relu", 4, 1)])
+def test_stabilize_reaches_the_target_minimally(n, activation, seed, track):
+    """Enumeration confirms the bound; ‖Δ‖_F is within 1 % of SLSQP's best (all vertices as constraints),
+    with exact inner evaluations and with tracked eigenvectors (the default above n = 16).
 
     Entries N(0, 4/n), so μ*(A) is of order one as for trained weights (2 to 2.7 here)."""
     A = 2 * _A(n, seed) / math.sqrt(n)
     delta = 0.5
-    res = ln.stabilize(A, delta, activation)
+    res = ln.stabilize(A, delta, activation, track=track)
     mu, _ = ln.worst_case_lognorm(A + res.delta_matrix, activation, method="enumerate")
     assert res.converged and res.exact and res.mu_before > delta
     assert mu <= delta + 1e-6 and res.mu_after == pytest.approx(mu)
@@ -144,6 +146,31 @@ def test_matrix_hinge_gradient_matches_finite_differences():
     assert eps * float((G * P).sum()) == pytest.approx(fd, rel=1e-6)
 
 
+def test_tracked_hinge_underestimates_and_is_exact_from_an_exact_basis():
+    """Ritz values never exceed the eigenvalues (interlacing): the tracked hinge is ≤ the exact one;
+    from the exact top eigenvectors at the same point it reproduces F, G and max μ₂."""
+    n, eps, delta = 12, 0.8, 0.2
+    A, E = _A(n, 41) / math.sqrt(n), _A(n, 42)
+    E = E / E.norm()
+    ds = ln._random_vertices(7, n, 0.0, 1.0, torch.Generator().manual_seed(5))
+    F, G, fmax, V = ln._hinge(E, eps, A, ds, delta, basis=3)
+    assert F > 0 and V.shape[:2] == (7, n) and V.shape[2] >= 3
+    F0, G0, fmax0 = ln._hinge(E, eps, A, ds, delta)
+    assert (F, fmax) == (pytest.approx(F0, rel=1e-12), pytest.approx(fmax0, rel=1e-12))
+    assert torch.allclose(G, G0, atol=1e-12)
+    Ft, Gt, fmax_t, _, wide = ln._tracked_hinge(E, eps, A, ds, delta, V)
+    assert wide and Ft == pytest.approx(F0, rel=1e-9) and fmax_t == pytest.approx(fmax0, rel=1e-12)
+    assert torch.allclose(Gt, G0, atol=1e-9)
+    P = _A(n, 43)
+    for step in (1e-3, 1e-2, 1e-1):  # a moved point: never above the exact values, close for small moves
+        E1 = (E + step * P) / (E + step * P).norm()
+        F1, _, fmax1 = ln._hinge(E1, eps, A, ds, delta)
+        Ft, _, fmax_t, _, _ = ln._tracked_hinge(E1, eps, A, ds, delta, V)
+        assert Ft <= F1 + 1e-12 and fmax_t <= fmax1 + 1e-12
+        if step <= 1e-2:
+            assert Ft == pytest.approx(F1, rel=1e-3)
+
+
 def test_lower_bound_and_repair_bracket_the_working_set_optimum():
     """From any infeasible E: _lower_bound ≤ the SLSQP optimum over the working set ≤ ‖repaired Δ‖."""
     n, delta = 6, 0.3
@@ -176,6 +203,31 @@ def test_local_maxima_are_one_flip_optimal_and_ascend():
             e = d.clone()
             e[i] = 1.0 - e[i]
             assert float(lipschitz.lognorm(torch.diag(e) @ A)) <= float(mu) + 1e-12
+
+
+def test_krylov_top_is_a_lower_estimate_and_exact_from_a_near_start():
+    n = 40
+    M = _A(n, 8) / math.sqrt(n)
+    d = ln._random_vertices(5, n, 0.0, 1.0, torch.Generator().manual_seed(4))
+    mu, v = ln._top(d, M)
+    start = v + 1e-3 * _A(5, 9)[:, :1].expand(5, n) * torch.linspace(-1, 1, n)
+    w, u = ln._krylov_top(d, M, start, 12)
+    assert bool((w <= mu + 1e-12).all()) and torch.allclose(w, mu, atol=1e-10)
+    assert torch.allclose((u * v).sum(1).abs(), torch.ones(5, dtype=mu.dtype), atol=1e-6)
+    w2, _ = ln._krylov_top(d, M, torch.ones(5, n, dtype=M.dtype), 3)  # few steps from a poor start: below
+    assert bool((w2 <= mu + 1e-12).all()) and bool((w2 < mu - 1e-6).any())
+
+
+def test_local_maxima_with_krylov_flips_ascend_and_report_exact_values():
+    n = 24
+    A = _A(n, 17) / math.sqrt(n)
+    starts = ln._random_vertices(6, n, 0.0, 1.0, torch.Generator().manual_seed(6))
+    mus, found = ln._local_maxima(A, 0.0, 1.0, starts, krylov=10)
+    start_mu, _ = ln._top(starts, A)
+    exact, _ = ln._top(found, A)
+    assert torch.allclose(mus, exact, atol=1e-12) and bool((mus >= start_mu - 1e-12).all())
+    dense, _ = ln._local_maxima(A, 0.0, 1.0, starts)
+    assert float(mus.max()) >= float(dense.max()) - 0.05  # as good a cut, up to the Ritz error's effect
 
 
 def test_stabilize_noop_and_infeasible_targets():
