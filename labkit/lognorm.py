@@ -428,7 +428,7 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
 
     ``track`` (default: 4 for ``n > 16``, else 0) makes the inner steps follow at least that many
     top eigenvectors per vertex by one block-Krylov step instead of dense eigensolves, and the
-    cut search judge single flips by Lanczos (:func:`_inner`, :func:`_local_maxima`); all
+    cut search judge single flips by Lanczos (Chapter 1, *Cost at larger n*); all
     decisions are still taken on exact values. ``track=0`` uses dense eigensolves throughout.
 
     With ``ℓ = 0`` and ``δ = 0`` the answer has a closed form, returned at once: the feasible
@@ -531,20 +531,26 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
         starts = torch.cat([torch.full((1, n), hi, dtype=A.dtype), ds[-cut_restarts:],
                             _random_vertices(cut_restarts, n, lo, hi, generator)])
         mus, found = _local_maxima(M, lo, hi, starts, flips=cut_flips, krylov=krylov)
-        new = [found[i] for i in torch.argsort(mus, descending=True).tolist() if mus[i] > delta + tol]
-        fresh = []
-        for d in new:
-            if len(fresh) < cuts and not any(torch.equal(d, e) for e in list(ds) + fresh):
-                fresh.append(d)
-        mu_after = float(mus.max())
+
+        def violated(mus, found):  # distinct violated vertices not yet in the working set, worst first
+            fresh = []
+            for i in torch.argsort(mus, descending=True).tolist():
+                d = found[i]
+                if (len(fresh) < cuts and mus[i] > delta + tol
+                        and not any(torch.equal(d, e) for e in list(ds) + fresh)):
+                    fresh.append(d)
+            return fresh
+
+        fresh, mu_after = violated(mus, found), float(mus.max())
         if not fresh and exact:  # nothing violated that the local search sees: enumerate
             mus, found = _enumerate(M, lo, hi, keep=cuts)
             mu_after = float(mus[0])
             fresh = [d for m, d in zip(mus, found) if m > delta + tol]
-        elif not fresh:  # beyond enumeration: the vertex fixed point with all its restarts
-            mu_after, D_w = worst(M)
-            if mu_after > delta + tol:
-                fresh = [torch.diagonal(D_w)]
+        elif not fresh:  # beyond enumeration: dense local searches from `restarts` starts, as worst_case_lognorm
+            starts = torch.cat([torch.full((1, n), hi, dtype=A.dtype),
+                                _random_vertices(max(restarts - 1, 0), n, lo, hi, generator)])
+            mus, found = _local_maxima(M, lo, hi, starts, flips=cut_flips)
+            fresh, mu_after = violated(mus, found), float(mus.max())
         history.append({"round": rounds, "eps": eps_hi, "lower_bound": certified, "mu": mu_after,
                         "working_set": int(ds.shape[0])})
         E = E_hi.clone()
