@@ -404,7 +404,7 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
               h0: float = 1.0, theta: float = 1.3, method: str = "auto", restarts: int = 32,
               cuts: int | None = None, cut_restarts: int | None = None, cut_flips: int = 16,
               track: int | None = None,
-              generator=None) -> StabilizeResult:
+              generator=None, progress: bool | None = None) -> StabilizeResult:
     """Smallest Frobenius-norm ``Δ`` with ``max_D μ₂(D(A + Δ)) ≤ δ`` (Chapter 1, Algorithm 1).
 
     Two levels: for a size ``ε`` the *inner* level moves a direction ``E`` (``‖E‖_F = 1``) along
@@ -430,6 +430,10 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
     top eigenvectors per vertex by one block-Krylov step instead of dense eigensolves, and the
     cut search judge single flips by Lanczos (Chapter 1, *Cost at larger n*); all
     decisions are still taken on exact values. ``track=0`` uses dense eigensolves throughout.
+
+    ``progress`` shows a bar over the rounds with the current ``‖Δ‖_F``, the certified lower
+    bound, the size of the working set and the worst ``μ₂`` found (default: shown for ``n > 16``,
+    where a call can take minutes, unless the mode is ``smoke``; see :func:`labkit.progress_enabled`).
 
     With ``ℓ = 0`` and ``δ = 0`` the answer has a closed form, returned at once: the feasible
     matrices are exactly the diagonal ones with non-positive diagonal (the single-unit vertices
@@ -494,6 +498,11 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
             return ub - lb <= rtol * ub
         return test
 
+    from tqdm.auto import tqdm
+
+    from . import progress_enabled
+    show = (progress_enabled() and n > ENUMERATION_MAX_N) if progress is None else bool(progress)
+    bar = tqdm(desc=f"stabilize n={n} δ={delta:g}", unit="round", disable=not show, leave=False)
     for rounds in range(1, max_rounds + 1):
         # the upper end must still be feasible for the enlarged working set
         _, _, fmax = _hinge(E_hi, eps_hi, A, ds, delta)
@@ -553,6 +562,9 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
             fresh, mu_after = violated(mus, found), float(mus.max())
         history.append({"round": rounds, "eps": eps_hi, "lower_bound": certified, "mu": mu_after,
                         "working_set": int(ds.shape[0])})
+        bar.update(1)
+        bar.set_postfix_str(f"‖Δ‖ {eps_hi:.4f} ≥ {certified:.4f}, |W| {int(ds.shape[0]) + len(fresh)}, "
+                            f"μ* {mu_after:.4f}, tol {rtol:g}", refresh=False)
         E = E_hi.clone()
         if fresh:
             ds = torch.cat([ds, torch.stack(fresh)])
@@ -561,6 +573,8 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
         else:
             converged = True
             break
+    bar.refresh()  # the final state, whatever tqdm's refresh interval skipped
+    bar.close()
     Delta = eps_hi * E_hi
     return StabilizeResult(Delta, float(Delta.norm()), mu0, mu_after, delta, iterations, rounds,
                            converged, int(ds.shape[0]), exact, certified, history, ds)

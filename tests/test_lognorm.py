@@ -243,6 +243,18 @@ def test_stabilize_noop_and_infeasible_targets():
     assert res.converged and mu <= -0.05 + 1e-6
 
 
+def test_stabilize_progress_bar_reports_the_rounds(capsys):
+    """The bar counts the rounds and ends on the result's norm and working set; off by default at small n."""
+    A = 2 * _A(8, 0) / math.sqrt(8)
+    quiet = ln.stabilize(A, 0.5, "tanh", generator=torch.Generator().manual_seed(0))
+    assert "stabilize" not in capsys.readouterr().err
+    res = ln.stabilize(A, 0.5, "tanh", progress=True, generator=torch.Generator().manual_seed(0))
+    err = capsys.readouterr().err
+    assert f"{res.rounds}round" in err.replace(" ", "") and f"‖Δ‖ {res.norm:.4f}" in err
+    assert f"|W| {res.working_set}" in err
+    assert res.norm == quiet.norm  # the bar changes nothing
+
+
 @pytest.mark.parametrize("bad", [torch.zeros(2, 3), torch.zeros(3)])
 def test_non_square_rejected(bad):
     with pytest.raises(ValueError, match="square"):
