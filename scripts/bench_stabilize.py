@@ -2,6 +2,7 @@
 
     python scripts/bench_stabilize.py [--sizes 16 32 64 128] [--delta 0.5] [--budget 600]
                                       [--stabilize-budget 3600] [--json results.json] [--progress]
+                                      [--checkpoint-dir DIR]
 
 For each n: a random A (seed 0, entries N(0, 1/n) so μ* stays of order one), tanh slopes.
 stabilize runs first, in a child process stopped after --stabilize-budget seconds. SLSQP gets the
@@ -12,6 +13,11 @@ Chapter 1 shows. Prints both times and both ‖Δ‖_F, stabilize's certified lo
 ‖Δ‖_F, and the worst-case μ* of each result (exact by enumeration for n ≤ 16, the vertex fixed
 point with restarts beyond, where it is a lower estimate). --progress shows stabilize's bar over its
 cutting-plane rounds (on stderr; the table goes to stdout).
+
+With --checkpoint-dir, stabilize saves its state after every round (stabilize(checkpoint=...)), so
+a size that runs out of its budget is resumed where it stopped by the same command later: at
+n = 128 a run takes hours on two cores. Its time is then the compute time of all segments
+together, and an unfinished size reports how far it got (rounds, |W|, the bracket on ‖Δ‖_F).
 """
 from __future__ import annotations
 
@@ -27,18 +33,35 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from labkit import lognorm as ln  # noqa: E402
 from labkit.experiment import environment, save_record  # noqa: E402
+from labkit.train import load_checkpoint  # noqa: E402
 
 
 def _matrix(n):
     return torch.randn(n, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64) / math.sqrt(n)
 
 
-def _ours(n, delta, progress, queue):
-    t0 = time.perf_counter()
-    res = ln.stabilize(_matrix(n), delta, "tanh", generator=torch.Generator().manual_seed(0), progress=progress)
-    queue.put({"seconds": time.perf_counter() - t0, "norm": res.norm, "lower_bound": res.lower_bound,
+def _checkpoint(directory, n, delta):
+    return None if directory is None else Path(directory) / f"stabilize_n{n}_delta{delta:g}.pt"
+
+
+def _ours(n, delta, progress, checkpoint, queue):
+    resumed = 0
+    if checkpoint is not None and checkpoint.exists():
+        resumed = load_checkpoint(checkpoint)["round"]
+    res = ln.stabilize(_matrix(n), delta, "tanh", generator=torch.Generator().manual_seed(0), progress=progress,
+                       checkpoint=checkpoint)
+    queue.put({"seconds": res.seconds, "norm": res.norm, "lower_bound": res.lower_bound,
                "mu": res.mu_after, "rounds": res.rounds, "working_set": res.working_set,
-               "converged": res.converged, "vertices": res.vertices.tolist()})
+               "converged": res.converged, "resumed_from_round": resumed, "vertices": res.vertices.tolist()})
+
+
+def _unfinished(checkpoint):
+    """How far an interrupted run got, from its checkpoint (None without one)."""
+    if checkpoint is None or not checkpoint.exists():
+        return None
+    state = load_checkpoint(checkpoint)
+    return {"seconds": state["seconds"], "rounds": state["round"], "working_set": int(state["ds"].shape[0]),
+            "upper": state["eps_hi"], "lower_bound": state["certified"], "checkpoint": str(checkpoint)}
 
 
 def _slsqp(n, delta, vertices, queue):
@@ -73,15 +96,25 @@ def main() -> int:
     parser.add_argument("--stabilize-budget", type=float, default=3600.0, help="seconds for stabilize per size")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     parser.add_argument("--progress", action="store_true", help="show stabilize's progress bar (stderr)")
+    parser.add_argument("--checkpoint-dir", type=Path,
+                        help="save stabilize's state after every round here and resume from it")
     args = parser.parse_args()
     print(f"{'n':>4} {'stabilize s':>12} {'‖Δ‖ ours':>10} {'lower bd':>10} {'μ* ours':>10} {'rounds':>6} "
           f"{'|W|':>5} | {'SLSQP s':>9} {'‖Δ‖ SLSQP':>10} {'μ* SLSQP':>10} constraints", flush=True)
     rows, start, env = [], time.perf_counter(), environment("cpu")
     for n in args.sizes:
-        ours = _run(_ours, (n, args.delta, args.progress), args.stabilize_budget)
+        checkpoint = _checkpoint(args.checkpoint_dir, n, args.delta)
+        ours = _run(_ours, (n, args.delta, args.progress, checkpoint), args.stabilize_budget)
         if ours is None:
-            print(f"{n:>4} {'> ' + format(args.stabilize_budget, '.0f'):>12} (stabilize did not finish)", flush=True)
-            rows.append({"n": n, "stabilize": None})
+            part = _unfinished(checkpoint)
+            if part is None:
+                print(f"{n:>4} {'> ' + format(args.stabilize_budget, '.0f'):>12} (stabilize did not finish)",
+                      flush=True)
+            else:
+                print(f"{n:>4} {'> ' + format(part['seconds'], '.0f'):>12} (not finished: {part['rounds']} rounds, "
+                      f"|W| {part['working_set']}, ‖Δ‖ {part['upper']:.4f}, certified ≥ {part['lower_bound']:.4f}; "
+                      f"the same command resumes from {checkpoint})", flush=True)
+            rows.append({"n": n, "stabilize": None, "unfinished": part})
             continue
         line = (f"{n:>4} {ours['seconds']:>12.1f} {ours['norm']:>10.4f} {ours['lower_bound']:>10.4f} "
                 f"{ours['mu']:>10.5f} {ours['rounds']:>6} {ours['working_set']:>5} | ")

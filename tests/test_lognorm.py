@@ -255,6 +255,71 @@ def test_stabilize_progress_bar_reports_the_rounds(capsys):
     assert res.norm == quiet.norm  # the bar changes nothing
 
 
+def test_partial_eigensolver_matches_a_full_decomposition():
+    """Beyond n = 16 the top eigenpairs come from LAPACK's MRRR solver one matrix at a time; they equal
+    a full decomposition's (values to 1e-12, vectors up to sign), and the widening keeps every eigenvalue
+    above δ plus one below, even where many are above."""
+    n, k = 40, 6
+    X = torch.randn(k, n, n, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    S = (X + X.mT) / (2 * math.sqrt(n))
+    w_full, V_full = torch.linalg.eigh(S)
+    w, V = ln._top_eigs(S, 3)
+    assert torch.allclose(w, w_full[:, -3:], atol=1e-12)
+    assert torch.allclose((V * V_full[:, :, -3:]).sum(1).abs(), torch.ones(k, 3, dtype=S.dtype), atol=1e-10)
+    delta = float(w_full[:, -9].min())  # at least 9 eigenvalues of every matrix are ≥ δ
+    w, V = ln._eigs_above(S, delta, 2)
+    above = (w_full > delta).sum(1)
+    assert w.shape[1] > int(above.max()) and bool((w[:, 0] <= delta).all())
+    assert torch.allclose(w, w_full[:, -w.shape[1]:], atol=1e-12)
+
+
+def test_hinge_beyond_n16_equals_the_dense_hinge():
+    """The hinge from partial decompositions (n > 16) has the value, gradient, μ₂ and basis of the dense one."""
+    n = 24
+    A = 2 * _A(n, 3) / math.sqrt(n)
+    ds = ln._random_vertices(10, n, 0.0, 1.0, torch.Generator().manual_seed(1))
+    E = _A(n, 4)
+    E = E / E.norm()
+    F, G, fmax, Vb = ln._hinge(E, 0.3, A, ds, 0.4, basis=4)
+    S = ds[:, :, None] * (A + 0.3 * E)
+    w, V = torch.linalg.eigh(0.5 * (S + S.mT))
+    r = (w - 0.4).clamp(min=0)
+    assert F == pytest.approx(0.5 * float((r ** 2).sum()), rel=1e-10) and F > 0
+    assert torch.allclose(G, torch.einsum("ki,kij,klj->il", ds, V * r[:, None, :], V), atol=1e-10)
+    assert fmax == pytest.approx(float(w[:, -1].max()), abs=1e-12)
+    b = Vb.shape[2]
+    assert b >= max(4, int((w > 0.4).sum(1).max()) + 2)
+    # the basis: orthonormal eigenvectors of the top b eigenvalues (a basis-free check: Vᵀ S V = diag(λ))
+    assert torch.allclose(Vb.mT @ Vb, torch.eye(b, dtype=A.dtype).expand(10, b, b), atol=1e-10)
+    assert torch.allclose(Vb.mT @ (0.5 * (S + S.mT)) @ Vb, torch.diag_embed(w[:, -b:]), atol=1e-10)
+
+
+def test_stabilize_resumes_from_its_checkpoint(tmp_path):
+    """A run stopped after a few rounds and resumed from its checkpoint ends exactly as an uninterrupted
+    run; the checkpoint is removed on convergence, and one written for another problem is refused."""
+    n = 20
+    A = _A(n, 1) / math.sqrt(n)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    full = ln.stabilize(A, 0.5, generator=gen())
+    path = tmp_path / "state.pt"
+    part = ln.stabilize(A, 0.5, generator=gen(), checkpoint=path, max_rounds=3)
+    assert not part.converged and part.rounds == 3 and path.exists()
+    with pytest.raises(ValueError, match="δ=0.5"):
+        ln.stabilize(A, 0.4, generator=gen(), checkpoint=path)
+    with pytest.raises(ValueError, match="another matrix"):
+        ln.stabilize(2 * A, 0.5, generator=gen(), checkpoint=path)
+    with pytest.raises(ValueError, match="cuts"):
+        ln.stabilize(A, 0.5, generator=gen(), checkpoint=path, cuts=7)
+    res = ln.stabilize(A, 0.5, generator=gen(), checkpoint=path)
+    assert res.converged and not path.exists()
+    assert torch.equal(res.delta_matrix, full.delta_matrix) and res.rounds == full.rounds
+    assert res.iterations == full.iterations and res.history == full.history
+    assert res.seconds >= part.seconds > 0
+    path.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="not a stabilize checkpoint"):
+        ln.stabilize(A, 0.5, checkpoint=path)
+
+
 @pytest.mark.parametrize("bad", [torch.zeros(2, 3), torch.zeros(3)])
 def test_non_square_rejected(bad):
     with pytest.raises(ValueError, match="square"):
