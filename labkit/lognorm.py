@@ -277,8 +277,9 @@ def _hinge(E, eps, A, ds, delta, basis: int = 0):
     zeros as the top-eigenvalue hinge but stays differentiable where that eigenvalue is multiple,
     which is where the minimisation over ``E`` drives it (Chapter 1, *Pitfalls*).
 
-    With ``basis > 0`` the top eigenvectors of every vertex are returned as a fourth value, ``(k, n, b)`` with ``b ≥ basis`` and more than the eigenvalues above ``δ``
-    of any vertex (the start of :func:`_tracked_hinge`)."""
+    With ``basis > 0`` the top eigenvectors of every vertex are returned as a fourth value,
+    ``(k, n, b)`` with ``b ≥ basis`` and more than the eigenvalues above ``δ`` of any vertex (the
+    start of :func:`_tracked_hinge`)."""
     DM = ds[:, :, None] * (A + eps * E)
     S = 0.5 * (DM + DM.mT)
     if S.shape[-1] > TRACK_MIN_N:  # partial decompositions (see _top_eigs)
