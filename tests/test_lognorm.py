@@ -189,6 +189,41 @@ def test_lower_bound_and_repair_bracket_the_working_set_optimum():
     assert ln._repair(A, 0 * A, 1.0, 0.0, 0.0) is None  # δ = 0 and ℓ = 0: no cheap repair
 
 
+@pytest.mark.parametrize("bounds,delta", [((0.0, 1.0), 0.3), ((0.2, 1.0), 0.3), ((0.2, 1.0), -0.1)])
+def test_repair_lowers_every_vertex_to_the_target(bounds, delta):
+    """The end game's premise: repaired with the worst case over all vertices, A + Δ meets the target
+    at every vertex (enumeration), and a scaling puts the worst vertex exactly on it."""
+    n = 8
+    lo, hi = bounds
+    for seed in range(3):
+        A = 2 * _A(n, 40 + seed) / math.sqrt(n)
+        Delta = 0.3 * _A(n, 50 + seed) / math.sqrt(n)
+        worst, d = ln.worst_case_lognorm(A + Delta, bounds, method="enumerate")
+        assert worst > delta
+        fixed = ln._repair(A, Delta, worst, delta, lo)
+        after, _ = ln.worst_case_lognorm(A + fixed, bounds, method="enumerate")
+        assert after <= delta + 1e-12
+        if delta > 0 and lo == 0:  # only the scaling applies: μ₂ is positively homogeneous
+            assert after == pytest.approx(delta, abs=1e-12)
+            assert float(ln._top(torch.diagonal(d)[None], A + fixed)[0]) == pytest.approx(delta, abs=1e-12)
+
+
+def test_stabilize_end_game_returns_a_repaired_answer_within_rel_tol():
+    """When the final check still finds violated vertices but the uniformly repaired point is within
+    rel_tol of the certified bound, that point is the answer: feasible (enumeration), certified."""
+    n, delta, rel_tol = 10, 0.5, 1e-2
+    ended = []
+    for seed in range(2):
+        A = 2 * _A(n, seed) / math.sqrt(n)
+        res = ln.stabilize(A, delta, "tanh", rel_tol=rel_tol, generator=torch.Generator().manual_seed(0))
+        mu, _ = ln.worst_case_lognorm(A + res.delta_matrix, "tanh", method="enumerate")
+        assert res.converged and mu <= delta + 1e-9 and res.mu_after == pytest.approx(mu)
+        assert res.lower_bound <= res.norm <= (1 + rel_tol) * res.lower_bound
+        assert res.norm == pytest.approx(float(res.delta_matrix.norm()))
+        ended.append(res.repaired)
+    assert any(ended)
+
+
 def test_local_maxima_are_one_flip_optimal_and_ascend():
     n = 9
     A = _A(n, 7)
