@@ -488,6 +488,8 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
     bracket is closed to ``rel_tol / 2`` and, if the repaired ``Δ`` is then within ``rel_tol`` of
     the certified lower bound, it is the answer, without waiting for the cutting planes to run dry
     (at ``n = 128`` they add a few vertices a round, each violated by ~10⁻³, for hundreds of rounds).
+    A failed try is undone but for its lower bound and draws its random starts from a generator of
+    its own, so the run goes on as without it; after ``k`` failed tries the next waits ``k`` rounds.
 
     The result's ``converged`` says the final check passed (``exact``: by enumeration, ``n ≤ 16``;
     otherwise by the vertex fixed point with restarts) for ``A + Δ`` itself or for the matrix that
@@ -567,13 +569,14 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
     options = {"tol": tol, "rel_tol": rel_tol, "coarse_tol": coarse_tol, "inner_maxit": inner_maxit, "gtol": gtol,
                "h0": h0, "theta": theta, "method": method, "restarts": restarts, "cuts": cuts,
                "cut_restarts": cut_restarts, "cut_flips": cut_flips, "track": track}
-    done, seconds_before = 0, 0.0
+    done, seconds_before, tries, next_try = 0, 0.0, 0, 0
     if checkpoint is not None and Path(checkpoint).exists():
         state = _resume(checkpoint, A, delta, (lo, hi), options)
         ds, E, E_hi, h = state["ds"], state["E"], state["E_hi"], state["h"]
         eps_lo, eps_hi, certified, rtol = state["eps_lo"], state["eps_hi"], state["certified"], state["rtol"]
         iterations, history, mu_after = state["iterations"], state["history"], state["mu_after"]
         done, seconds_before = state["round"], state["seconds"]
+        tries, next_try = state.get("tries", 0), state.get("next_try", 0)
         if generator is not None and state["generator"] is not None:
             generator.set_state(state["generator"])
 
@@ -633,7 +636,7 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
     from . import progress_enabled
     show = (progress_enabled() and n > ENUMERATION_MAX_N) if progress is None else bool(progress)
     bar = tqdm(desc=f"stabilize n={n} δ={delta:g}", unit="round", disable=not show, leave=False, initial=done)
-    rounds, repaired, tries, next_try = done, None, 0, 0
+    rounds, repaired = done, None
     for rounds in range(done + 1, max_rounds + 1):
         # the upper end must still be feasible for the enlarged working set
         _, _, fmax = _hinge(E_hi, eps_hi, A, ds, delta)
@@ -711,6 +714,7 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
                 "A": A, "delta": delta, "bounds": [lo, hi], "options": options, "round": rounds, "ds": ds,
                 "E": E, "E_hi": E_hi, "h": h, "eps_lo": eps_lo, "eps_hi": eps_hi, "certified": certified,
                 "rtol": rtol, "iterations": iterations, "history": history, "mu_after": mu_after,
+                "tries": tries, "next_try": next_try,
                 "seconds": seconds_before + time.perf_counter() - t_start,
                 "generator": None if generator is None else generator.get_state()})
     bar.refresh()  # the final state, whatever tqdm's refresh interval skipped
