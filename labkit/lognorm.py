@@ -677,10 +677,10 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
             if eps_hi - eps_lo > rel_tol / 2 * eps_hi:
                 close(rel_tol / 2)
                 M = A + eps_hi * E_hi
-                checked = False
+                mus, checked = _top(found, M)[0], False  # the vertices found so far, on the new point
             for quick in ([] if checked else [krylov, 0] if krylov else [0]):  # a quick look first
                 more, others = check(M, quick, trial)
-                mus, found = torch.cat([_top(found, M)[0], more]), torch.cat([found, others])
+                mus, found = torch.cat([mus, more]), torch.cat([found, others])
                 if upper(eps_hi, E_hi, float(mus.max()))[0] > (1 + rel_tol) * certified:
                     break
             worst = int(mus.argmax())
