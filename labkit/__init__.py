@@ -7,122 +7,57 @@ book that defines it. Start every notebook with::
     cfg = labkit.setup()
 
 which seeds every random generator, picks the device and prints one line that says what runs.
+
+Layout: the runtime (mode, device, seeds, progress) is :mod:`labkit.runtime`; each idea has one
+method module (:mod:`labkit.lognorm`, :mod:`labkit.clip`, :mod:`labkit.convex`, …); each
+chapter's experiment (its sizes per mode, its runs and its record) is :mod:`labkit.chapters`;
+tables, banners and glue names come from :mod:`labkit.report`.
 """
-from __future__ import annotations
 
-import os
-import random
-from dataclasses import dataclass
+from ._version import __version__
+from .runtime import MODES, Config, by_mode, device, mode, progress_enabled, seed_everything, setup
 
-import numpy as np
-import torch
-
-__version__ = "0.1.0"
-
-#: The three run modes (book, Preface): sizes and budgets grow from left to right.
-MODES = ("smoke", "book", "full")
-_DEFAULT_MODE = "book"
-
-
-def mode() -> str:
-    """The current run mode, read from the environment variable ``LABKIT_MODE``.
-
-    ``smoke`` is for tests and CI (tiny sizes, bundled data), ``book`` (the default) for building
-    the book and running labs on a laptop, ``full`` for paper-scale runs on a GPU
-    (Preface, *Modes*). An unknown value raises ``ValueError`` naming the allowed ones.
-    """
-    value = os.environ.get("LABKIT_MODE", "").strip().lower() or _DEFAULT_MODE
-    if value not in MODES:
-        raise ValueError(
-            f"LABKIT_MODE={os.environ.get('LABKIT_MODE')!r} is not a mode; "
-            f"use one of {', '.join(MODES)} (default {_DEFAULT_MODE})."
-        )
-    return value
-
-
-_UNSET = object()
-
-
-def by_mode(smoke, book, full=_UNSET):
-    """Return the value that belongs to the current mode (Preface, *Modes*).
-
-    Notebooks never branch on the mode by hand; they ask for sizes, e.g.
-    ``epochs = labkit.by_mode(smoke=1, book=3, full=20)``. ``full`` defaults to ``book``.
-    """
-    m = mode()
-    if m == "smoke":
-        return smoke
-    if m == "book" or full is _UNSET:
-        return book
-    return full
-
-
-def device() -> torch.device:
-    """The compute device: ``LABKIT_DEVICE`` if set, else CUDA when available, else the CPU."""
-    requested = os.environ.get("LABKIT_DEVICE", "").strip()
-    if requested:
-        try:
-            dev = torch.device(requested)
-        except RuntimeError as err:
-            raise ValueError(f"LABKIT_DEVICE={requested!r} is not a torch device ({err}).") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"LABKIT_DEVICE={requested!r} asks for CUDA, but none is available here.")
-        return dev
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _checked_seed(seed) -> int:
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
-    return int(seed)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's generators (CPU and CUDA) with ``seed``."""
-    seed = _checked_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-@dataclass(frozen=True)
-class Config:
-    """What :func:`setup` chose: run mode, device, seed and versions."""
-
-    mode: str
-    device: torch.device
-    seed: int
-    version: str = __version__
-    torch_version: str = torch.__version__
-
-    def __str__(self) -> str:
-        return (
-            f"labkit {self.version} | torch {self.torch_version} | mode {self.mode} | "
-            f"device {self.device} | seed {self.seed}"
-        )
-
-
-def setup(seed: int = 0, *, quiet: bool = False) -> Config:
-    """Seed everything, pick the device and read the mode; print one line (Preface).
-
-    Returns a :class:`Config`. ``LABKIT_MODE`` and ``LABKIT_DEVICE`` are validated here, so a
-    typo fails at the first cell of a notebook, not half-way through a run.
-    """
-    cfg = Config(mode=mode(), device=device(), seed=_checked_seed(seed))
-    seed_everything(seed)
-    if not quiet:
-        print(cfg)
-    return cfg
-
-
-def progress_enabled() -> bool:
-    """Progress bars are shown in ``book`` and ``full`` mode and hidden in ``smoke`` mode."""
-    return mode() != "smoke"
-
-
-from . import attacks, certify, check, clip, data, lipschitz, lognorm, odes, train  # noqa: E402
+from . import (  # noqa: E402  (the idea modules, so that ``import labkit`` reaches every one)
+    attacks,
+    certify,
+    chapters,
+    check,
+    clip,
+    convex,
+    course,
+    data,
+    experiment,
+    lipschitz,
+    lognorm,
+    odes,
+    report,
+    runtime,
+    train,
+)
 
 __all__ = [
-    "MODES", "Config", "__version__", "attacks", "by_mode", "certify", "check", "clip", "data", "device",
-    "lipschitz", "lognorm", "mode", "odes", "progress_enabled", "seed_everything", "setup", "train",
+    "MODES",
+    "Config",
+    "__version__",
+    "attacks",
+    "by_mode",
+    "certify",
+    "chapters",
+    "check",
+    "clip",
+    "convex",
+    "course",
+    "data",
+    "device",
+    "experiment",
+    "lipschitz",
+    "lognorm",
+    "mode",
+    "odes",
+    "progress_enabled",
+    "report",
+    "runtime",
+    "seed_everything",
+    "setup",
+    "train",
 ]

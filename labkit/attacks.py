@@ -13,15 +13,17 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from . import _validate
+from .runtime import progress_enabled, resolve_device
 
-__all__ = ["fgsm", "pgd", "pgd_l2", "pgd_l2_sphere", "gaussian_noise", "robust_accuracy", "NORMS"]
+__all__ = ["frozen", "fgsm", "pgd", "pgd_l2", "pgd_l2_sphere", "gaussian_noise", "robust_accuracy", "NORMS"]
 
 NORMS = ("linf", "l2")
 
 
 @contextlib.contextmanager
-def _frozen(model: torch.nn.Module):
-    """Evaluate ``model`` in eval mode without touching its parameters' gradients."""
+def frozen(model: torch.nn.Module):
+    """Context manager: evaluate ``model`` in eval mode without touching its parameters'
+    gradients; the mode and the ``requires_grad`` flags are restored on exit (Chapter 0, *Attacks*)."""
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
     model.eval()
@@ -67,7 +69,7 @@ def fgsm(model, x, y, eps, *, clamp=(0.0, 1.0)):
     ``x_adv = clip(x + eps · sign(∇_x loss))``.
     """
     eps = _check(x, y, eps, clamp)
-    with _frozen(model):
+    with frozen(model):
         grad = _input_grad(model, x, y)
     return (x + eps * grad.sign()).clamp(*clamp).detach()
 
@@ -109,7 +111,7 @@ def pgd(model, x, y, eps, *, norm="linf", steps=10, step_size=None, random_start
     x = x.detach()
     if not bool(torch.as_tensor(eps).any()):
         return x.clone()
-    with _frozen(model):
+    with frozen(model):
         if random_start and norm == "linf":
             delta = eps * (2 * _rand(torch.rand, x.shape, generator, x) - 1)
         elif random_start:
@@ -155,7 +157,7 @@ def pgd_l2_sphere(model, x, y, eps, *, steps=7, step_size=0.5, clamp=(0.0, 1.0),
     def to_sphere(delta):
         return delta * (eps / (_flat_norm(delta) + 1e-12))
 
-    with _frozen(model):
+    with frozen(model):
         x_adv = (x + to_sphere(2 * _rand(torch.rand, x.shape, generator, x) - 1)).clamp(*clamp)
         for _ in range(steps):
             with torch.no_grad():
@@ -184,14 +186,12 @@ def robust_accuracy(model, data: Dataset, attack, eps_list, *, batch_size=256, d
     ``attack`` is one of this module's attacks, or a ``functools.partial`` of one with options,
     or any callable ``attack(model, x, y, eps)``. Returns ``{eps: accuracy}`` (Chapter 0).
     """
-    from . import device as default_device, progress_enabled
-
     if not callable(attack):
         raise TypeError(f"attack must be callable, got {type(attack).__name__}.")
     eps_values = [_validate.nonneg(e, "eps") for e in (eps_list if hasattr(eps_list, "__iter__") else [eps_list])]
     if not eps_values:
         raise ValueError("eps_list is empty.")
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device)
     show = progress_enabled() if progress is None else progress
     from tqdm.auto import tqdm
 
@@ -206,7 +206,7 @@ def robust_accuracy(model, data: Dataset, attack, eps_list, *, batch_size=256, d
         total += yb.shape[0]
         for e in eps_values:
             x_adv = attack(model, xb, yb, e)
-            with torch.no_grad(), _frozen(model):
+            with torch.no_grad(), frozen(model):
                 correct[e] += int((model(x_adv).argmax(1) == yb).sum())
             bar.update()
     bar.close()

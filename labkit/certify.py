@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import _validate
+from .runtime import resolve_device
 
 __all__ = ["margin", "certified_radius", "lln_radius", "certified_accuracy"]
 
@@ -70,12 +71,10 @@ def certified_accuracy(model, data: Dataset, eps, lipschitz: float, *, batch_siz
     ``eps`` may be a number (returns a float) or a list (returns ``{eps: accuracy}``).
     At ``eps = 0`` this is the clean accuracy.
     """
-    from . import device as default_device
-
     scalar = not hasattr(eps, "__iter__")
     eps_values = [_validate.nonneg(e, "eps") for e in ([eps] if scalar else eps)]
     _validate.positive(lipschitz, "lipschitz")
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device)
     was_training = model.training
     model.eval().to(dev)
     radii = []

@@ -14,12 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _validate
+from . import _validate, attacks, experiment, lipschitz, train as _train
 from .lipschitz import quotient
+from .runtime import progress_enabled, resolve_device
 
 __all__ = ["quotient", "PairSet", "LambdaSchedule", "mlp", "clip_loss", "Setting", "SETTINGS", "get_setting",
-           "Run", "train", "regression_data", "regression_truth", "grid_lipschitz", "fit_regression", "regression",
-           "split", "evaluate_model", "TARGETS", "CONFIGS", "experiment", "full_sizes"]  # quotient: labkit.lipschitz.quotient, re-exported
+           "Run", "fit", "regression_data", "regression_truth", "grid_lipschitz", "fit_regression", "regression",
+           "split", "evaluate_robustness"]  # quotient: labkit.lipschitz.quotient, re-exported
 
 
 class PairSet:
@@ -76,9 +77,7 @@ class PairSet:
 
     def update(self, model, iters: int = 1) -> torch.Tensor:
         """``iters`` accept/reject ascent steps; returns the quotients afterwards (detached)."""
-        from .attacks import _frozen
-
-        with _frozen(model):
+        with attacks.frozen(model):
             best = None
             for _ in range(_validate.positive_int(iters, "iters")):
                 u = self.u.clone().requires_grad_(True)
@@ -251,7 +250,7 @@ def get_setting(name) -> Setting:
 
 @dataclass
 class Run:
-    """What :func:`train` returns: the model it kept and one row per epoch in ``history``
+    """What :func:`fit` returns: the model it kept and one row per epoch in ``history``
     (``lam``, ``loss``, ``accuracy``, ``val_accuracy``, ``val_adv_accuracy``, ``estimate`` the largest
     pair quotient at the end of the epoch, ``reg`` the mean regulariser over the epoch) and the
     largest pair quotient after every ``trace_every`` batches in ``trace``."""
@@ -270,30 +269,25 @@ def _draw_pairs(val_x, s: Setting, gen, dev) -> PairSet:
                               growth=s.growth, squared=s.squared, clamp=s.pair_clamp)
 
 
-def train(model, train_data, val_data, *, setting="paper", epochs: int = 10, lam: float = 0.1,
-          target: float | None = 0.97, increment: float = 0.05, warmup: int = 1, weight_decay: float = 0.0,
-          seed: int = 0, device=None, progress: bool | None = None, trace_every: int = 10) -> Run:
+def fit(model, train_data, val_data, *, setting="paper", epochs: int = 10, lam: float = 0.1,
+        target: float | None = 0.97, increment: float = 0.05, warmup: int = 1, weight_decay: float = 0.0,
+        seed: int = 0, device=None, progress: bool | None = None, trace_every: int = 10) -> Run:
     """Train ``model`` with CLIP (Chapter 2, Algorithm 2) in the given :class:`Setting`.
 
     Every mini-batch: one accept/reject ascent step of the pairs (:meth:`PairSet.update`), then an
-    SGD step on :func:`clip_loss`. The pairs come from the validation split (``2·n_pairs`` images)
-    and are drawn again every ``redraw`` batches. After each epoch ``λ`` follows
-    :class:`LambdaSchedule`: 0 for ``warmup`` epochs, then ``lam``, then ``± increment`` by whether
-    the accuracy (training or validation, by the setting) exceeds ``target``; ``lam = 0`` trains
-    without CLIP and ``target=None`` keeps ``λ`` fixed. ``weight_decay`` is SGD's (the baseline).
-    Returns a :class:`Run` with the kept model: the last one, or in the paper setting the best by
-    accuracy under the sphere attack (ε = 2) on the validation split, plus one if the training
-    accuracy beat the target (``Setting.goal`` without one), as the authors score it.
+    SGD step on :func:`clip_loss`; the loop is :func:`labkit.train.fit` with CLIP's step. The pairs
+    come from the validation split (``2·n_pairs`` images) and are drawn again every ``redraw``
+    batches. After each epoch ``λ`` follows :class:`LambdaSchedule`: 0 for ``warmup`` epochs, then
+    ``lam``, then ``± increment`` by whether the accuracy (training or validation, by the setting)
+    exceeds ``target``; ``lam = 0`` trains without CLIP and ``target=None`` keeps ``λ`` fixed.
+    ``weight_decay`` is SGD's (the baseline). Returns a :class:`Run` with the kept model: the last
+    one, or in the paper setting the best by accuracy under the sphere attack (ε = 2) on the
+    validation split, plus one if the training accuracy beat the target (``Setting.goal`` without
+    one), as the authors score it.
     """
     import copy
     import time
     from functools import partial
-
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    from . import attacks, progress_enabled
-    from .train import _device, evaluate
 
     s = get_setting(setting)
     epochs = _validate.positive_int(epochs, "epochs")
@@ -303,7 +297,7 @@ def train(model, train_data, val_data, *, setting="paper", epochs: int = 10, lam
         raise ValueError(f"warmup must be non-negative, got {warmup}.")
     if len(train_data) == 0 or len(val_data) < 2:
         raise ValueError("train_data must be non-empty and val_data needs at least two examples.")
-    dev = _device(device)
+    dev = resolve_device(device)
     model.to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum,
                           weight_decay=_validate.nonneg(weight_decay, "weight_decay"))
@@ -312,60 +306,51 @@ def train(model, train_data, val_data, *, setting="paper", epochs: int = 10, lam
                               warmup=warmup if lam > 0 else 0, cooldown=s.cooldown)
     gen = torch.Generator().manual_seed(seed)
     val_x = val_data.tensors[0]
-    pairs = _draw_pairs(val_x, s, gen, dev) if lam > 0 else None
     keys = ("lam", "loss", "accuracy", "val_accuracy", "val_adv_accuracy", "estimate", "reg")
     run = Run(model=model, setting=s.name, history={k: [] for k in keys})
-    best_score, best_state, batches = -1.0, None, 0
-    show = progress_enabled() if progress is None else progress
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
-        current = schedule.lam
-        torch.manual_seed(seed + epoch)
-        loader = DataLoader(train_data, batch_size=s.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(seed + epoch))
-        model.train()
-        loss_sum, correct, total, regs = 0.0, 0, 0, []
-        bar = tqdm(loader, desc=f"{s.name} {epoch + 1}/{epochs} λ={current:.3g}", disable=not show, leave=False)
-        for xb, yb in bar:
-            xb, yb = xb.to(dev), yb.to(dev)
-            if pairs is not None:
-                if batches and batches % s.redraw == 0:
-                    pairs = _draw_pairs(val_x, s, gen, dev)
-                pairs.update(model)
-                if batches % trace_every == 0:
-                    run.trace.append(pairs.estimate())
-            batches += 1
-            loss, out, reg = clip_loss(model, xb, yb, pairs, current, reduce=s.reduce, reg_max=s.reg_max)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            regs.append(reg)
-            loss_sum += float(loss.detach()) * yb.shape[0]
-            correct += int((out.argmax(1) == yb).sum())
-            total += yb.shape[0]
-        val_acc = evaluate(model, val_data, device=dev)["accuracy"]
-        val_adv = attacks.robust_accuracy(model, val_data, partial(attacks.pgd_l2_sphere, steps=s.val_attack_steps,
-                                                                   generator=torch.Generator().manual_seed(seed)),
-                                          [2.0], device=dev, progress=False)[2.0]
-        h = run.history
-        h["lam"].append(current)
-        h["loss"].append(loss_sum / total)
-        h["accuracy"].append(correct / total)
+    state = {"pairs": _draw_pairs(val_x, s, gen, dev) if lam > 0 else None, "batches": 0, "regs": [],
+             "best_score": -1.0, "best": None}
+
+    def step(model, xb, yb):
+        pairs = state["pairs"]
+        if pairs is not None:
+            if state["batches"] and state["batches"] % s.redraw == 0:
+                pairs = state["pairs"] = _draw_pairs(val_x, s, gen, dev)
+            pairs.update(model)
+            if state["batches"] % trace_every == 0:
+                run.trace.append(pairs.estimate())
+        state["batches"] += 1
+        loss, out, reg = clip_loss(model, xb, yb, pairs, schedule.lam, reduce=s.reduce, reg_max=s.reg_max)
+        state["regs"].append(reg)
+        return loss, out
+
+    def end_of_epoch(model, epoch, history):
+        val_acc = _train.evaluate(model, val_data, device=dev)["accuracy"]
+        sphere = partial(attacks.pgd_l2_sphere, steps=s.val_attack_steps, generator=torch.Generator().manual_seed(seed))
+        val_adv = attacks.robust_accuracy(model, val_data, sphere, [2.0], device=dev, progress=False)[2.0]
+        h, pairs, regs = run.history, state["pairs"], [r for r in state["regs"] if r == r]
+        h["lam"].append(schedule.lam)
+        h["loss"].append(history.loss[-1])
+        h["accuracy"].append(history.accuracy[-1])
         h["val_accuracy"].append(val_acc)
         h["val_adv_accuracy"].append(val_adv)
         h["estimate"].append(pairs.estimate() if pairs is not None else float("nan"))
-        finite = [r for r in regs if r == r]
-        h["reg"].append(sum(finite) / len(finite) if finite else float("nan"))
-        accuracy = correct / total if s.schedule_on == "train" else val_acc
+        h["reg"].append(sum(regs) / len(regs) if regs else float("nan"))
+        state["regs"] = []
+        accuracy = history.accuracy[-1] if s.schedule_on == "train" else val_acc
         if s.select == "adversarial":
             score = val_adv + float(accuracy > (s.goal if target is None else target))
-            if score > best_score:
-                best_score, best_state, run.best_epoch = score, copy.deepcopy(model.state_dict()), epoch
+            if score > state["best_score"]:
+                state["best_score"], state["best"], run.best_epoch = score, copy.deepcopy(model.state_dict()), epoch
         else:
             run.best_epoch = epoch
         schedule.step(accuracy)
-    if best_state is not None:
-        model.load_state_dict(best_state)
+
+    t0 = time.perf_counter()
+    _train.fit(model, train_data, epochs, batch_size=s.batch_size, optimizer=opt, device=dev, seed=seed,
+               progress=progress, step_fn=step, after_epoch=end_of_epoch, desc=s.name)
+    if state["best"] is not None:
+        model.load_state_dict(state["best"])
     model.eval()
     run.seconds = time.perf_counter() - t0
     return run
@@ -443,13 +428,7 @@ def regression(lams=(0.0, 1e-3, 1e-2, 1e-1), *, n: int = 40, noise: float = 0.2,
     return out
 
 
-# --------------------------------------------------------------------------- Chapter 2's experiment
-#: The targets of "CLIP low" and "CLIP high" per data set (MNIST's are the README's CLIP95/97).
-TARGETS = {"mnist": (0.95, 0.97), "fashion_mnist": (0.85, 0.88)}
-#: The four trainings of Chapter 2's experiment.
-CONFIGS = ("none", "weight decay", "CLIP low", "CLIP high")
-
-
+# --------------------------------------------------------------------------- evaluation
 def split(data, n_val: int, *, seed: int = 42):
     """A seeded random split of a ``TensorDataset`` into training and validation parts of sizes
     ``len(data) − n_val`` and ``n_val`` (the authors split 0.9/0.1 with seed 42)."""
@@ -463,88 +442,33 @@ def split(data, n_val: int, *, seed: int = 42):
     return TensorDataset(x[perm[n_val:]], y[perm[n_val:]]), TensorDataset(x[perm[:n_val]], y[perm[:n_val]])
 
 
-def evaluate_model(model, test, *, eps: float = 2.0, noise: float = 1.0, attack_steps: int = 100,
-                   ascent_steps: int = 200, pairs_from=None, seed: int = 0, device=None) -> dict:
-    """Chapter 2's evaluation table for one model: clean accuracy, accuracy under Gaussian noise of
-    standard deviation ``noise``, under standard l2 PGD and under the authors' sphere attack at
-    radius ``eps`` (``attack_steps`` steps each), and the Lipschitz constant of the model's output
-    bracketed: ``lower_bound`` (:func:`labkit.lipschitz.lower_bound`, 100 Adam steps from 200 test
-    points), ``pair_ascent`` (``ascent_steps`` steps of a fresh :class:`PairSet` drawn from ``pairs_from``,
-    default the test images) and ``upper_bound`` (product of layer norms and slopes)."""
+def evaluate_robustness(model, test, *, eps: float = 2.0, noise: float = 1.0, attack_steps: int = 100,
+                        ascent_steps: int = 200, pairs_from=None, seed: int = 0, device=None, **fields) -> dict:
+    """Chapter 2's evaluation of one model, as a :func:`labkit.experiment.result` at the one
+    radius ``eps`` (ℓ2): clean accuracy; the empirical curves ``pgd_l2`` (standard ℓ2 PGD) and
+    ``pgd_sphere`` (the authors' sphere attack), ``attack_steps`` steps each; ``noise``, the
+    accuracy under Gaussian noise of standard deviation ``noise``; and the Lipschitz constant of
+    the output map bracketed: ``lipschitz.lower`` (:func:`labkit.lipschitz.lower_bound`, 100 Adam
+    steps from 200 test points), ``pair_ascent`` (``ascent_steps`` steps of a fresh
+    :class:`PairSet` drawn from ``pairs_from``, default the test images, another lower bound) and
+    ``lipschitz.upper`` (product of layer norms and slopes). ``fields`` go to the result."""
     from functools import partial
 
-    from . import attacks, lipschitz
-    from .train import _device, evaluate
-
-    dev = _device(device)
+    dev = resolve_device(device)
     gen = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
     acc = lambda attack, e: attacks.robust_accuracy(model, test, attack, [e], device=dev, progress=False)[e]  # noqa: E731
     x = test.tensors[0][:200].to(dev)
     source = (pairs_from if pairs_from is not None else test).tensors[0][:1000].to(dev)
     pairs = PairSet.from_batch(source, step=10.0, generator=gen())
     pairs.update(model, iters=_validate.positive_int(ascent_steps, "ascent_steps"))
-    return {"clean": evaluate(model, test, device=dev)["accuracy"],
-            "noise": acc(partial(attacks.gaussian_noise, generator=gen()), noise),
-            "pgd_l2": acc(partial(attacks.pgd, norm="l2", steps=attack_steps, generator=gen()), eps),
-            "pgd_sphere": acc(partial(attacks.pgd_l2_sphere, steps=attack_steps, generator=gen()), eps),
-            "lower_bound": lipschitz.lower_bound(model, x, steps=100, generator=gen()),
-            "pair_ascent": pairs.estimate(), "upper_bound": lipschitz.upper_bound(model)}
-
-
-def full_sizes() -> dict:
-    """The full-mode sizes of :func:`experiment` (``python -m labkit.experiment ch02``): MNIST, all
-    of it (54 000 / 6 000 / 10 000), the authors' 100 epochs (6 at λ = 0) in their setting, 30 in
-    ours. Fashion-MNIST is left out: on a 2-core CPU it would double the run's hour."""
-    return {"datasets": ["mnist"], "n_train": None, "n_val": 6000, "n_test": None,
-            "epochs": {"paper": 100, "standard": 30}, "warmup": {"paper": 6, "standard": 2}}
-
-
-def experiment(*, datasets=("mnist", "fashion_mnist"), settings=("paper", "standard"), configs=CONFIGS,
-               n_train=8000, n_val=1000,
-               n_test=1000, epochs=None, warmup=None, targets=None, lam=0.1, increment=0.01,
-               weight_decay=5e-4, eps=2.0, noise=1.0, attack_steps=100, ascent_steps=200, seed=0,
-               device=None, done=None, on_result=None) -> dict:
-    """Chapter 2's experiment: for each data set and setting, train the ``configs`` (default all four
-    :data:`CONFIGS`: no regularisation, SGD weight decay ``weight_decay``, CLIP with the low and the
-    high target of :data:`TARGETS`) and evaluate each with :func:`evaluate_model`. ``epochs`` and ``warmup`` are
-    numbers or ``{setting: number}`` (defaults: 10 and 2 epochs). ``n_train`` images of the
-    training split (``None``: all) are split into training and ``n_val`` validation images.
-    Returns JSON-ready results keyed ``"<data set>/<setting>/<config>"``.
-
-    Every run is seeded on its own, so runs can be resumed: results already in ``done`` (a dict
-    of earlier results with the same sizes) are taken as they are, and ``on_result(key, result)``
-    is called after each new run (``python -m labkit.experiment`` uses both to keep a partial
-    record)."""
-    from . import data
-
-    pick = lambda v, s, default: default if v is None else (v[s] if isinstance(v, dict) else v)  # noqa: E731
-    out = {}
-    for name in datasets:
-        full = data.load(name, limit=None if n_train is None else n_train + n_val)
-        tr, val = split(full, n_val)
-        te = data.load(name, train=False, limit=n_test)
-        lo, hi = (targets or TARGETS)[name]
-        for sname in settings:
-            s = get_setting(sname)
-            for config in configs:
-                if config not in CONFIGS:
-                    raise ValueError(f"configs must be among {CONFIGS}, got {config!r}.")
-                key = f"{name}/{sname}/{config}"
-                if done and key in done:
-                    out[key] = done[key]
-                    continue
-                target = {"CLIP low": lo, "CLIP high": hi}.get(config)
-                torch.manual_seed(seed)
-                model = mlp(s.sizes, s.activation, last_activation=s.last_activation)
-                run = train(model, tr, val, setting=s, epochs=pick(epochs, sname, 10), warmup=pick(warmup, sname, 2),
-                            lam=lam if target is not None else 0.0, target=target, increment=increment,
-                            weight_decay=weight_decay if config == "weight decay" else 0.0, seed=seed,
-                            device=device)
-                r = evaluate_model(run.model, te, eps=eps, noise=noise, attack_steps=attack_steps,
-                                   ascent_steps=ascent_steps, pairs_from=val, seed=seed, device=device)
-                r.update(target=target, history=run.history, trace=run.trace, best_epoch=run.best_epoch,
-                         train_seconds=run.seconds)
-                out[key] = r
-                if on_result is not None:
-                    on_result(key, r)
-    return out
+    clean = _train.evaluate(model, test, device=dev)["accuracy"]
+    noisy = acc(partial(attacks.gaussian_noise, generator=gen()), noise)
+    empirical = {"pgd_l2": [acc(partial(attacks.pgd, norm="l2", steps=attack_steps, generator=gen()), eps)],
+                 "pgd_sphere": [acc(partial(attacks.pgd_l2_sphere, steps=attack_steps, generator=gen()), eps)]}
+    lower = lipschitz.lower_bound(model, x, steps=100, generator=gen())
+    return experiment.result(
+        radii=[eps], clean=clean, empirical=empirical, norm="l2",
+        lipschitz={"lower": lower, "upper": lipschitz.upper_bound(model), "map": "network"},
+        attack={"pgd_l2": {"steps": attack_steps, "restarts": 1, "points": len(test)},
+                "pgd_sphere": {"steps": attack_steps, "restarts": 1, "points": len(test)}},
+        noise={"sigma": float(noise), "accuracy": noisy}, pair_ascent=pairs.estimate(), **fields)

@@ -33,13 +33,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import _validate
+from . import _validate, attacks, certify, experiment, lipschitz as lip, train as _train
+from .runtime import progress_enabled, resolve_device
 
 __all__ = ["ConvexPotentialLayer", "ConvexPotentialConv2d", "SLLLayer", "SLLConv2d",
            "conv_norm_upper_bound", "conv_matrix", "all_active_norm", "ChannelPad", "FeaturePad", "SumPool2d", "FirstK",
            "LLN", "Center", "LipschitzNet", "cpl_dense", "cpl_conv", "PRESETS", "preset", "preset_parameters", "baseline_mlp",
-           "margin_loss", "triangular_lr", "Augmented", "train", "certified_radii", "evaluate",
-           "experiment", "full_sizes"]
+           "margin_loss", "triangular_lr", "Augmented", "fit", "certified_radii", "evaluate_robustness",
+           "EPS_MNIST", "EPS_CIFAR"]
 
 _EPS_TRAIN = 1e-4  # added to σ̂² in training mode, as in the authors' code
 _MONOTONE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Identity)
@@ -68,9 +69,10 @@ def _normalize(t):
     return t / t.norm().clamp_min(1e-30)
 
 
-class _CPLBase(nn.Module):
-    """Shared machinery of the CPLs ``x − h Wᵀσ(Wx + b)``; subclasses give ``W`` (``_op``) and ``Wᵀ``
-    (``_adjoint``)."""
+class CPLBase(nn.Module):
+    """Shared machinery of the CPLs ``x − h Wᵀσ(Wx + b)`` (Chapter 4, *CPL*): the step size from the
+    power iteration or the sound norm bound, and the forward map; subclasses give ``W`` (``_op``)
+    and ``Wᵀ`` (:meth:`adjoint`)."""
 
     def __init__(self, activation, step, train_iters):
         super().__init__()
@@ -101,7 +103,7 @@ class _CPLBase(nn.Module):
             u = self.u.to(self.weight.dtype)
             for _ in range(iters):
                 v = _normalize(self._op(u, bias=False))
-                u = _normalize(self._adjoint(v, u.shape))
+                u = _normalize(self.adjoint(v, u.shape))
             self.u.copy_(u)
         return self._op(self.u.to(self.weight.dtype), bias=False).norm()
 
@@ -126,7 +128,7 @@ class _CPLBase(nn.Module):
 
     def forward(self, x):
         h = self.step_size(x)
-        return x - h * self._adjoint(self.activation(self._op(x)), x.shape)
+        return x - h * self.adjoint(self.activation(self._op(x)), x.shape)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "u"
@@ -136,7 +138,7 @@ class _CPLBase(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-class ConvexPotentialLayer(_CPLBase):
+class ConvexPotentialLayer(CPLBase):
     """Dense CPL ``z = x − (2/‖W‖²) Wᵀσ(Wx + b)`` with ``W`` of shape ``(hidden, features)``
     (Chapter 4, *The CPL theorem*). ``step`` is the numerator (2 is the largest 1-Lipschitz one;
     ``step=2.2`` builds the counterexample of the chapter). ``train_iters`` power steps per
@@ -163,7 +165,8 @@ class ConvexPotentialLayer(_CPLBase):
     def _op(self, x, bias=True):
         return F.linear(x, self.weight, self.bias if bias else None)
 
-    def _adjoint(self, y, shape):
+    def adjoint(self, y, shape):
+        """``Wᵀ y``, the exact adjoint of the layer's linear map, for an input of shape ``shape``."""
         return y @ self.weight
 
     def _compute_bound(self):
@@ -205,7 +208,7 @@ def conv_matrix(op, shape, dtype=torch.float64) -> torch.Tensor:
         return op(eye).reshape(n, -1).T
 
 
-class ConvexPotentialConv2d(_CPLBase):
+class ConvexPotentialConv2d(CPLBase):
     """Convolutional CPL: ``W`` is the zero-padded convolution with kernel ``(hidden, channels, k, k)``,
     ``Wᵀ`` the transposed convolution with the same kernel, padding and stride (its exact adjoint),
     so the layer maps ``(N, channels, H, W)`` to the same shape (Chapter 4). The power iteration
@@ -237,7 +240,8 @@ class ConvexPotentialConv2d(_CPLBase):
     def _op(self, x, bias=True):
         return F.conv2d(x, self.weight, self.bias if bias else None, stride=self.stride, padding=self.padding)
 
-    def _adjoint(self, y, shape):
+    def adjoint(self, y, shape):
+        """``Wᵀ y``, the exact adjoint of the layer's linear map, for an input of shape ``shape``."""
         op = tuple(_transpose_padding(s, self.kernel_size, self.stride, self.padding) for s in shape[-2:])
         return F.conv_transpose2d(y, self.weight, stride=self.stride, padding=self.padding, output_padding=op)
 
@@ -251,8 +255,9 @@ class ConvexPotentialConv2d(_CPLBase):
                 f"stride={self.stride}, step={self.step}")
 
 
-class _SLLBase(nn.Module):
-    """Shared machinery of the SLLs ``x − 2 Wᵀ T σ(Wx + b)``."""
+class SLLBase(nn.Module):
+    """Shared machinery of the SLLs ``x − 2 Wᵀ T σ(Wx + b)`` (Chapter 4, *SLL*); subclasses give
+    ``W`` and ``Wᵀ`` (:meth:`adjoint`)."""
 
     def __init__(self, activation, hidden, generator, step):
         super().__init__()
@@ -271,10 +276,10 @@ class _SLLBase(nn.Module):
         self._check_input(x)
         t = self.scaling()
         pre = self.activation(self._op(x))
-        return x - self.step * self._adjoint(self._scale(pre, t), x.shape)
+        return x - self.step * self.adjoint(self._scale(pre, t), x.shape)
 
 
-class SLLLayer(_SLLBase):
+class SLLLayer(SLLBase):
     """Dense SLL ``z = x − 2 Wᵀ T σ(Wx + b)`` with ``T`` from its ``scaling()`` (Chapter 4, *SLL*).
     Exactly 1-Lipschitz without any norm estimate; CPL is the case ``T = I/‖W‖²``. ``step`` replaces
     the factor 2 (larger values break the guarantee, for tests)."""
@@ -300,7 +305,8 @@ class SLLLayer(_SLLBase):
     def _op(self, x, bias=True):
         return F.linear(x, self.weight, self.bias if bias else None)
 
-    def _adjoint(self, y, shape):
+    def adjoint(self, y, shape):
+        """``Wᵀ y``, the exact adjoint of the layer's linear map, for an input of shape ``shape``."""
         return y @ self.weight
 
     @staticmethod
@@ -308,7 +314,7 @@ class SLLLayer(_SLLBase):
         return pre * t
 
 
-class SLLConv2d(_SLLBase):
+class SLLConv2d(SLLBase):
     """Convolutional SLL (stride 1, zero padding ``k//2``): ``|WWᵀ|`` is bounded by the absolute
     autocorrelation of the kernel summed over all offsets, a bound valid for zero padding
     (Chapter 4, *SLL*)."""
@@ -339,7 +345,8 @@ class SLLConv2d(_SLLBase):
     def _op(self, x, bias=True):
         return F.conv2d(x, self.weight, self.bias if bias else None, padding=self.padding)
 
-    def _adjoint(self, y, shape):
+    def adjoint(self, y, shape):
+        """``Wᵀ y``, the exact adjoint of the layer's linear map, for an input of shape ``shape``."""
         return F.conv_transpose2d(y, self.weight, padding=self.padding)
 
     @staticmethod
@@ -358,7 +365,7 @@ def all_active_norm(layer: nn.Module, shape) -> float:
     probe.activation = nn.Identity()
     with torch.no_grad():
         zero = torch.zeros((1, *shape), dtype=torch.float64)
-        if isinstance(probe, _CPLBase):
+        if isinstance(probe, CPLBase):
             probe._ensure_u((shape[0],) if len(shape) == 1 else (1, *shape), zero)
         base = probe(zero)
         J = conv_matrix(lambda t: probe(t) - base, tuple(shape))
@@ -620,12 +627,11 @@ class Augmented(Dataset):
         return x, y
 
 
-def train(model, data: Dataset, epochs: int, *, lr: float = 1e-3, margin: float | None = 0.7,
-          batch_size: int = 256, augment: bool = False, seed: int = 0, device=None, progress=None):
+def fit(model, data: Dataset, epochs: int, *, lr: float = 1e-3, margin: float | None = 0.7,
+        batch_size: int = 256, augment: bool = False, seed: int = 0, device=None, progress=None):
     """Train with the authors' recipe (Chapter 4, *Training*): Adam, triangular learning rate per
     step, multi-margin loss with ``margin`` (``None``: cross-entropy, for the baseline), optional
     augmentation. Returns :class:`labkit.train.History`."""
-    from . import train as _train
 
     epochs = _validate.positive_int(epochs, "epochs")
     batch_size = _validate.positive_int(batch_size, "batch_size")
@@ -648,7 +654,6 @@ def certified_radii(model, x: torch.Tensor, y: torch.Tensor, *, lipschitz: float
     :func:`labkit.certify.certified_radius`, an :class:`LLN` head the pairwise rule
     :func:`labkit.certify.lln_radius`. Any other model needs ``lipschitz``, an upper bound of its
     logits' constant."""
-    from . import certify
 
     was = model.training
     model.eval()
@@ -668,20 +673,21 @@ def certified_radii(model, x: torch.Tensor, y: torch.Tensor, *, lipschitz: float
     return certify.certified_radius(logits, y, lipschitz)
 
 
-def evaluate(model, test: Dataset, eps_list, *, lipschitz: float | None = None, pgd_steps: int = 50,
-             n_attack: int | None = None, n_lower: int = 64, lower_steps: int = 100, device=None,
-             progress=None) -> dict:
+def evaluate_robustness(model, test: Dataset, eps_list, *, lipschitz: float | None = None, pgd_steps: int = 50,
+                        n_attack: int | None = None, n_lower: int = 64, lower_steps: int = 100, device=None,
+                        progress=None, **fields) -> dict:
     """Clean accuracy, certified accuracy and l2-PGD accuracy at each radius of ``eps_list``, and a
     lower bound of the Lipschitz constant (adversarial pair search on ``n_lower`` test images) of
     the certified map: the body of a :class:`LipschitzNet` (certified constant 1), else the whole
-    model (certified constant ``lipschitz``) (Chapter 4, *Experiment*). PGD runs on the first
-    ``n_attack`` test images (default all); ``broken`` counts the attacked images that were
-    certified at a radius and still fooled there (a sound certificate gives 0)."""
+    model (certified constant ``lipschitz``) (Chapter 4, *Experiment*), as a
+    :func:`labkit.experiment.result` (empirical curve ``pgd``). PGD runs on the first ``n_attack``
+    test images (default all); ``broken`` counts, per radius, the attacked images that were
+    certified at that radius and still fooled there (a sound certificate gives 0). ``fields`` go
+    to the result."""
     from tqdm.auto import tqdm
 
-    from . import attacks, device as default_device, lipschitz as lip, progress_enabled, train as _train
 
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device)
     model = model.to(dev)
     x = torch.stack([test[i][0] for i in range(len(test))]).to(dev)
     y = torch.as_tensor([int(test[i][1]) for i in range(len(test))], device=dev)
@@ -709,88 +715,19 @@ def evaluate(model, test: Dataset, eps_list, *, lipschitz: float | None = None, 
                 bar.update()
     target = model.body if isinstance(model, LipschitzNet) else model
     lower = lip.lower_bound(target, x[:n_lower], steps=lower_steps, generator=torch.Generator().manual_seed(0))
-    return {"clean": clean,
-            "certified": {str(e): float((radii > e).float().mean()) for e in eps_values},
-            "pgd": {str(e): correct[e] / n for e in eps_values},
-            "broken": {str(e): broken[e] for e in eps_values}, "n_attack": n,
-            "certified_constant": 1.0 if isinstance(model, LipschitzNet) else float(lipschitz),
-            "lower_bound": lower, "median_radius": float(radii.median()),
-            "parameters": sum(p.numel() for p in model.parameters())}
+    body = isinstance(model, LipschitzNet)
+    return experiment.result(
+        radii=eps_values, clean=clean, norm="l2", empirical={"pgd": [correct[e] / n for e in eps_values]},
+        certified=[float((radii > e).float().mean()) for e in eps_values],
+        lipschitz={"lower": lower, "upper": 1.0 if body else float(lipschitz), "map": "body" if body else "network"},
+        attack={"pgd": {"steps": steps, "restarts": 1, "points": n}},
+        broken=[broken[e] for e in eps_values], n_attack=n, median_radius=float(radii.median()),
+        parameters=sum(p.numel() for p in model.parameters()), **fields)
 
 
-# -- the chapter's experiment ---------------------------------------------------------------------------
+# -- the chapter's radii ------------------------------------------------------------------------------
 
 #: The l2 radii of Chapter 4 for MNIST and Fashion-MNIST (1.58 is the usual MNIST radius).
 EPS_MNIST = (0.5, 1.0, 1.58)
 #: The l2 radii of Chapter 4 for CIFAR-10 (36, 72 and 108 over 255).
 EPS_CIFAR = (36 / 255, 72 / 255, 108 / 255)
-
-
-def _cifar_mean(data):
-    return data.tensors[0].mean((0, 2, 3))
-
-
-def experiment(*, datasets=("mnist", "fashion_mnist"), n_train=6000, n_test=1000, dense_epochs=3,
-               cifar=True, cifar_train=None, cifar_test=None, cifar_epochs=4, cifar_preset="cifar",
-               cifar_layers=("cpl", "sll"), require_full_cifar=False, pgd_steps=20, n_attack=500, n_lower=64,
-               lower_steps=100, seed=0, device=None, progress=None) -> dict:
-    """Chapter 4's experiment. For each MNIST-like data set: the dense ``mnist`` preset (CPL, first-K
-    head) and :func:`baseline_mlp`, evaluated at :data:`EPS_MNIST`. If ``cifar``: the convolutional
-    preset ``cifar_preset`` with each of ``cifar_layers`` (CPL, SLL) on the CIFAR-10 data (all of what
-    ``LABKIT_DATA`` holds unless limited), evaluated at :data:`EPS_CIFAR`; ``require_full_cifar``
-    refuses a training set smaller than the official 50 000 images. Returns JSON-ready results keyed
-    ``"<data set>/<model>"`` with each model's training time and history."""
-    import time
-
-    from . import data as _data, lipschitz as lip, seed_everything
-
-    out = {}
-    for name in datasets:
-        tr = _data.load(name, limit=n_train)
-        te = _data.load(name, train=False, limit=n_test)
-        in_features = math.prod(tr.tensors[0].shape[1:])
-        for label in ("cpl", "baseline"):
-            seed_everything(seed)
-            if label == "cpl":
-                model = preset("mnist", seed=seed)
-                t0 = time.perf_counter()
-                hist = train(model, tr, dense_epochs, seed=seed, device=device, progress=progress)
-                lipc = None
-            else:
-                model = baseline_mlp(in_features, width=PRESETS["mnist"]["width"], depth=PRESETS["mnist"]["depth"],
-                                     seed=seed)
-                t0 = time.perf_counter()
-                hist = train(model, tr, dense_epochs, margin=None, seed=seed, device=device, progress=progress)
-                lipc = lip.upper_bound(model.cpu())
-            seconds = time.perf_counter() - t0
-            res = evaluate(model, te, EPS_MNIST, lipschitz=lipc, pgd_steps=pgd_steps, n_attack=n_attack,
-                           n_lower=n_lower, lower_steps=lower_steps, device=device, progress=progress)
-            out[f"{name}/{label}"] = {**res, "seconds": seconds, "history": hist.as_dict()}
-    if cifar:
-        tr = _data.load("cifar10", limit=cifar_train)
-        te = _data.load("cifar10", train=False, limit=cifar_test)
-        if require_full_cifar and (len(tr) < 50000 or len(te) < 10000):
-            raise _data.DataNotFoundError(
-                f"full mode needs all of CIFAR-10 (50 000 / 10 000 images) but found {len(tr)} / {len(te)} "
-                "(the subset in LABKIT_DATA?). Point LABKIT_DATA at the full cifar-10-batches-py folder, or "
-                "run `python -m labkit.data download cifar10` on a machine with network access.")
-        mean = _cifar_mean(tr)
-        for kind in cifar_layers:
-            seed_everything(seed)
-            model = preset(cifar_preset, layer=kind, mean=mean, seed=seed)
-            t0 = time.perf_counter()
-            hist = train(model, tr, cifar_epochs, augment=True, seed=seed, device=device, progress=progress)
-            seconds = time.perf_counter() - t0
-            res = evaluate(model, te, EPS_CIFAR, pgd_steps=pgd_steps, n_attack=n_attack, n_lower=n_lower,
-                           lower_steps=lower_steps, device=device, progress=progress)
-            out[f"cifar10/{kind}"] = {**res, "seconds": seconds, "history": hist.as_dict()}
-    return out
-
-
-def full_sizes() -> dict:
-    """Full mode (``python -m labkit.experiment ch04``): CPL-S with the authors' recipe on all of
-    CIFAR-10 (50 000 / 10 000 images, 200 epochs, batch 256, margin 0.7, Adam 1e-3 triangular, crop
-    and flip). Needs a GPU and the full CIFAR-10 (a machine that can download it, or
-    ``LABKIT_DATA`` pointing at it); on the 5 000-image subset it refuses to run."""
-    return {"datasets": (), "cifar_preset": "cpl-s", "cifar_epochs": 200, "cifar_train": None, "cifar_test": None,
-            "cifar_layers": ("cpl",), "pgd_steps": 10, "n_attack": None, "require_full_cifar": True}

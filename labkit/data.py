@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from . import runtime
+
 __all__ = ["DATASETS", "DataNotFoundError", "load", "sample_path", "cache_dir"]
 
 #: name -> (torchvision class name, folder in torchvision's layout, image shape C, H, W)
@@ -160,9 +162,7 @@ def load(name: str, train: bool = True, limit: int | None = None, *,
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0:
             raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}.")
-    from . import mode
-
-    current_mode = mode()
+    current_mode = runtime.mode()
     if download is None:
         download = not _offline()
     tried = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import subprocess
@@ -19,33 +20,68 @@ from pathlib import Path
 
 import torch
 
-from . import _validate
+from . import _validate, attacks, train
+from ._version import __version__
+from .runtime import resolve_device, seed_everything
 
-__all__ = ["robustness", "environment", "save_record", "load_record", "partial_path", "EXPERIMENTS", "main"]
+__all__ = ["result", "at", "robustness", "environment", "save_record", "load_record", "partial_path", "main"]
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Chapter → (module path of its experiment function, record file). Each function takes
-#: keyword sizes and returns JSON-ready results; ``full_sizes()`` gives its full-mode sizes.
-EXPERIMENTS = {"ch01": ("labkit.lognorm", ROOT / "book" / "data" / "ch01_full.json"),
-               "ch02": ("labkit.clip", ROOT / "book" / "data" / "ch02_full.json"),
-               "ch04": ("labkit.convex", ROOT / "book" / "data" / "ch04_full.json")}
 
 
-def robustness(model, test, eps, *, pgd_steps: int = 20, seed: int = 0, device=None) -> dict:
+def result(*, radii, clean: float, empirical: dict | None = None, certified=None, lipschitz: dict | None = None,
+           norm: str = "linf", attack: dict | None = None, seconds: float | None = None, sizes: dict | None = None,
+           **extra) -> dict:
+    """One robustness result, the shape every chapter and the bench share (Chapter 0, *Attacks*).
+
+    ``radii`` are the attack radii in the ``norm`` (``"linf"`` or ``"l2"``); ``empirical`` maps an
+    attack's name to its accuracies, one per radius; ``certified`` (or ``None``) the certified
+    accuracies, one per radius; ``lipschitz`` the bounds of the map the certificate is about:
+    ``{"lower": …, "upper": …, "map": "…"}``; ``attack`` the attacks' strength (steps, restarts,
+    points attacked); ``seconds`` the training time; ``sizes`` what the run was given. Further
+    keywords are kept as they are (histories, a method's own numbers). Raises ``ValueError`` when a
+    curve is not aligned with ``radii``."""
+    radii = [_validate.nonneg(e, "radius") for e in radii]
+    if norm not in attacks.NORMS:
+        raise ValueError(f"norm must be one of {attacks.NORMS}, got {norm!r}.")
+    empirical = {name: [float(a) for a in curve] for name, curve in (empirical or {}).items()}
+    for name, curve in [*empirical.items(), *([("certified", certified)] if certified is not None else [])]:
+        if len(curve) != len(radii):
+            raise ValueError(f"{name} has {len(curve)} values for {len(radii)} radii.")
+    bounds = {"lower": None, "upper": None, "map": "network", **(lipschitz or {})}
+    return {"norm": norm, "radii": radii, "clean": float(clean), "empirical": empirical,
+            "certified": None if certified is None else [float(a) for a in certified], "lipschitz": bounds,
+            "attack": attack or {}, "seconds": seconds, "sizes": sizes or {}, **extra}
+
+
+def at(res: dict, curve: str, radius: float) -> float:
+    """The value of ``curve`` (an attack's name, or ``"certified"``) at ``radius`` in a
+    :func:`result`. Raises ``KeyError`` naming the curves or radii that exist."""
+    values = res["certified"] if curve == "certified" else res["empirical"].get(curve)
+    if values is None:
+        raise KeyError(f"no curve {curve!r}; there are {sorted(res['empirical'])}"
+                       f"{' and certified' if res['certified'] is not None else ''}.")
+    for r, v in zip(res["radii"], values):
+        if math.isclose(r, radius, rel_tol=1e-9, abs_tol=1e-12):
+            return v
+    raise KeyError(f"no radius {radius}; the radii are {res['radii']}.")
+
+
+def robustness(model, test, eps, *, pgd_steps: int = 20, seed: int = 0, device=None, **fields) -> dict:
     """Clean accuracy and accuracy under Gaussian noise, FGSM and PGD (l∞) at each radius in
-    ``eps``: ``{"eps": [...], "clean": a, "noise": [...], "fgsm": [...], "pgd": [...]}`` with the
-    curves aligned with ``eps`` (Chapter 0, *Attacks*). The noise and PGD's random start are
-    seeded by ``seed``."""
-    from . import attacks, train
-
+    ``eps``, as a :func:`result` with the empirical curves ``noise``, ``fgsm`` and ``pgd``
+    (Chapter 0, *Attacks*); ``fields`` are passed on to :func:`result`. The noise and PGD's random
+    start are seeded by ``seed``."""
     eps = [_validate.nonneg(e, "eps") for e in eps]
+    steps = _validate.positive_int(pgd_steps, "pgd_steps")
     gen = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
     curve = lambda attack: list(attacks.robust_accuracy(model, test, attack, eps, device=device).values())  # noqa: E731
-    return {"eps": eps, "clean": train.evaluate(model, test, device=device)["accuracy"],
-            "noise": curve(partial(attacks.gaussian_noise, generator=gen())),
-            "fgsm": curve(attacks.fgsm),
-            "pgd": curve(partial(attacks.pgd, steps=_validate.positive_int(pgd_steps, "pgd_steps"),
-                                 generator=gen()))}
+    clean = train.evaluate(model, test, device=device)["accuracy"]
+    empirical = {"noise": curve(partial(attacks.gaussian_noise, generator=gen())), "fgsm": curve(attacks.fgsm),
+                 "pgd": curve(partial(attacks.pgd, steps=steps, generator=gen()))}
+    return result(radii=eps, clean=clean, empirical=empirical, norm="linf",
+                  attack={"pgd": {"steps": steps, "restarts": 1, "points": len(test)},
+                          "fgsm": {"points": len(test)}, "noise": {"points": len(test)}}, **fields)
 
 
 def _git(*args) -> str | None:
@@ -59,9 +95,7 @@ def _git(*args) -> str | None:
 def environment(device=None) -> dict:
     """Where and with what a result was computed: device (with the GPU's name), threads,
     versions of Python, torch and labkit, platform, git commit and whether the tree had changes."""
-    from . import __version__, device as default_device
-
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {"device": str(dev), "device_name": name, "threads": torch.get_num_threads(),
@@ -98,7 +132,10 @@ def load_record(path) -> dict | None:
     path = Path(path)
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"the record {path} is not valid JSON ({err}); restore it from git or run again.") from None
 
 
 def partial_path(out) -> Path:
@@ -107,33 +144,45 @@ def partial_path(out) -> Path:
     return out.with_name(out.stem + ".partial.json")
 
 
+def _writable(path: Path) -> None:
+    """Raise ``OSError`` naming ``path`` unless a file can be written there (checked before a run
+    of hours, not after it)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as err:
+        raise OSError(f"cannot write the record {path}: {err.strerror or err}.") from None
+
+
 def main(argv=None) -> int:
     """``python -m labkit.experiment CHAPTER [--out FILE] [--restart]``: run a chapter's experiment
-    at full sizes on the default device and write its record (default: the file the book reads).
-    For experiments made of independent seeded runs, each finished run is kept in a partial file
-    beside the record, and a later call with the same sizes resumes from it (``--restart``
-    discards it); the partial file is removed once the record is written."""
+    (:mod:`labkit.chapters`) at its full-mode sizes on the default device and write its record
+    (default: the file the book reads). For experiments made of independent seeded runs, each
+    finished run is kept in a partial file beside the record, and a later call with the same sizes
+    resumes from it (``--restart`` discards it); the partial file is removed once the record is
+    written. An output path that cannot be written is refused before anything runs."""
     import argparse
-    import importlib
     import inspect
     import time
 
-    from . import seed_everything
+    from . import chapters  # not at module level: the chapters import this module
 
+    with_record = [c for c in chapters.CHAPTERS if chapters.get(c).RECORD]
     parser = argparse.ArgumentParser(prog="python -m labkit.experiment", description=main.__doc__)
-    parser.add_argument("chapter", choices=sorted(EXPERIMENTS))
+    parser.add_argument("chapter", choices=with_record)
     parser.add_argument("--out", type=Path, help="record file (default: the one the book reads)")
     parser.add_argument("--restart", action="store_true", help="ignore the results of an unfinished run")
     args = parser.parse_args(argv)
-    module, default_out = EXPERIMENTS[args.chapter]
-    out_path = args.out or default_out
-    mod = importlib.import_module(module)
-    sizes = mod.full_sizes()
+    chapter = chapters.get(args.chapter)
+    out_path = args.out or chapters.DATA / chapter.RECORD
+    _writable(out_path)
+    sizes = chapter.sizes("full")
     env = environment()
     seed_everything(0)
     t0 = time.perf_counter()
     kwargs, extra, before = dict(sizes), None, 0.0
-    if "on_result" in inspect.signature(mod.experiment).parameters:
+    if "on_result" in inspect.signature(chapter.run).parameters:
         part = partial_path(out_path)
         old = load_record(part) if not args.restart else None
         done = old["results"] if old is not None and old.get("sizes") == json.loads(json.dumps(sizes)) else {}
@@ -150,7 +199,7 @@ def main(argv=None) -> int:
                         sizes=sizes, env=env)
 
         kwargs.update(done=done, on_result=keep)
-    results = mod.experiment(**kwargs)
+    results = chapter.run(**kwargs)
     out = save_record(out_path, results, mode="full", seconds=before + time.perf_counter() - t0,
                       sizes=sizes, env=env, extra=extra)
     if "on_result" in kwargs:

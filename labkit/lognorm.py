@@ -19,11 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import _validate
+from . import _validate, train
+from .odes import EulerResNet, VectorField
+from .runtime import progress_enabled
 
 __all__ = ["slope_bounds", "worst_case_lognorm", "lognorm_gradient", "inner_step", "stabilize",
            "StabilizeResult", "stabilize_slsqp", "euler_step_bound", "ODEClassifier", "stabilize_model",
-           "StabilizeEachEpoch", "experiment", "full_sizes"]
+           "StabilizeEachEpoch"]
 
 _SLOPES = {"tanh": (0.0, 1.0), "relu": (0.0, 1.0), "sigmoid": (0.0, 0.25)}
 ENUMERATION_MAX_N = 16
@@ -633,7 +635,6 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
 
     from tqdm.auto import tqdm
 
-    from . import progress_enabled
     show = (progress_enabled() and n > ENUMERATION_MAX_N) if progress is None else bool(progress)
     bar = tqdm(desc=f"stabilize n={n} δ={delta:g}", unit="round", disable=not show, leave=False, initial=done)
     rounds, repaired = done, None
@@ -708,9 +709,7 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
             converged = True
             break
         if checkpoint is not None:
-            from .train import save_checkpoint
-
-            save_checkpoint(checkpoint, {
+            train.save_checkpoint(checkpoint, {
                 "A": A, "delta": delta, "bounds": [lo, hi], "options": options, "round": rounds, "ds": ds,
                 "E": E, "E_hi": E_hi, "h": h, "eps_lo": eps_lo, "eps_hi": eps_hi, "certified": certified,
                 "rtol": rtol, "iterations": iterations, "history": history, "mu_after": mu_after,
@@ -729,10 +728,8 @@ def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float 
 
 def _resume(path, A, delta, bounds, options) -> dict:
     """The state saved by :func:`stabilize` at ``path``, after checking it belongs to this problem."""
-    from .train import load_checkpoint
-
     try:
-        state = load_checkpoint(path)
+        state = train.load_checkpoint(path)
     except Exception as err:  # not a checkpoint at all: say so instead of a pickle traceback
         raise ValueError(f"{path} is not a stabilize checkpoint ({err}); remove it or pass another path.") from None
     why = None
@@ -810,8 +807,6 @@ class ODEClassifier(nn.Module):
     def __init__(self, in_features: int = 784, width: int = 12, classes: int = 10, T: float = 1.0,
                  steps: int = 10, activation: str = "tanh", unit_norm: bool = False):
         super().__init__()
-        from .odes import EulerResNet, VectorField
-
         self.activation = activation
         slope_bounds(activation)
         self.lift = nn.Linear(_validate.positive_int(in_features, "in_features"),
@@ -871,50 +866,7 @@ class StabilizeEachEpoch:
     def __init__(self, delta: float, **options):
         self.delta, self.options, self.history = float(delta), {"rel_tol": 1e-4, **options}, []
 
-    def __call__(self, model, epoch):
+    def __call__(self, model, epoch, history=None):
         res = stabilize_model(model, self.delta, **self.options)
         self.history.append({"epoch": epoch + 1, "mu_before": res.mu_before, "mu_after": res.mu_after,
                              "norm": res.norm, "converged": res.converged})
-
-
-def full_sizes() -> dict:
-    """The full-mode sizes of :func:`experiment` (``python -m labkit.experiment ch01``)."""
-    return {"n_train": None, "n_test": None, "epochs": 15, "width": 16, "pgd_steps": 50}
-
-
-def experiment(*, datasets=("mnist", "fashion_mnist"), targets=(None, 0.5, 0.2), n_train=10_000,
-               n_test=1_000, epochs=3, width=10, euler_steps=10, pgd_steps=20,
-               eps=(0.0, 0.05, 0.1, 0.15, 0.2), lr=3e-3, seed=0, device=None) -> dict:
-    """Chapter 1's experiment: for each data set and each target (``None``: classical training),
-    train an :class:`ODEClassifier` (tanh block on ``[0, 1]``, ``euler_steps`` Euler steps), with
-    :class:`StabilizeEachEpoch` for a target; then measure clean accuracy, accuracy under noise,
-    FGSM and PGD (:func:`labkit.experiment.robustness`), the certificate and a lower bound of the
-    block's Lipschitz constant by pair ascent on 64 lifted test points.
-
-    Returns JSON-ready results keyed ``"<data set>/<label>"`` with label ``classical`` or
-    ``δ = <target>``. ``n_train``/``n_test`` ``None`` use the whole split."""
-    from . import data, lipschitz, train
-    from .experiment import robustness
-
-    out = {}
-    for name in datasets:
-        tr = data.load(name, limit=n_train)
-        te = data.load(name, train=False, limit=n_test)
-        for delta in targets:
-            label = "classical" if delta is None else f"δ = {delta:g}"
-            torch.manual_seed(seed)
-            model = ODEClassifier(width=width, T=1.0, steps=euler_steps, activation="tanh")
-            hook = StabilizeEachEpoch(delta) if delta is not None else None
-            t0 = time.perf_counter()
-            train.fit(model, tr, epochs=epochs, lr=lr, seed=seed, after_epoch=hook, device=device)
-            seconds = time.perf_counter() - t0
-            model.eval()
-            r = robustness(model, te, eps, pgd_steps=pgd_steps, seed=seed, device=device)
-            dev = next(model.parameters()).device
-            z = model._linear(model.lift, te.tensors[0][:64].to(dev).flatten(1)).detach()
-            r.update(train_seconds=seconds, certificate=model.certificate(),
-                     block_lower_bound=lipschitz.lower_bound(model.block, z, steps=100,
-                                                             generator=torch.Generator().manual_seed(seed)),
-                     history=hook.history if hook else [], target=delta)
-            out[f"{name}/{label}"] = r
-    return out

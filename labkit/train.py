@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from . import _validate
+from .runtime import progress_enabled, resolve_device
 
 __all__ = ["History", "fit", "evaluate", "save_checkpoint", "load_checkpoint"]
 
@@ -57,17 +58,11 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return torch.load(Path(path), map_location=map_location, weights_only=True)
 
 
-def _device(device):
-    from . import device as default_device
-
-    return torch.device(device) if device is not None else default_device()
-
-
 @torch.no_grad()
 def evaluate(model, data: Dataset, *, batch_size: int = 512, device=None, loss_fn=None) -> dict:
     """Mean loss and accuracy of ``model`` on ``data`` (eval mode; the mode is restored)."""
     loss_fn = loss_fn or F.cross_entropy
-    dev = _device(device)
+    dev = resolve_device(device)
     was_training = model.training
     model.eval().to(dev)
     total, loss_sum, correct = 0, 0.0, 0
@@ -86,25 +81,27 @@ def evaluate(model, data: Dataset, *, batch_size: int = 512, device=None, loss_f
 def fit(model, train_data: Dataset, epochs: int, *, batch_size: int = 128, lr: float = 1e-3,
         optimizer=None, loss_fn=None, val_data: Dataset | None = None, device=None,
         seed: int = 0, checkpoint=None, progress: bool | None = None,
-        after_step=None, after_epoch=None) -> History:
+        step_fn=None, after_step=None, after_epoch=None, desc: str = "epoch") -> History:
     """Train ``model`` on ``train_data`` for ``epochs`` epochs; return a :class:`History`.
 
-    Defaults: Adam with learning rate ``lr``, cross-entropy loss. ``after_step(model)`` is
-    called after each optimiser step and ``after_epoch(model, epoch)`` after each epoch, before
-    validation and the checkpoint (later chapters use them to project or stabilise weights).
+    Defaults: Adam with learning rate ``lr``, cross-entropy loss. Each mini-batch runs
+    ``loss, out = step_fn(model, xb, yb)`` (default: ``out = model(xb)``, ``loss = loss_fn(out, yb)``;
+    a method whose loss needs more than the outputs, such as CLIP's pairs, passes its own), then
+    the optimiser step. ``after_step(model)`` is called after each optimiser step and
+    ``after_epoch(model, epoch, history)`` after each epoch, when ``history`` already holds the
+    epoch's training loss and accuracy, before validation and the checkpoint (later chapters use
+    them to project or stabilise weights, to schedule or to select models).
     With ``checkpoint=path`` the state is saved after every epoch and, if the file exists when
     ``fit`` starts, training resumes from it, giving the same final weights as a run that was
     never interrupted. Progress bars are shown except in smoke mode.
     """
     from tqdm.auto import tqdm
 
-    from . import progress_enabled
-
     epochs = _validate.positive_int(epochs, "epochs")
     batch_size = _validate.positive_int(batch_size, "batch_size")
     if len(train_data) == 0:
         raise ValueError("train_data is empty.")
-    dev = _device(device)
+    dev = resolve_device(device)
     model.to(dev)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=_validate.positive(lr, "lr"))
     loss_fn = loss_fn or F.cross_entropy
@@ -128,11 +125,14 @@ def fit(model, train_data: Dataset, epochs: int, *, batch_size: int = 128, lr: f
         loader = DataLoader(train_data, batch_size=batch_size, shuffle=True, generator=gen)
         model.train()
         loss_sum, correct, total = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not show, leave=False)
+        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", disable=not show, leave=False)
         for xb, yb in bar:
             xb, yb = xb.to(dev), yb.to(dev)
-            out = model(xb)
-            loss = loss_fn(out, yb)
+            if step_fn is None:
+                out = model(xb)
+                loss = loss_fn(out, yb)
+            else:
+                loss, out = step_fn(model, xb, yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -142,10 +142,10 @@ def fit(model, train_data: Dataset, epochs: int, *, batch_size: int = 128, lr: f
             correct += int((out.argmax(1) == yb).sum())
             total += yb.shape[0]
             bar.set_postfix(loss=f"{loss_sum / total:.4f}", acc=f"{correct / total:.3f}")
-        if after_epoch is not None:
-            after_epoch(model, epoch)
         history.loss.append(loss_sum / total)
         history.accuracy.append(correct / total)
+        if after_epoch is not None:
+            after_epoch(model, epoch, history)
         if val_data is not None:
             metrics = evaluate(model, val_data, device=dev, loss_fn=loss_fn)
             history.val_loss.append(metrics["loss"])

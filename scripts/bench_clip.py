@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     for label, lam in (("CLIP", 0.1), ("no CLIP", 0.0)):
         seed_everything(0)
         model = clip.mlp(last_activation=True)
-        run = clip.train(model, tr, val, setting="paper", epochs=args.epochs, lam=lam, target=None, warmup=0,
+        run = clip.fit(model, tr, val, setting="paper", epochs=args.epochs, lam=lam, target=None, warmup=0,
                          device=args.device, progress=False)
         row = {"run": label, "epochs": args.epochs, "seconds": run.seconds,
                "images_per_second": args.epochs * len(tr) / run.seconds, "per_epoch": run.seconds / args.epochs}

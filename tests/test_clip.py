@@ -184,7 +184,7 @@ def test_train_runs_both_settings_and_records_its_history(name):
     s = clip.SETTINGS[name]
     torch.manual_seed(0)
     model = clip.mlp((16, 12, 3), last_activation=s.last_activation)
-    run = clip.train(model, tr, val, setting=name, epochs=4, lam=0.1, target=0.5, increment=0.05, warmup=1,
+    run = clip.fit(model, tr, val, setting=name, epochs=4, lam=0.1, target=0.5, increment=0.05, warmup=1,
                      progress=False, trace_every=1)
     h = run.history
     assert all(len(v) == 4 for v in h.values())
@@ -193,7 +193,7 @@ def test_train_runs_both_settings_and_records_its_history(name):
     assert 0 <= run.best_epoch < 4 and not run.model.training
     if name == "standard":
         assert run.best_epoch == 3
-    again = clip.train(clip.mlp((16, 12, 3), last_activation=s.last_activation), tr, val, setting=name, epochs=1,
+    again = clip.fit(clip.mlp((16, 12, 3), last_activation=s.last_activation), tr, val, setting=name, epochs=1,
                        progress=False)
     assert all(h2 == h2 for h2 in again.history["loss"])
 
@@ -204,16 +204,16 @@ def test_train_is_reproducible_and_rejects_bad_input():
     def once():
         torch.manual_seed(3)
         m = clip.mlp((16, 8, 3))
-        clip.train(m, tr, val, setting="standard", epochs=2, lam=0.1, progress=False, seed=5)
+        clip.fit(m, tr, val, setting="standard", epochs=2, lam=0.1, progress=False, seed=5)
         return torch.cat([p.detach().flatten() for p in m.parameters()])
 
     assert torch.equal(once(), once())
     with pytest.raises(ValueError, match="setting"):
-        clip.train(clip.mlp((16, 3)), tr, val, setting="nope", epochs=1)
+        clip.fit(clip.mlp((16, 3)), tr, val, setting="nope", epochs=1)
     with pytest.raises(ValueError, match="lam"):
-        clip.train(clip.mlp((16, 3)), tr, val, lam=-1.0, epochs=1)
+        clip.fit(clip.mlp((16, 3)), tr, val, lam=-1.0, epochs=1)
     with pytest.raises(ValueError, match="val_data"):
-        clip.train(clip.mlp((16, 3)), tr, _blobs(1, 2), epochs=1)
+        clip.fit(clip.mlp((16, 3)), tr, _blobs(1, 2), epochs=1)
 
 
 def test_split_and_evaluation_table():
@@ -226,6 +226,8 @@ def test_split_and_evaluation_table():
         clip.split(data, 100)
     torch.manual_seed(0)
     model = clip.mlp((16, 8, 3))
-    r = clip.evaluate_model(model, _blobs(64, 3), attack_steps=5)
-    assert r["pair_ascent"] <= r["upper_bound"] and r["lower_bound"] <= r["upper_bound"]
-    assert r["pgd_l2"] <= r["clean"] and r["pgd_sphere"] <= r["clean"]
+    r = clip.evaluate_robustness(model, _blobs(64, 3), attack_steps=5)
+    up = r["lipschitz"]["upper"]
+    assert r["pair_ascent"] <= up and r["lipschitz"]["lower"] <= up
+    assert r["radii"] == [2.0] and r["norm"] == "l2"
+    assert r["empirical"]["pgd_l2"][0] <= r["clean"] and r["empirical"]["pgd_sphere"][0] <= r["clean"]

@@ -93,7 +93,7 @@ def test_transposed_convolution_is_the_exact_adjoint(stride, size):
     y = torch.randn_like(layer._op(x, bias=False))
     with torch.no_grad():
         lhs = (layer._op(x, bias=False) * y).sum()
-        rhs = (x * layer._adjoint(y, x.shape)).sum()
+        rhs = (x * layer.adjoint(y, x.shape)).sum()
     assert float(lhs) == pytest.approx(float(rhs), rel=1e-10)
 
 
@@ -215,7 +215,7 @@ def _certified_test_points(head):
     if len(te) < 400:
         pytest.skip("needs the real MNIST test set (the bundled sample has 100 images)")
     model = cv.cpl_dense(784, width=784, depth=2, hidden=128, head=head)
-    cv.train(model, tr, 2, progress=False)
+    cv.fit(model, tr, 2, progress=False)
     x, y = te.tensors
     return model.eval(), x, y, cv.certified_radii(model, x, y)
 
@@ -289,21 +289,7 @@ def test_training_lowers_the_loss_and_repeats(monkeypatch):
     runs = []
     for _ in range(2):
         model = cv.cpl_dense(16, width=16, depth=2, hidden=16, classes=2)
-        hist = cv.train(model, ds, 6, batch_size=32, lr=1e-2, progress=False)
+        hist = cv.fit(model, ds, 6, batch_size=32, lr=1e-2, progress=False)
         runs.append((hist.loss, [p.detach().clone() for p in model.parameters()]))
     assert runs[0][0][-1] < runs[0][0][0]
     assert runs[0][0] == runs[1][0] and all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
-
-
-def test_experiment_runs_small_and_full_mode_refuses_the_subset():
-    res = cv.experiment(n_train=200, n_test=100, dense_epochs=1, cifar_train=100, cifar_test=50, cifar_epochs=1,
-                        pgd_steps=2, n_attack=20, n_lower=8, lower_steps=5, progress=False)
-    assert set(res) == {"mnist/cpl", "mnist/baseline", "fashion_mnist/cpl", "fashion_mnist/baseline",
-                        "cifar10/cpl", "cifar10/sll"}
-    for r in res.values():
-        assert 0 <= r["clean"] <= 1 and r["lower_bound"] <= r["certified_constant"] * (1 + TOL)
-        assert all(r["certified"][e] <= r["clean"] for e in r["certified"])
-    size = len(data.load("cifar10", download=False))
-    if size < 50000:
-        with pytest.raises(data.DataNotFoundError, match="50 000"):
-            cv.experiment(**cv.full_sizes())

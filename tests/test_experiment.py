@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from labkit import experiment
+from labkit import chapters, experiment
 
 
 def _data(n=64, seed=0):
@@ -20,14 +20,37 @@ def test_robustness_curves_start_at_clean_accuracy_and_pgd_is_strongest():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
     test = _data()
     r = experiment.robustness(model, test, [0.0, 0.1, 0.3], pgd_steps=10, device="cpu")
-    assert r["eps"] == [0.0, 0.1, 0.3]
+    assert r["radii"] == [0.0, 0.1, 0.3] and r["norm"] == "linf" and r["certified"] is None
+    assert r["attack"]["pgd"] == {"steps": 10, "restarts": 1, "points": len(test)}
     for name in ("noise", "fgsm", "pgd"):
-        assert len(r[name]) == 3 and r[name][0] == pytest.approx(r["clean"])
-    # PGD starts at FGSM's direction and iterates: never weaker than FGSM on a linear model
-    assert all(p <= f + 1e-9 for p, f in zip(r["pgd"], r["fgsm"]))
-    assert r["fgsm"][-1] < r["clean"]
+        curve = r["empirical"][name]
+        assert len(curve) == 3 and curve[0] == pytest.approx(r["clean"])
+    # on a linear two-class model the sign of the input gradient is the same all over the ball (per
+    # example), so the worst point of box ∩ l∞ ball is the clamped corner x + ε·sign(g): FGSM takes it
+    # in one step, PGD's ten sign steps of 2.5ε/10 reach it from any start, and no point of the
+    # path is worse than the corner; the two curves are therefore equal
+    assert r["empirical"]["pgd"] == pytest.approx(r["empirical"]["fgsm"], abs=1e-12)
+    assert r["empirical"]["fgsm"][-1] < r["clean"]
+    assert experiment.at(r, "pgd", 0.1) == r["empirical"]["pgd"][1]
     with pytest.raises(ValueError):
         experiment.robustness(model, test, [-0.1], device="cpu")
+
+
+def test_result_schema_refuses_misaligned_curves_and_at_names_what_exists():
+    r = experiment.result(radii=[0.5, 1.0], clean=0.9, empirical={"pgd": [0.5, 0.25]}, certified=[0.4, 0.1],
+                          lipschitz={"upper": 1.0}, norm="l2", seconds=3.0, history=[1])
+    assert r["lipschitz"] == {"lower": None, "upper": 1.0, "map": "network"} and r["history"] == [1]
+    assert experiment.at(r, "certified", 1.0) == 0.1 and experiment.at(r, "pgd", 0.5) == 0.5
+    with pytest.raises(KeyError, match="pgd"):
+        experiment.at(r, "fgsm", 0.5)
+    with pytest.raises(KeyError, match="0.5, 1.0"):
+        experiment.at(r, "pgd", 0.7)
+    with pytest.raises(ValueError, match="pgd has 1 values for 2 radii"):
+        experiment.result(radii=[0.5, 1.0], clean=0.9, empirical={"pgd": [0.5]})
+    with pytest.raises(ValueError, match="certified has 3 values"):
+        experiment.result(radii=[0.5, 1.0], clean=0.9, certified=[1, 2, 3])
+    with pytest.raises(ValueError, match="norm"):
+        experiment.result(radii=[0.5], clean=0.9, norm="l1")
 
 
 def test_record_roundtrip_and_provenance(tmp_path):
@@ -75,16 +98,18 @@ def test_main_keeps_finished_runs_and_resumes_after_a_crash(tmp_path, monkeypatc
             on_result(key, out[key])
         return out
 
-    fake = types.ModuleType("fake_chapter")
-    fake.full_sizes = lambda: {"n": 3}
+    fake = types.ModuleType("labkit.chapters.chX")
+    fake.RECORD = "chX.json"
+    fake.sizes = lambda mode=None: {"n": 3} if mode == "full" else {"n": 1}
 
-    def chapter_experiment(*, n, done=None, on_result=None):
+    def chapter_run(*, n, done=None, on_result=None):
         return run(n=n, done=done, on_result=on_result, crash_at=fake.crash_at)
 
-    fake.experiment = chapter_experiment
-    monkeypatch.setitem(sys.modules, "fake_chapter", fake)
-    out = tmp_path / "rec.json"
-    monkeypatch.setitem(experiment.EXPERIMENTS, "chX", ("fake_chapter", out))
+    fake.run = chapter_run
+    monkeypatch.setitem(sys.modules, "labkit.chapters.chX", fake)
+    monkeypatch.setattr(chapters, "CHAPTERS", (*chapters.CHAPTERS, "chX"))
+    monkeypatch.setattr(chapters, "DATA", tmp_path)
+    out = tmp_path / "chX.json"
 
     fake.crash_at = 2
     with pytest.raises(KeyboardInterrupt):
@@ -103,3 +128,20 @@ def test_main_keeps_finished_runs_and_resumes_after_a_crash(tmp_path, monkeypatc
 
     experiment.main(["chX", "--restart"])  # a finished record leaves nothing to resume
     assert calls[3:] == ["run0", "run1", "run2"] and "resumed" not in experiment.load_record(out)
+
+
+def test_main_refuses_an_unwritable_out_before_running(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(chapters.get("ch02"), "run", lambda **kw: ran.append(kw) or {})
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OSError, match="cannot write the record"):
+        experiment.main(["ch02", "--out", str(blocker / "rec.json")])
+    assert ran == [] and blocker.read_text() == "not a folder"
+
+
+def test_load_record_names_a_corrupt_file(tmp_path):
+    bad = tmp_path / "rec.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="rec.json"):
+        experiment.load_record(bad)

@@ -1,0 +1,220 @@
+"""Chapter 1's experiment: classical and stabilised training of a neural-ODE classifier (§1.4).
+
+For each data set and target ``δ`` (``None``: classical training) an
+:class:`~labkit.lognorm.ODEClassifier` (tanh block on ``[0, 1]``, explicit Euler) is trained,
+with :class:`~labkit.lognorm.StabilizeEachEpoch` for a target; then its clean accuracy, the
+noise, FGSM and PGD curves, the certificate and a lower bound of the block's Lipschitz constant
+by pair ascent on 64 lifted test points are measured.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .. import data, experiment, lipschitz, lognorm, report, train
+from . import DATA, pick
+
+__all__ = ["SIZES", "RECORD", "DATA", "sizes", "label", "run", "verify", "table", "values", "DEMOS", "demos",
+           "motivating_matrix", "sweep", "sweep_table", "against_slsqp", "slsqp_table", "bench_table", "bench_growth"]
+
+_COMMON = {"datasets": ["mnist", "fashion_mnist"], "targets": [None, 0.5, 0.2],
+           "eps": [0.0, 0.05, 0.1, 0.15, 0.2], "euler_steps": 10, "lr": 3e-3}
+#: The sizes per mode (full: all 60 000 / 10 000 images, width 16, 15 epochs, PGD with 50 steps).
+SIZES = {
+    "smoke": {**_COMMON, "n_train": 300, "n_test": 100, "epochs": 1, "width": 6, "pgd_steps": 5},
+    "book": {**_COMMON, "n_train": 10_000, "n_test": 1_000, "epochs": 3, "width": 10, "pgd_steps": 20},
+    "full": {**_COMMON, "n_train": None, "n_test": None, "epochs": 15, "width": 16, "pgd_steps": 50},
+}
+#: The full-mode record, in ``book/data``.
+RECORD = "ch01_full.json"
+
+
+def sizes(mode: str | None = None) -> dict:
+    """The sizes of :func:`run` in ``mode`` (default: the current mode)."""
+    return pick(SIZES, mode)
+
+
+def label(target) -> str:
+    """The name of a run: ``classical`` or ``δ = <target>``."""
+    return "classical" if target is None else f"δ = {target:g}"
+
+
+def run(*, datasets, targets, n_train, n_test, epochs, width, euler_steps, pgd_steps, eps, lr, seed=0,
+        device=None) -> dict:
+    """Train and evaluate every (data set, target); results keyed ``"<data set>/<label>"``, each a
+    :func:`labkit.experiment.result` with the block's bounds (``map: "block"``: the pair-ascent
+    lower bound and the Euler bound), the ``certificate`` and the stabilisation ``history``."""
+    out = {}
+    for name in datasets:
+        tr = data.load(name, limit=n_train)
+        te = data.load(name, train=False, limit=n_test)
+        for delta in targets:
+            torch.manual_seed(seed)
+            model = lognorm.ODEClassifier(width=width, T=1.0, steps=euler_steps, activation="tanh")
+            hook = lognorm.StabilizeEachEpoch(delta) if delta is not None else None
+            t0 = time.perf_counter()
+            train.fit(model, tr, epochs=epochs, lr=lr, seed=seed, after_epoch=hook, device=device)
+            seconds = time.perf_counter() - t0
+            model.eval()
+            r = experiment.robustness(model, te, eps, pgd_steps=pgd_steps, seed=seed, device=device,
+                                      seconds=seconds, history=hook.history if hook else [], target=delta)
+            dev = next(model.parameters()).device
+            z = model._linear(model.lift, te.tensors[0][:64].to(dev).flatten(1)).detach()
+            lower = lipschitz.lower_bound(model.block, z, steps=100, generator=torch.Generator().manual_seed(seed))
+            r["certificate"] = certificate = model.certificate()
+            r["lipschitz"] = {"lower": lower, "upper": certificate["euler_bound"], "map": "block"}
+            out[f"{name}/{label(delta)}"] = r
+    return out
+
+
+def verify(results: dict) -> None:
+    """Raise ``AssertionError`` if a pair-ascent lower bound of a block exceeds its certified
+    Euler bound (a broken certificate)."""
+    for key, r in results.items():
+        lip = r["lipschitz"]
+        assert lip["lower"] <= lip["upper"] * (1 + 1e-6), f"{key}: a certified bound was broken ({lip})"
+
+
+def table(results: dict) -> report.Table:
+    """§1.4's table: accuracy, PGD at ε = 0.1, μ* and the bounds of each run."""
+    rows = [{"key": k, **r} for k, r in results.items()]
+    cert = lambda field: lambda r: r["certificate"][field]  # noqa: E731
+    return report.table(rows, [
+        ("data", lambda r: r["key"].split("/")[0]), ("training", lambda r: r["key"].split("/")[1]),
+        ("clean", "clean", "{:.3f}"), ("PGD ε=0.1", lambda r: experiment.at(r, "pgd", 0.1), "{:.3f}"),
+        ("μ*", cert("mu_star"), "{:.3f}"), ("flow e^{Tμ*}", cert("flow_bound"), "{:.3f}"),
+        ("Euler bound", cert("euler_bound"), "{:.3f}"), ("block lower bound", lambda r: r["lipschitz"]["lower"], "{:.3f}"),
+        ("classifier bound", cert("lipschitz_bound"), "{:.1f}")])
+
+
+def values(results: dict) -> dict:
+    """The numbers the prose quotes, ``{"<data set>/<label>/<what>": value}`` (glue them with
+    :func:`labkit.report.glue_all`): clean, PGD at 0.1, μ*, flow and classifier bounds."""
+    out = {}
+    for key, r in results.items():
+        c = r["certificate"]
+        out.update({f"{key}/clean": r["clean"], f"{key}/pgd": experiment.at(r, "pgd", 0.1),
+                    f"{key}/mu": c["mu_star"], f"{key}/flow": c["flow_bound"], f"{key}/clf": c["lipschitz_bound"]})
+    return out
+
+
+# -- the page's demonstrations (§1.1, §1.3, §1.5) ----------------------------------------------------
+
+#: Sizes of the page's small demonstrations per mode: the motivating matrix's size, the targets
+#: of the sweep, and the sizes compared with SLSQP.
+DEMOS = {
+    "smoke": {"n": 5, "targets": [0.5, 0.0], "slsqp_sizes": [4, 5]},
+    "book": {"n": 8, "targets": [1.0, 0.5, 0.0], "slsqp_sizes": [5, 6, 7]},
+    "full": {"n": 10, "targets": [1.0, 0.5, 0.2, 0.1, 0.0], "slsqp_sizes": [6, 8, 10]},
+}
+
+
+def demos(mode: str | None = None) -> dict:
+    """The sizes of the page's demonstrations in ``mode`` (default: the current mode)."""
+    return pick(DEMOS, mode)
+
+
+def motivating_matrix(n: int) -> torch.Tensor:
+    """§1.1's matrix: standard normal entries (seed 1) minus 0.8 I, float64."""
+    return torch.randn(n, n, generator=torch.Generator().manual_seed(1), dtype=torch.float64) - 0.8 * torch.eye(n)
+
+
+def sweep(A, targets, activation: str = "tanh") -> list:
+    """§1.3: :func:`labkit.lognorm.stabilize` for each target, each answer confirmed by enumerating
+    every vertex (``AssertionError`` if one misses its target). One row per target with the
+    result, the enumerated μ* and the time."""
+    rows = []
+    for delta in targets:
+        res = lognorm.stabilize(A, delta, activation)
+        check_mu, _ = lognorm.worst_case_lognorm(A + res.delta_matrix, activation, method="enumerate")
+        assert check_mu <= delta + 1e-6 and res.converged, f"δ = {delta}: μ* = {check_mu} after stabilize"
+        rows.append({"target": delta, "result": res, "mu_checked": check_mu})
+    return rows
+
+
+def sweep_table(rows) -> report.Table:
+    """The table of :func:`sweep`."""
+    res = lambda field: lambda r: getattr(r["result"], field)  # noqa: E731
+    return report.table(rows, [
+        ("target δ", "target", "{:g}"), ("‖Δ‖_F", res("norm"), "{:.4f}"),
+        ("μ*(A+Δ) by enumeration", "mu_checked", "{:.6f}"), ("rounds", res("rounds")),
+        ("working set", res("working_set")), ("time", res("seconds"), "{:.1f} s")])
+
+
+def against_slsqp(sizes, delta: float = 0.5, activation: str = "tanh") -> list:
+    """§1.5: the two-level method against SLSQP with all 2^n vertex constraints on random n × n
+    matrices (seed n); one row per size with both norms, both times and the difference in %."""
+    import time
+
+    rows = []
+    for n in sizes:
+        M = torch.randn(n, n, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+        ours = lognorm.stabilize(M, delta, activation)
+        t0 = time.perf_counter()
+        _, ref = lognorm.stabilize_slsqp(M, delta, activation, restarts=2)
+        rows.append({"n": n, "ours": ours.norm, "ours_seconds": ours.seconds, "slsqp": ref,
+                     "slsqp_seconds": time.perf_counter() - t0, "gap": 100 * (ours.norm / ref - 1)})
+    return rows
+
+
+def slsqp_table(rows) -> report.Table:
+    """The table of :func:`against_slsqp`."""
+    return report.table(rows, [
+        ("n", "n"), ("‖Δ‖_F two-level", "ours", "{:.4f}"), ("time", "ours_seconds", "{:.1f} s"),
+        ("‖Δ‖_F SLSQP (all vertices)", "slsqp", "{:.4f}"), ("time", "slsqp_seconds", "{:.1f} s"),
+        ("difference", "gap", "{:+.2f} %")])
+
+
+def bench_table(bench: dict) -> report.Table:
+    """The table of ``scripts/bench_stabilize.py``'s record: per size and tolerance, our time, norm,
+    certified lower bound, rounds, working set and how the run ended, beside SLSQP on the final
+    working set; unfinished runs show their checkpoint's progress."""
+    res = bench["results"]
+
+    def row(r):
+        ours, ref, part = r["stabilize"], r.get("slsqp"), r.get("unfinished")
+        out = {"n": r["n"], "rel_tol": f"{r.get('rel_tol', 1e-3):g}"}
+        if ours is None and part is None:
+            return {**out, "time": f"not finished in {res['stabilize_budget']:.0f} s"}
+        if ours is None:  # stopped by the budget; its checkpoint says how far it got
+            return {**out, "time": f"not finished: {part['seconds']:.0f} s so far",
+                    "norm": f"{part['upper']:.4f} (feasible for W only)", "lower": f"{part['lower_bound']:.4f}",
+                    "rounds": part["rounds"], "W": part["working_set"]}
+        resumed = f" (resumed at round {ours['resumed_from_round']})" if ours.get("resumed_from_round") else ""
+        out.update(time=f"{ours['seconds']:.1f} s{resumed}", norm=f"{ours['norm']:.4f}",
+                   lower=f"{ours['lower_bound']:.4f}", rounds=ours["rounds"], W=ours["working_set"],
+                   end="repair" if ours.get("repaired") else "clean")
+        if ref is None:
+            out["ref_time"] = f"not finished in {res['budget']:.0f} s"
+        else:
+            out.update(ref_time=f"{ref['seconds']:.1f} s", ref_norm=f"{ref['norm']:.4f}", ref_mu=f"{ref['mu']:.4f}")
+        return out
+
+    rows = [row(r) for r in res["rows"]]
+    get = lambda key: lambda r: r.get(key, "")  # noqa: E731
+    return report.table(rows, [
+        ("n", "n"), ("rel_tol", "rel_tol"), ("stabilize", get("time")), ("‖Δ‖_F", get("norm")),
+        ("certified lower bound", get("lower")), ("rounds", get("rounds")), ("\\|W\\|", get("W")),
+        ("end", get("end")), ("SLSQP on W", get("ref_time")), ("‖Δ‖_F", get("ref_norm")), ("μ*", get("ref_mu"))],
+        caption=f"{bench['device_name']}, {bench['threads']} threads, {bench['created'][:10]}, commit "
+                f"{str(bench['commit'])[:10]}")
+
+
+def bench_growth(bench: dict) -> str:
+    """One sentence from the benchmark record: the measured growth of the time as a power of n
+    between successive sizes at rel_tol = 10⁻³, and the working set and rounds per unit of n."""
+    import math
+
+    done = [(r["n"], r["stabilize"]) for r in bench["results"]["rows"]
+            if r["stabilize"] is not None and r.get("rel_tol", 1e-3) == 1e-3]  # one tolerance for the growth
+    growth = [f"{math.log(b['seconds'] / a['seconds']) / math.log(m / n):.1f} (n = {n} → {m})"
+              for (n, a), (m, b) in zip(done, done[1:]) if m != n]
+    if not growth:
+        return ""
+    return ("Measured growth of the time as a power of $n$ between successive sizes: " + ", ".join(growth)
+            + ". Per unit of $n$, the final working set holds "
+            + ", ".join(f"{r['working_set'] / n:.1f}" for n, r in done) + " vertices and the rounds number "
+            + ", ".join(f"{r['rounds'] / n:.1f}" for n, r in done)
+            + f" (n = {', '.join(str(n) for n, _ in done)}; rel_tol = 10⁻³).")

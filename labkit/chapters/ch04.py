@@ -1,0 +1,136 @@
+"""Chapter 4's experiment: convex potential networks (CPL, SLL) against an unconstrained network,
+certified and attacked (§4.4), and CPL-S on CIFAR-10 with the authors' recipe (§4.5)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from .. import convex, data, experiment, lipschitz, report
+from ..runtime import seed_everything
+from . import DATA, pick
+
+__all__ = ["SIZES", "RECORD", "DATA", "sizes", "run", "verify", "table", "values", "presets_table"]
+
+_COMMON = {"datasets": ["mnist", "fashion_mnist"], "cifar": True, "cifar_preset": "cifar",
+           "cifar_layers": ["cpl", "sll"], "require_full_cifar": False}
+#: The sizes per mode. Book: the dense ``mnist`` preset on 4 000 MNIST-like images, the ``cifar``
+#: preset on the first 2 000 CIFAR-10 images and 1 000 test images. Full: CPL-S with the authors'
+#: recipe on all of CIFAR-10 (200 epochs; needs a GPU and the full CIFAR-10, and refuses a subset).
+SIZES = {
+    "smoke": {**_COMMON, "n_train": 300, "n_test": 100, "dense_epochs": 1, "cifar_train": 100, "cifar_test": 50,
+              "cifar_epochs": 1, "pgd_steps": 3, "n_attack": 30, "n_lower": 8, "lower_steps": 10},
+    "book": {**_COMMON, "n_train": 4000, "n_test": 1000, "dense_epochs": 3, "cifar_train": 2000, "cifar_test": 1000,
+             "cifar_epochs": 3, "pgd_steps": 10, "n_attack": 200, "n_lower": 32, "lower_steps": 50},
+    "full": {**_COMMON, "datasets": [], "n_train": None, "n_test": None, "dense_epochs": 3, "cifar_preset": "cpl-s",
+             "cifar_layers": ["cpl"], "require_full_cifar": True, "cifar_train": None, "cifar_test": None,
+             "cifar_epochs": 200, "pgd_steps": 10, "n_attack": None, "n_lower": 64, "lower_steps": 100},
+}
+RECORD = "ch04_full.json"
+
+
+def sizes(mode: str | None = None) -> dict:
+    """The sizes of :func:`run` in ``mode`` (default: the current mode)."""
+    return pick(SIZES, mode)
+
+
+def run(*, datasets, n_train, n_test, dense_epochs, cifar, cifar_train, cifar_test, cifar_epochs, cifar_preset,
+        cifar_layers, require_full_cifar, pgd_steps, n_attack, n_lower, lower_steps, seed=0, device=None,
+        progress=None) -> dict:
+    """For each MNIST-like data set: the dense ``mnist`` preset (CPL, first-K head) and
+    :func:`labkit.convex.baseline_mlp`, evaluated at :data:`labkit.convex.EPS_MNIST`. If ``cifar``:
+    the convolutional preset ``cifar_preset`` with each of ``cifar_layers`` (CPL, SLL), evaluated at
+    :data:`labkit.convex.EPS_CIFAR`; ``require_full_cifar`` refuses a training set smaller than the
+    official 50 000 images, before any training. Results keyed ``"<data set>/<model>"``, each a
+    :func:`labkit.experiment.result` by :func:`labkit.convex.evaluate_robustness` with the
+    training time and history."""
+    evaluate = lambda model, te, eps, lipc, seconds, hist: convex.evaluate_robustness(  # noqa: E731
+        model, te, eps, lipschitz=lipc, pgd_steps=pgd_steps, n_attack=n_attack, n_lower=n_lower,
+        lower_steps=lower_steps, device=device, progress=progress, seconds=seconds, history=hist.as_dict())
+    if cifar:  # refuse a subset before anything is trained
+        cifar_tr = data.load("cifar10", limit=cifar_train)
+        cifar_te = data.load("cifar10", train=False, limit=cifar_test)
+        if require_full_cifar and (len(cifar_tr) < 50000 or len(cifar_te) < 10000):
+            raise data.DataNotFoundError(
+                f"full mode needs all of CIFAR-10 (50 000 / 10 000 images) but found {len(cifar_tr)} / "
+                f"{len(cifar_te)} (the subset in LABKIT_DATA?). Point LABKIT_DATA at the full cifar-10-batches-py "
+                "folder or a cifar10-full.npz, or run `python -m labkit.data download cifar10` on a machine with "
+                "network access.")
+    out = {}
+    for name in datasets:
+        tr = data.load(name, limit=n_train)
+        te = data.load(name, train=False, limit=n_test)
+        in_features = math.prod(tr.tensors[0].shape[1:])
+        for label in ("cpl", "baseline"):
+            seed_everything(seed)
+            if label == "cpl":
+                model = convex.preset("mnist", seed=seed)
+                t0 = time.perf_counter()
+                hist = convex.fit(model, tr, dense_epochs, seed=seed, device=device, progress=progress)
+                lipc = None
+            else:
+                model = convex.baseline_mlp(in_features, width=convex.PRESETS["mnist"]["width"],
+                                            depth=convex.PRESETS["mnist"]["depth"], seed=seed)
+                t0 = time.perf_counter()
+                hist = convex.fit(model, tr, dense_epochs, margin=None, seed=seed, device=device, progress=progress)
+                lipc = lipschitz.upper_bound(model.cpu())
+            seconds = time.perf_counter() - t0
+            out[f"{name}/{label}"] = evaluate(model, te, convex.EPS_MNIST, lipc, seconds, hist)
+    if cifar:
+        mean = cifar_tr.tensors[0].mean((0, 2, 3))
+        for kind in cifar_layers:
+            seed_everything(seed)
+            model = convex.preset(cifar_preset, layer=kind, mean=mean, seed=seed)
+            t0 = time.perf_counter()
+            hist = convex.fit(model, cifar_tr, cifar_epochs, augment=True, seed=seed, device=device, progress=progress)
+            seconds = time.perf_counter() - t0
+            out[f"cifar10/{kind}"] = evaluate(model, cifar_te, convex.EPS_CIFAR, None, seconds, hist)
+    return out
+
+
+def verify(results: dict) -> None:
+    """Raise ``AssertionError`` if a lower bound exceeds the certified constant, or if PGD fooled
+    an attacked image at a radius where it was certified (a broken certificate)."""
+    for key, r in results.items():
+        lip = r["lipschitz"]
+        assert lip["lower"] <= lip["upper"] * (1 + 1e-5), f"{key}: lower bound above the certificate"
+        assert not any(r["broken"]), f"{key}: PGD broke a certified point: {dict(zip(r['radii'], r['broken']))}"
+
+
+def table(results: dict) -> report.Table:
+    """§4.4's table: clean, certified / PGD at the three radii, the bounds, size and training time."""
+    rows = [{"key": k, **r} for k, r in results.items()]
+    at = lambda i: lambda r: f"{r['certified'][i]:.3f} / {r['empirical']['pgd'][i]:.3f}"  # noqa: E731
+    return report.table(rows, [
+        ("data", lambda r: r["key"].split("/")[0]), ("model", lambda r: r["key"].split("/")[1]),
+        ("clean", "clean", "{:.3f}"), ("certified / PGD at ε₁", at(0)), ("at ε₂", at(1)), ("at ε₃", at(2)),
+        ("Lipschitz lower bound", lambda r: r["lipschitz"]["lower"], "{:.3f}"),
+        ("certified constant", lambda r: r["lipschitz"]["upper"], "{:.3g}"),
+        ("parameters", lambda r: r["parameters"] / 1e6, "{:.2f} M"), ("training", "seconds", "{:.0f} s")],
+        caption="ε = 0.5, 1, 1.58 (MNIST, Fashion-MNIST) and 36/255, 72/255, 108/255 (CIFAR-10):")
+
+
+def values(results: dict) -> dict:
+    """The numbers the prose quotes, ``{"<data set>/<model>/<what>": value}``: clean, lower, constant,
+    cert0..2 and pgd0..2 (by radius index), and ``n_attack``."""
+    out = {"n_attack": next(iter(results.values()))["n_attack"]} if results else {}
+    for key, r in results.items():
+        out.update({f"{key}/clean": r["clean"], f"{key}/lower": r["lipschitz"]["lower"],
+                    f"{key}/constant": r["lipschitz"]["upper"]})
+        for i in range(len(r["radii"])):
+            out[f"{key}/cert{i}"] = r["certified"][i]
+            out[f"{key}/pgd{i}"] = r["empirical"]["pgd"][i]
+    return out
+
+
+def presets_table() -> report.Table:
+    """§4.3's table of :data:`labkit.convex.PRESETS`: layers, head and parameter count of each."""
+    rows = []
+    for name, p in convex.PRESETS.items():
+        n = convex.preset_parameters(name, in_shape=(1, 28, 28) if name == "mnist" else (3, 32, 32))
+        rows.append({"preset": name,
+                     "conv": f"{p.get('conv_depth', 0)} × width {p.get('channels', '–')}, hidden {p.get('conv_hidden', '–')}",
+                     "dense": f"{p.get('dense_depth', p.get('depth'))} × hidden {p.get('dense_hidden', p.get('hidden'))}",
+                     "head": p["head"], "parameters": n / 1e6})
+    return report.table(rows, [("preset", "preset"), ("convolutional CPLs", "conv"), ("dense CPLs", "dense"),
+                               ("head", "head"), ("parameters", "parameters", "{:.2f} M")])
