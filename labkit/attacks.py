@@ -1,4 +1,4 @@
-"""Adversarial attacks and robust accuracy (Chapter 0, *Adversarial examples*).
+"""Adversarial attacks and robust accuracy (§0.3).
 
 Every attack has the signature ``attack(model, x, y, eps) -> x_adv`` (extra options as keywords),
 so :func:`robust_accuracy` can sweep any of them over a list of radii. Inputs are images in the
@@ -23,7 +23,7 @@ NORMS = ("linf", "l2")
 @contextlib.contextmanager
 def frozen(model: torch.nn.Module):
     """Context manager: evaluate ``model`` in eval mode without touching its parameters'
-    gradients; the mode and the ``requires_grad`` flags are restored on exit (Chapter 0, *Attacks*)."""
+    gradients; the mode and the ``requires_grad`` flags are restored on exit (§0.3)."""
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
     model.eval()
@@ -64,7 +64,7 @@ def _rand(fn, shape, generator, like):
 
 
 def fgsm(model, x, y, eps, *, clamp=(0.0, 1.0)):
-    """Fast gradient sign method: one l∞ step of size ``eps`` up the loss (Chapter 0).
+    """Fast gradient sign method: one l∞ step of size ``eps`` up the loss (§0.3).
 
     ``x_adv = clip(x + eps · sign(∇_x loss))``.
     """
@@ -83,7 +83,7 @@ def _project(delta, eps, norm):
 
 def pgd(model, x, y, eps, *, norm="linf", steps=10, step_size=None, random_start=True,
         clamp=(0.0, 1.0), generator=None):
-    """Projected gradient descent on the loss in an l∞ or l2 ball (Chapter 0).
+    """Projected gradient descent on the loss in an l∞ or l2 ball (:prf:ref:`alg-pgd`).
 
     Starts at a random point of the ball (``random_start``), takes ``steps`` steps of size
     ``step_size`` (default ``2.5 · eps / steps``) along the sign of the gradient (l∞) or the
@@ -92,7 +92,7 @@ def pgd(model, x, y, eps, *, norm="linf", steps=10, step_size=None, random_start
     later step. The result is always inside the ball and the box.
 
     ``eps`` is a number, or a tensor of per-example radii of shape ``(N,)`` (used to attack each
-    point at a fraction of its own certified radius, Chapter 4); ``step_size`` then scales with it.
+    point at a fraction of its own certified radius, §4.4); ``step_size`` then scales with it.
     """
     if isinstance(eps, torch.Tensor) and eps.ndim == 1:
         _check(x, y, 0.0, clamp)
@@ -139,7 +139,7 @@ def pgd(model, x, y, eps, *, norm="linf", steps=10, step_size=None, random_start
 
 
 def pgd_l2_sphere(model, x, y, eps, *, steps=7, step_size=0.5, clamp=(0.0, 1.0), generator=None):
-    """The CLIP authors' l2 attack (Chapter 2, *The paper's attack*), kept for comparison with their
+    """The CLIP authors' l2 attack (§2.5), kept for comparison with their
     numbers; :func:`pgd` with ``norm="l2"`` is the standard one.
 
     Starts at a uniform random perturbation rescaled to norm ``eps``; each step adds
@@ -173,7 +173,7 @@ def pgd_l2_sphere(model, x, y, eps, *, steps=7, step_size=0.5, clamp=(0.0, 1.0),
 
 def gaussian_noise(model, x, y, eps, *, clamp=(0.0, 1.0), generator=None):
     """Add Gaussian noise of standard deviation ``eps`` per pixel and clamp (not an attack on the
-    model, a baseline that shows how much worse a real attack is; Chapter 0)."""
+    model, a baseline that shows how much worse a real attack is; §0.5)."""
     eps = _check(x, y, eps, clamp)
     noise = _rand(torch.randn, x.shape, generator, x)
     return (x + eps * noise).clamp(*clamp).detach()
@@ -184,7 +184,7 @@ def robust_accuracy(model, data: Dataset, attack, eps_list, *, batch_size=256, d
     """Accuracy of ``model`` on ``data`` after ``attack`` at each radius in ``eps_list``.
 
     ``attack`` is one of this module's attacks, or a ``functools.partial`` of one with options,
-    or any callable ``attack(model, x, y, eps)``. Returns ``{eps: accuracy}`` (Chapter 0).
+    or any callable ``attack(model, x, y, eps)``. Returns ``{eps: accuracy}`` (§0.3).
     """
     if not callable(attack):
         raise TypeError(f"attack must be callable, got {type(attack).__name__}.")

@@ -1,4 +1,4 @@
-"""Margin certificates for l2 robustness (Chapter 0, *Certificates*).
+"""Margin certificates for l2 robustness (§0.4).
 
 If the logits ``f`` are ``L``-Lipschitz in l2, each difference ``f_y - f_j`` is
 ``√2·L``-Lipschitz, so no perturbation of l2 norm at most ``margin / (√2·L)`` can change a
@@ -36,7 +36,7 @@ def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def certified_radius(logits: torch.Tensor, labels: torch.Tensor, lipschitz: float) -> torch.Tensor:
-    """Certified l2 radius ``max(margin, 0) / (√2 · lipschitz)`` per example (Chapter 0).
+    """Certified l2 radius ``max(margin, 0) / (√2 · lipschitz)`` per example (:prf:ref:`thm-margin`).
 
     ``lipschitz`` must be an upper bound of the l2 Lipschitz constant of the logits; a
     misclassified point gets radius 0.
@@ -47,7 +47,7 @@ def certified_radius(logits: torch.Tensor, labels: torch.Tensor, lipschitz: floa
 
 def lln_radius(logits: torch.Tensor, labels: torch.Tensor, pair_norms: torch.Tensor,
                lipschitz: float = 1.0) -> torch.Tensor:
-    """Pairwise certified radius for a last-layer-normalised head (Chapter 4, *Certificates*):
+    """Pairwise certified radius for a last-layer-normalised head (§4.2.1):
     ``min_{j≠y} (f_y − f_j) / (‖ŵ_y − ŵ_j‖ · L)``, clamped at 0, where ``pair_norms[i, j] =
     ‖ŵ_i − ŵ_j‖`` and ``L`` bounds the constant of the features feeding the head. No √2 here: the
     head is not 1-Lipschitz, so the √2 rule would be unsound for it."""
@@ -66,7 +66,7 @@ def lln_radius(logits: torch.Tensor, labels: torch.Tensor, pair_norms: torch.Ten
 
 def certified_accuracy(model, data: Dataset, eps, lipschitz: float, *, batch_size=512,
                        device=None):
-    """Fraction of ``data`` that is correct with certified radius above ``eps`` (Chapter 0).
+    """Fraction of ``data`` that is correct with certified radius above ``eps`` (§0.4).
 
     ``eps`` may be a number (returns a float) or a list (returns ``{eps: accuracy}``).
     At ``eps = 0`` this is the clean accuracy.

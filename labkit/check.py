@@ -1,4 +1,4 @@
-"""Check cells of the labs: ``labkit.check.<exercise>(your_answer)`` (Chapter 0, *Labs*).
+"""Check cells of the labs: ``labkit.check.<exercise>(your_answer)`` (the labs of every chapter; the page *For instructors*).
 
 Each check tests a student's function against a known answer or an invariant, with a
 tolerance, and raises ``AssertionError`` saying what was expected, what came and a hint. A stub
@@ -246,15 +246,15 @@ def pair_update(fn) -> None:
     net, u, v = _lab2_net()
     step = torch.tensor([0.01, 0.1, 1.0, 10.0, 100.0, 1000.0], dtype=torch.float64)
     ref = PairSet(u, v, growth=1.3)
-    ref.step = step.clone()
+    ref.step_size = step.clone()
     ref.update(net)
     got = _call(fn, net, u.clone(), v.clone(), step.clone(), 1.3)
     if not (isinstance(got, tuple) and len(got) == 3):
         raise AssertionError("return a triple (u, v, step).")
-    accepted = (ref.step > step).tolist()
+    accepted = (ref.step_size > step).tolist()
     if all(accepted) or not any(accepted):
         raise AssertionError("internal: the check's pairs should mix accepted and rejected steps.")
-    _close(got[2], ref.step, "step sizes after the update", "multiply a pair's step by growth when its step "
+    _close(got[2], ref.step_size, "step sizes after the update", "multiply a pair's step by growth when its step "
            "was kept and divide it by growth when it was rejected.")
     hint = ("take the tentative step with each pair's own step size along the gradient of its quotient (ascent), "
             "and keep it only where the quotient went up.")

@@ -1,4 +1,4 @@
-"""CLIP: Lipschitz regularisation by adversarially updated input pairs (Chapter 2; Bungert,
+"""CLIP: Lipschitz regularisation by adversarially updated input pairs (§2.2; Bungert,
 Raab, Roith, Schwinn, Tenbrinck).
 
 The Lipschitz constant ``sup ‖f(x) − f(x')‖ / ‖x − x'‖`` is replaced by its maximum over a
@@ -24,7 +24,7 @@ __all__ = ["quotient", "PairSet", "LambdaSchedule", "mlp", "clip_loss", "Setting
 
 
 class PairSet:
-    """The pairs ``X_Lip`` with their per-pair step sizes (Chapter 2, Algorithm 1).
+    """The pairs ``X_Lip`` with their per-pair step sizes (§2.3, Algorithm 1).
 
     ``update`` takes ``iters`` steps of gradient ascent on each pair's quotient (squared if
     ``squared``): a tentative step ``u + τ_p ∇_u``, ``v + τ_p ∇_v`` is *accepted per pair* only
@@ -34,13 +34,14 @@ class PairSet:
     Lipschitz constant of the current network (it can never certify robustness).
     """
 
-    def __init__(self, u: torch.Tensor, v: torch.Tensor, *, step: float = 1.0, growth: float = 1.3,
+    def __init__(self, u: torch.Tensor, v: torch.Tensor, *, step_size: float = 1.0, growth: float = 1.3,
                  squared: bool = False, clamp: tuple[float, float] | None = None):
         if u.shape != v.shape or u.ndim < 2 or u.shape[0] == 0:
             raise ValueError(f"u and v must be non-empty batches of the same shape, got {tuple(u.shape)} "
                              f"and {tuple(v.shape)}.")
         self.u, self.v = u.detach().clone(), v.detach().clone()
-        self.step = torch.full((u.shape[0],), _validate.positive(step, "step"), dtype=u.dtype, device=u.device)
+        self.step_size = torch.full((u.shape[0],), _validate.positive(step_size, "step_size"), dtype=u.dtype,
+                                    device=u.device)
         self.growth = _validate.positive(growth, "growth")
         if self.growth <= 1:
             raise ValueError(f"growth must exceed 1, got {growth}.")
@@ -87,8 +88,8 @@ class PairSet:
                 if best is None:  # the current quotients come with the first gradient
                     best = values.detach()
                 shape = (-1,) + (1,) * (u.ndim - 1)
-                tu = self.u + self.step.view(shape) * gu
-                tv = self.v + self.step.view(shape) * gv
+                tu = self.u + self.step_size.view(shape) * gu
+                tv = self.v + self.step_size.view(shape) * gv
                 if self.clamp is not None:
                     tu, tv = tu.clamp(*self.clamp), tv.clamp(*self.clamp)
                 with torch.no_grad():
@@ -97,7 +98,7 @@ class PairSet:
                 self.u = torch.where(ok.view(shape), tu, self.u).detach()
                 self.v = torch.where(ok.view(shape), tv, self.v).detach()
                 best = torch.where(ok, new, best)
-                self.step = torch.where(ok, self.step * self.growth, self.step / self.growth)
+                self.step_size = torch.where(ok, self.step_size * self.growth, self.step_size / self.growth)
         self.value = best.detach()
         return self.value
 
@@ -117,7 +118,7 @@ class PairSet:
 
 
 class LambdaSchedule:
-    """The ``λ`` rule by a target accuracy (a discrepancy principle; Chapter 2): after each epoch,
+    """The ``λ`` rule by a target accuracy (a discrepancy principle; §2.3): after each epoch,
     ``λ += increment`` if the measured accuracy exceeds ``target``, else ``λ = max(λ − increment, 0)``;
     ``λ = warmup_value`` during the first ``warmup`` epochs, and the rule acts every ``cooldown + 1``
     epochs. ``step(accuracy)`` returns the ``λ`` for the next epoch."""
@@ -155,7 +156,7 @@ class LambdaSchedule:
 # --------------------------------------------------------------------------- models and loss
 def mlp(sizes=(784, 200, 80, 10), activation: str = "sigmoid", *, last_activation: bool = False) -> nn.Sequential:
     """Flatten, then ``Linear → activation`` per layer; with ``last_activation`` also after the
-    last layer, as in the authors' ``fully_connected`` (Chapter 2, *Two settings*)."""
+    last layer, as in the authors' ``fully_connected`` (§2.3)."""
     acts = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
     if activation not in acts:
         raise ValueError(f"activation must be one of {sorted(acts)}, got {activation!r}.")
@@ -172,7 +173,7 @@ def mlp(sizes=(784, 200, 80, 10), activation: str = "sigmoid", *, last_activatio
 
 def clip_loss(model, x, y, pairs: PairSet, lam: float, *, loss_fn=None, reduce: str = "max",
               reg_max: float | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """CLIP's loss (Chapter 2, Algorithm 2): ``loss_fn(model(x), y) + lam · R`` with ``R`` the
+    """CLIP's loss (§2.3, Algorithm 2): ``loss_fn(model(x), y) + lam · R`` with ``R`` the
     quotient (squared if ``pairs.squared``) of the worst pair at the last update (``reduce="max"``)
     or the mean over all pairs (``"mean"``). The pairs enter as constants; only the parameters are
     differentiated. When ``R > reg_max`` the term is left out, as in the authors' code. Returns
@@ -198,7 +199,7 @@ def clip_loss(model, x, y, pairs: PairSet, lam: float, *, loss_fn=None, reduce: 
 # --------------------------------------------------------------------------- settings and training
 @dataclass(frozen=True)
 class Setting:
-    """Everything that distinguishes the two ways of training with CLIP (Chapter 2, *Two settings*).
+    """Everything that distinguishes the two ways of training with CLIP (§2.3).
 
     ``"paper"`` is the authors' released code (784-200-80-10 with sigmoid after every layer, SGD
     0.1 with momentum 0.9, squared quotient of the single worst pair dropped above 5000, pairs not
@@ -265,14 +266,14 @@ class Run:
 
 def _draw_pairs(val_x, s: Setting, gen, dev) -> PairSet:
     idx = torch.randperm(val_x.shape[0], generator=gen)[: 2 * s.n_pairs]
-    return PairSet.from_batch(val_x[idx].to(dev), mode=s.pair_init, generator=gen, step=s.pair_step,
+    return PairSet.from_batch(val_x[idx].to(dev), mode=s.pair_init, generator=gen, step_size=s.pair_step,
                               growth=s.growth, squared=s.squared, clamp=s.pair_clamp)
 
 
 def fit(model, train_data, val_data, *, setting="paper", epochs: int = 10, lam: float = 0.1,
         target: float | None = 0.97, increment: float = 0.05, warmup: int = 1, weight_decay: float = 0.0,
         seed: int = 0, device=None, progress: bool | None = None, trace_every: int = 10) -> Run:
-    """Train ``model`` with CLIP (Chapter 2, Algorithm 2) in the given :class:`Setting`.
+    """Train ``model`` with CLIP (§2.3, Algorithm 2) in the given :class:`Setting`.
 
     Every mini-batch: one accept/reject ascent step of the pairs (:meth:`PairSet.update`), then an
     SGD step on :func:`clip_loss`; the loop is :func:`labkit.train.fit` with CLIP's step. The pairs
@@ -311,7 +312,7 @@ def fit(model, train_data, val_data, *, setting="paper", epochs: int = 10, lam: 
     state = {"pairs": _draw_pairs(val_x, s, gen, dev) if lam > 0 else None, "batches": 0, "regs": [],
              "best_score": -1.0, "best": None}
 
-    def step(model, xb, yb):
+    def clip_step(model, xb, yb):
         pairs = state["pairs"]
         if pairs is not None:
             if state["batches"] and state["batches"] % s.redraw == 0:
@@ -348,7 +349,7 @@ def fit(model, train_data, val_data, *, setting="paper", epochs: int = 10, lam: 
 
     t0 = time.perf_counter()
     _train.fit(model, train_data, epochs, batch_size=s.batch_size, optimizer=opt, device=dev, seed=seed,
-               progress=progress, step_fn=step, after_epoch=end_of_epoch, desc=s.name)
+               progress=progress, step_fn=clip_step, after_epoch=end_of_epoch, desc=s.name)
     if state["best"] is not None:
         model.load_state_dict(state["best"])
     model.eval()
@@ -359,7 +360,7 @@ def fit(model, train_data, val_data, *, setting="paper", epochs: int = 10, lam: 
 # --------------------------------------------------------------------------- 1-D regression
 def regression_data(n: int = 40, *, noise: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` noisy samples ``y = sin(πx) + x/2 + noise·N(0, 1)`` at uniform random ``x`` in [−1, 1]
-    (Chapter 2, *Regression*), as ``(n, 1)`` float64 tensors. The ground truth is
+    (§2.4), as ``(n, 1)`` float64 tensors. The ground truth is
     :func:`regression_truth`."""
     g = torch.Generator().manual_seed(int(_validate.nonneg(seed, "seed")))
     n = _validate.positive_int(n, "n")
@@ -385,13 +386,13 @@ def grid_lipschitz(f, lo: float = -1.0, hi: float = 1.0, points: int = 2001) -> 
 def fit_regression(x, y, lam: float, *, width: int = 100, steps: int = 3000, lr: float = 3e-3, seed: int = 0,
                    pair_noise: float = 0.1) -> tuple[nn.Module, PairSet]:
     """Fit a 1-``width``-``width``-1 tanh network to ``(x, y)`` by full-batch Adam on the mean squared
-    error plus ``lam`` times the largest pair quotient (Chapter 2, *Regression*); the pairs are the
+    error plus ``lam`` times the largest pair quotient (§2.4); the pairs are the
     data points and their ``U[0, pair_noise)`` shifts, moved by one ascent step per Adam step.
     Returns the network (float64, eval mode) and its pairs."""
     lam = _validate.nonneg(lam, "lam")
     torch.manual_seed(seed)
     model = mlp((1, width, width, 1), "tanh").double()
-    pairs = PairSet.from_batch(torch.cat([x, x]), mode="partial_random", noise=pair_noise, step=0.1,
+    pairs = PairSet.from_batch(torch.cat([x, x]), mode="partial_random", noise=pair_noise, step_size=0.1,
                                generator=torch.Generator().manual_seed(seed))
     opt = torch.optim.Adam(model.parameters(), lr=_validate.positive(lr, "lr"))
     for _ in range(_validate.positive_int(steps, "steps")):
@@ -459,7 +460,7 @@ def evaluate_robustness(model, test, *, eps: float = 2.0, noise: float = 1.0, at
     acc = lambda attack, e: attacks.robust_accuracy(model, test, attack, [e], device=dev, progress=False)[e]  # noqa: E731
     x = test.tensors[0][:200].to(dev)
     source = (pairs_from if pairs_from is not None else test).tensors[0][:1000].to(dev)
-    pairs = PairSet.from_batch(source, step=10.0, generator=gen())
+    pairs = PairSet.from_batch(source, step_size=10.0, generator=gen())
     pairs.update(model, iters=_validate.positive_int(ascent_steps, "ascent_steps"))
     clean = _train.evaluate(model, test, device=dev)["accuracy"]
     noisy = acc(partial(attacks.gaussian_noise, generator=gen()), noise)

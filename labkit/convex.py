@@ -1,11 +1,11 @@
-"""Convex potential layers: 1-Lipschitz residual networks with certified l2 robustness (Chapter 4).
+"""Convex potential layers: 1-Lipschitz residual networks with certified l2 robustness (§4.2).
 
 A *convex potential layer* (CPL, Meunier et al. 2022) is one explicit Euler step of the gradient
 flow of the convex potential ``f(x) = Σ_i ψ(w_iᵀx + b_i)`` (``ψ' = σ``)::
 
     z = x − h · Wᵀ σ(W x + b),      h = 2 / ‖W‖₂²,
 
-which is 1-Lipschitz in l2 for every ``h ≤ 2/‖W‖₂²`` (Chapter 4, *The CPL theorem*). ``W`` is a
+which is 1-Lipschitz in l2 for every ``h ≤ 2/‖W‖₂²`` (:prf:ref:`thm-cpl`). ``W`` is a
 matrix (:class:`ConvexPotentialLayer`) or a zero-padded convolution, whose adjoint ``Wᵀ`` is the
 transposed convolution with the same kernel, padding and stride (:class:`ConvexPotentialConv2d`).
 The SDP-based Lipschitz layer (SLL, Araujo et al. 2023) replaces ``h`` by a diagonal scaling
@@ -47,7 +47,7 @@ _MONOTONE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Identity)
 
 
 def _activation(act):
-    """Elementwise, non-decreasing, slope ≤ 1 (Chapter 4, *Pitfalls*): ReLU, tanh, sigmoid,
+    """Elementwise, non-decreasing, slope ≤ 1 (§4.6): ReLU, tanh, sigmoid,
     softplus, identity, or leaky ReLU with slope in [0, 1]."""
     act = nn.ReLU() if act is None else act
     if isinstance(act, nn.LeakyReLU) and 0 <= act.negative_slope <= 1:
@@ -70,7 +70,7 @@ def _normalize(t):
 
 
 class CPLBase(nn.Module):
-    """Shared machinery of the CPLs ``x − h Wᵀσ(Wx + b)`` (Chapter 4, *CPL*): the step size from the
+    """Shared machinery of the CPLs ``x − h Wᵀσ(Wx + b)`` (:prf:ref:`thm-cpl`): the step size from the
     power iteration or the sound norm bound, and the forward map; subclasses give ``W`` (``_op``)
     and ``Wᵀ`` (:meth:`adjoint`)."""
 
@@ -93,7 +93,7 @@ class CPLBase(nn.Module):
 
     def power_norm(self, iters: int = 100, shape=None) -> torch.Tensor:
         """Power iteration from the stored vector (updated in place): a lower bound of ``‖W‖₂`` that
-        grows towards it. Returns ``‖W u‖`` with the gradient attached (Chapter 4, *Power iteration*)."""
+        grows towards it. Returns ``‖W u‖`` with the gradient attached (§4.3)."""
         iters = _validate.positive_int(iters, "iters")
         if shape is not None:
             self._ensure_u(shape, self.weight)
@@ -140,7 +140,7 @@ class CPLBase(nn.Module):
 
 class ConvexPotentialLayer(CPLBase):
     """Dense CPL ``z = x − (2/‖W‖²) Wᵀσ(Wx + b)`` with ``W`` of shape ``(hidden, features)``
-    (Chapter 4, *The CPL theorem*). ``step`` is the numerator (2 is the largest 1-Lipschitz one;
+    (:prf:ref:`thm-cpl`). ``step`` is the numerator (2 is the largest 1-Lipschitz one;
     ``step=2.2`` builds the counterexample of the chapter). ``train_iters`` power steps per
     training forward; evaluation uses the exact norm (see the module docstring)."""
 
@@ -187,7 +187,7 @@ def conv_norm_upper_bound(weight: torch.Tensor, input_size, padding: int) -> flo
     """Upper bound of the l2 operator norm of the zero-padded convolution with kernel ``weight``
     ``(C_out, C_in, k, k)`` on ``input_size = (H, W)`` images (any stride): the norm of the circular
     convolution on an ``(H + 2p) × (W + 2p)`` torus, i.e. the largest singular value of the kernel's
-    2-D DFT over all frequencies, in float64 (Chapter 4, *A sound norm for convolutions*). The
+    2-D DFT over all frequencies, in float64 (:prf:ref:`prop-convnorm`). The
     zero-padded operator is that circular one between an isometric embedding and a coordinate
     restriction; a stride only drops output rows."""
     H, W = input_size
@@ -201,7 +201,7 @@ def conv_norm_upper_bound(weight: torch.Tensor, input_size, padding: int) -> flo
 
 def conv_matrix(op, shape, dtype=torch.float64) -> torch.Tensor:
     """The matrix of a linear map ``op`` on tensors of ``shape`` (without batch), column by column,
-    applied to ``dtype`` basis vectors: for exact SVD checks on small inputs (Chapter 4)."""
+    applied to ``dtype`` basis vectors: for exact SVD checks on small inputs (§4.3)."""
     n = math.prod(shape)
     eye = torch.eye(n, dtype=dtype).reshape(n, *shape)
     with torch.no_grad():
@@ -211,7 +211,7 @@ def conv_matrix(op, shape, dtype=torch.float64) -> torch.Tensor:
 class ConvexPotentialConv2d(CPLBase):
     """Convolutional CPL: ``W`` is the zero-padded convolution with kernel ``(hidden, channels, k, k)``,
     ``Wᵀ`` the transposed convolution with the same kernel, padding and stride (its exact adjoint),
-    so the layer maps ``(N, channels, H, W)`` to the same shape (Chapter 4). The power iteration
+    so the layer maps ``(N, channels, H, W)`` to the same shape (§4.3). The power iteration
     runs on the actual input size (its vector is re-initialised when the size changes). The
     authors' hidden width is 5 (``conv_size``), not ``channels``: say which you use."""
 
@@ -256,7 +256,7 @@ class ConvexPotentialConv2d(CPLBase):
 
 
 class SLLBase(nn.Module):
-    """Shared machinery of the SLLs ``x − 2 Wᵀ T σ(Wx + b)`` (Chapter 4, *SLL*); subclasses give
+    """Shared machinery of the SLLs ``x − 2 Wᵀ T σ(Wx + b)`` (:prf:ref:`thm-sll`); subclasses give
     ``W`` and ``Wᵀ`` (:meth:`adjoint`)."""
 
     def __init__(self, activation, hidden, generator, step):
@@ -267,7 +267,7 @@ class SLLBase(nn.Module):
 
     def scaling(self) -> torch.Tensor:
         """The diagonal ``t`` with ``t_i = 1 / Σ_j |WWᵀ|_ij q_j/q_i``, ``q = exp(θ)`` (Gershgorin;
-        Chapter 4, *SLL*): then ``WᵀTW ⪯ I`` exactly, for every value of the parameters."""
+        :prf:ref:`thm-sll`): then ``WᵀTW ⪯ I`` exactly, for every value of the parameters."""
         q = torch.exp(self.theta)
         row = (self._abs_gram() @ q) / q
         return 1.0 / (row + 1e-12)   # a larger denominator only shortens the step: still sound
@@ -280,7 +280,7 @@ class SLLBase(nn.Module):
 
 
 class SLLLayer(SLLBase):
-    """Dense SLL ``z = x − 2 Wᵀ T σ(Wx + b)`` with ``T`` from its ``scaling()`` (Chapter 4, *SLL*).
+    """Dense SLL ``z = x − 2 Wᵀ T σ(Wx + b)`` with ``T`` from its ``scaling()`` (:prf:ref:`thm-sll`).
     Exactly 1-Lipschitz without any norm estimate; CPL is the case ``T = I/‖W‖²``. ``step`` replaces
     the factor 2 (larger values break the guarantee, for tests)."""
 
@@ -317,7 +317,7 @@ class SLLLayer(SLLBase):
 class SLLConv2d(SLLBase):
     """Convolutional SLL (stride 1, zero padding ``k//2``): ``|WWᵀ|`` is bounded by the absolute
     autocorrelation of the kernel summed over all offsets, a bound valid for zero padding
-    (Chapter 4, *SLL*)."""
+    (:prf:ref:`thm-sll`)."""
 
     def __init__(self, channels: int, hidden: int | None = None, kernel_size: int = 3, *, activation=None,
                  step: float = 2.0, generator=None):
@@ -358,7 +358,7 @@ def all_active_norm(layer: nn.Module, shape) -> float:
     """``‖J‖₂`` of a residual layer's Jacobian where every unit is active (``σ' = 1``), i.e. of
     ``I − S`` with ``S = h WᵀW`` (CPL) or ``2WᵀTW`` (SLL), computed exactly in evaluation mode on
     inputs of ``shape`` (no batch). The CPL theorem says ≤ 1 exactly when ``h ≤ 2/‖W‖²``; at ``h =
-    2.2/‖W‖²`` it is 1.2 (Chapter 4, *Why the bound is tight*). Random-pair estimates miss this."""
+    2.2/‖W‖²`` it is 1.2 (§4.1). Random-pair estimates miss this."""
     import copy
 
     probe = copy.deepcopy(layer).double().eval()
@@ -397,7 +397,7 @@ class FeaturePad(ChannelPad):
 
 class SumPool2d(nn.Module):
     """Sum over ``k × k`` blocks divided by ``k`` (not ``k²``): operator norm exactly 1, while average
-    pooling has norm ``1/k`` and would shrink every margin by ``k`` (Chapter 4, *Pitfalls*)."""
+    pooling has norm ``1/k`` and would shrink every margin by ``k`` (§4.6)."""
 
     def __init__(self, kernel_size: int = 4):
         super().__init__()
@@ -422,7 +422,7 @@ class FirstK(nn.Module):
 class LLN(nn.Module):
     """Last-layer normalisation: ``f_i(z) = ŵ_iᵀ z + b_i`` with unit rows ``ŵ_i = w_i/‖w_i‖``. Not
     1-Lipschitz as a map (its norm can reach √K); ``f_y − f_j`` is ``‖ŵ_y − ŵ_j‖``-Lipschitz, which
-    the pairwise certificate uses (Chapter 4, *Certificates*)."""
+    the pairwise certificate uses (:prf:ref:`prop-cert`)."""
 
     def __init__(self, features: int, classes: int, generator=None):
         super().__init__()
@@ -456,7 +456,7 @@ class Center(nn.Module):
 
 
 class LipschitzNet(nn.Module):
-    """A classifier ``head ∘ body`` whose ``body`` is 1-Lipschitz by construction (Chapter 4): the
+    """A classifier ``head ∘ body`` whose ``body`` is 1-Lipschitz by construction (§4.3): the
     head is :class:`FirstK` (√2 certificate) or :class:`LLN` (pairwise certificate)."""
 
     def __init__(self, body: nn.Sequential, head: nn.Module):
@@ -495,7 +495,7 @@ def _head(head, features, classes, generator):
 def cpl_dense(in_features: int = 784, *, width: int = 1024, depth: int = 4, hidden: int = 512, classes: int = 10,
               layer: str = "cpl", head: str = "first", seed: int = 0) -> LipschitzNet:
     """Dense network for MNIST-sized inputs: flatten, zero-pad to ``width``, ``depth`` CPL (or SLL)
-    layers of ``hidden`` units, head (Chapter 4, *Experiment*)."""
+    layers of ``hidden`` units, head (§4.4)."""
     if width < in_features:
         raise ValueError(f"width ({width}) must be at least in_features ({in_features}).")
     gen = torch.Generator().manual_seed(seed)
@@ -506,7 +506,7 @@ def cpl_dense(in_features: int = 784, *, width: int = 1024, depth: int = 4, hidd
 def cpl_conv(in_shape=(3, 32, 32), *, channels: int = 16, conv_depth: int = 5, conv_hidden: int | None = None,
              pool: int = 4, dense_depth: int = 2, dense_hidden: int = 512, classes: int = 10, layer: str = "cpl",
              head: str = "lln", mean=None, seed: int = 0) -> LipschitzNet:
-    """The authors' architecture (Chapter 4, *Architecture*): centre, zero-pad channels to
+    """The authors' architecture (§4.3): centre, zero-pad channels to
     ``channels``, ``conv_depth`` convolutional layers of ``conv_hidden`` hidden channels (default
     ``channels``; the authors use 5), sum-pool ``pool`` (norm 1), flatten, ``dense_depth`` dense
     layers of ``dense_hidden`` units, head."""
@@ -584,7 +584,7 @@ def baseline_mlp(in_features: int = 784, *, width: int = 1024, depth: int = 4, c
 
 def margin_loss(logits: torch.Tensor, labels: torch.Tensor, margin: float = 0.7) -> torch.Tensor:
     """The authors' loss: PyTorch's multi-class hinge ``(1/K) Σ_{j≠y} max(0, m − f_y + f_j)``,
-    batch mean (note the ``1/K``; Chapter 4, *Training*)."""
+    batch mean (note the ``1/K``; §4.3)."""
     return F.multi_margin_loss(logits, labels, margin=margin)
 
 
@@ -629,7 +629,7 @@ class Augmented(Dataset):
 
 def fit(model, data: Dataset, epochs: int, *, lr: float = 1e-3, margin: float | None = 0.7,
         batch_size: int = 256, augment: bool = False, seed: int = 0, device=None, progress=None):
-    """Train with the authors' recipe (Chapter 4, *Training*): Adam, triangular learning rate per
+    """Train with the authors' recipe (§4.3): Adam, triangular learning rate per
     step, multi-margin loss with ``margin`` (``None``: cross-entropy, for the baseline), optional
     augmentation. Returns :class:`labkit.train.History`."""
 
@@ -648,7 +648,7 @@ def fit(model, data: Dataset, epochs: int, *, lr: float = 1e-3, margin: float | 
 # -- certificates and evaluation ----------------------------------------------------------------------
 
 def certified_radii(model, x: torch.Tensor, y: torch.Tensor, *, lipschitz: float | None = None) -> torch.Tensor:
-    """Certified l2 radius of each example (0 when misclassified), in evaluation mode (Chapter 4).
+    """Certified l2 radius of each example (0 when misclassified), in evaluation mode (:prf:ref:`prop-cert`).
 
     For a :class:`LipschitzNet` the body's constant is 1: a :class:`FirstK` head uses the √2 rule
     :func:`labkit.certify.certified_radius`, an :class:`LLN` head the pairwise rule
@@ -679,7 +679,7 @@ def evaluate_robustness(model, test: Dataset, eps_list, *, lipschitz: float | No
     """Clean accuracy, certified accuracy and l2-PGD accuracy at each radius of ``eps_list``, and a
     lower bound of the Lipschitz constant (adversarial pair search on ``n_lower`` test images) of
     the certified map: the body of a :class:`LipschitzNet` (certified constant 1), else the whole
-    model (certified constant ``lipschitz``) (Chapter 4, *Experiment*), as a
+    model (certified constant ``lipschitz``) (§4.4), as a
     :func:`labkit.experiment.result` (empirical curve ``pgd``). PGD runs on the first ``n_attack``
     test images (default all); ``broken`` counts, per radius, the attacked images that were
     certified at that radius and still fooled there (a sound certificate gives 0). ``fields`` go

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 __all__ = ["BEGIN", "END", "MarkerError", "Exercise", "Lab", "stub_source", "has_solution",
-           "read_lab", "student_notebook", "solution_notebook", "write_editions", "build_student_book"]
+           "read_lab", "student_notebook", "solution_notebook", "write_editions", "build_book", "build_student_book"]
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
@@ -208,29 +208,13 @@ def write_editions(outdir, labs_dir=ROOT / "labs") -> dict:
     return manifest
 
 
-def build_student_book(out=ROOT / "_build" / "student", *, extra_args=()) -> Path:
-    """Build the student edition of the book: exercise solutions hidden, labs as student editions.
-
-    A staging copy of the sources is made in ``out/src`` with ``labs/`` replaced by the student
-    notebooks (shown, not executed) and ``hide_solutions`` switched on; the HTML lands in
-    ``out/html``. Returns that folder.
-    """
+def _build(src: Path, out: Path, config_changes, extra_args) -> Path:
+    """Write ``src/_config.yml`` (the book's, changed by ``config_changes(config)``), build ``src``
+    with ``-W -n`` into ``out`` and move the HTML to ``out/html``; returns that folder."""
     import yaml
 
-    out = Path(out)
-    src = out / "src"
-    if src.exists():
-        shutil.rmtree(src)
-    src.mkdir(parents=True)
-    for name in ("book", "labkit"):
-        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "_build"))
-    shutil.copy(ROOT / "_toc.yml", src / "_toc.yml")
-    write_editions(out / "editions")
-    shutil.copytree(out / "editions" / "student", src / "labs")
     config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
-    config["title"] = f"{config.get('title', '')} (student edition)"
-    config.setdefault("execute", {})["exclude_patterns"] = ["labs/*"]
-    config.setdefault("sphinx", {}).setdefault("config", {})["hide_solutions"] = True
+    config_changes(config)
     (src / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(src), "--path-output", str(out),
@@ -241,6 +225,59 @@ def build_student_book(out=ROOT / "_build" / "student", *, extra_args=()) -> Pat
         shutil.rmtree(html)
     os.replace(out / "_build" / "html", html)
     return html
+
+
+def _stage(out: Path, labs: Path) -> Path:
+    """A copy of the book's sources in ``out/src`` with ``labs/`` taken from ``labs``."""
+    src = out / "src"
+    if src.exists():
+        shutil.rmtree(src)
+    src.mkdir(parents=True)
+    for name in ("book", "labkit"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "_build"))
+    shutil.copy(ROOT / "_toc.yml", src / "_toc.yml")
+    shutil.copytree(labs, src / "labs")
+    return src
+
+
+def _execution(config, *, labs: bool, cache) -> None:
+    execute = config.setdefault("execute", {})
+    if not labs:
+        execute["exclude_patterns"] = ["labs/*"]
+    if cache is not None:  # pages whose code is unchanged are not executed again (same mode only!)
+        execute["execute_notebooks"] = "cache"
+        execute["cache"] = str(cache)
+
+
+def build_book(out, *, labs=ROOT / "labs", execute_labs: bool = True, cache=None, extra_args=()) -> Path:
+    """Build the instructor edition from a staging copy of the sources in ``out/src`` with the labs
+    taken from ``labs``: executed by the build (``execute_labs``), or shown as they are (for labs
+    that were executed already, with their outputs). With ``cache`` (a folder) the pages are
+    executed through that execution cache, so a later build with the same cache, such as
+    :func:`build_student_book`, does not execute them again. The cache ignores ``LABKIT_MODE``:
+    use one cache per mode. Returns the HTML folder ``out/html``."""
+    out = Path(out)
+    src = _stage(out, Path(labs))
+    return _build(src, out, lambda c: _execution(c, labs=execute_labs, cache=cache), extra_args)
+
+
+def build_student_book(out=ROOT / "_build" / "student", *, extra_args=(), cache=None) -> Path:
+    """Build the student edition of the book: exercise solutions hidden, labs as student editions.
+
+    A staging copy of the sources is made in ``out/src`` with ``labs/`` replaced by the student
+    notebooks (shown, not executed) and ``hide_solutions`` switched on; the HTML lands in
+    ``out/html``. Returns that folder. ``cache``: as in :func:`build_book`.
+    """
+    out = Path(out)
+    write_editions(out / "editions")
+    src = _stage(out, out / "editions" / "student")
+
+    def changes(config):
+        config["title"] = f"{config.get('title', '')} (student edition)"
+        _execution(config, labs=False, cache=cache)
+        config.setdefault("sphinx", {}).setdefault("config", {})["hide_solutions"] = True
+
+    return _build(src, out, changes, extra_args)
 
 
 def _main(argv=None) -> int:

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def result(*, radii, clean: float, empirical: dict | None = None, certified=None, lipschitz: dict | None = None,
            norm: str = "linf", attack: dict | None = None, seconds: float | None = None, sizes: dict | None = None,
            **extra) -> dict:
-    """One robustness result, the shape every chapter and the bench share (Chapter 0, *Attacks*).
+    """One robustness result, the shape every chapter and the bench share (§0.5).
 
     ``radii`` are the attack radii in the ``norm`` (``"linf"`` or ``"l2"``); ``empirical`` maps an
     attack's name to its accuracies, one per radius; ``certified`` (or ``None``) the certified
@@ -70,7 +70,7 @@ def at(res: dict, curve: str, radius: float) -> float:
 def robustness(model, test, eps, *, pgd_steps: int = 20, seed: int = 0, device=None, **fields) -> dict:
     """Clean accuracy and accuracy under Gaussian noise, FGSM and PGD (l∞) at each radius in
     ``eps``, as a :func:`result` with the empirical curves ``noise``, ``fgsm`` and ``pgd``
-    (Chapter 0, *Attacks*); ``fields`` are passed on to :func:`result`. The noise and PGD's random
+    (§0.5); ``fields`` are passed on to :func:`result`. The noise and PGD's random
     start are seeded by ``seed``."""
     eps = [_validate.nonneg(e, "eps") for e in eps]
     steps = _validate.positive_int(pgd_steps, "pgd_steps")

@@ -1,4 +1,4 @@
-"""Lipschitz constants: logarithmic norms, spectral norms, lower and upper bounds (Chapter 0).
+"""Lipschitz constants: logarithmic norms, spectral norms, lower and upper bounds (§0.2).
 
 A network's l2 Lipschitz constant ``L`` lies between two computable numbers: a *lower bound*
 found by searching for inputs where the network stretches distances most (:func:`lower_bound`),
@@ -16,7 +16,7 @@ from torch import nn
 from . import _validate
 
 __all__ = [
-    "lognorm", "spectral_norm", "PowerIteration", "PowerIterationReport", "quotient", "lower_bound",
+    "mu", "spectral_norm", "PowerIteration", "PowerIterationReport", "quotient", "lower_bound",
     "upper_bound", "ACTIVATION_LIPSCHITZ",
 ]
 
@@ -32,8 +32,8 @@ def _square(A, name="A") -> torch.Tensor:
     return A
 
 
-def lognorm(A, p=2) -> torch.Tensor:
-    """Logarithmic norm ``μ_p(A) = lim_{h↓0} (‖I + hA‖_p − 1)/h`` (Chapter 0, *Log norms*).
+def mu(A, p=2) -> torch.Tensor:
+    """Logarithmic norm ``μ_p(A) = lim_{h↓0} (‖I + hA‖_p − 1)/h`` (:prf:ref:`def-lognorm`).
 
     Closed forms: ``μ_1`` is the largest column sum ``a_jj + Σ_{i≠j} |a_ij|``, ``μ_∞`` the
     largest row sum ``a_ii + Σ_{j≠i} |a_ij|``, and ``μ_2`` the largest eigenvalue of the
@@ -53,7 +53,7 @@ def lognorm(A, p=2) -> torch.Tensor:
 
 
 def spectral_norm(W) -> torch.Tensor:
-    """Exact spectral norm ``‖W‖_2`` (largest singular value) of a matrix (Chapter 0).
+    """Exact spectral norm ``‖W‖_2`` (largest singular value) of a matrix (§0.2).
 
     For a convolution this is *not* the norm of its reshaped kernel: use a
     :class:`PowerIteration` on the convolution operator at the real input size instead.
@@ -77,7 +77,7 @@ class PowerIterationReport:
 
 
 class PowerIteration:
-    """Power iteration for the largest singular value of a linear operator (Chapter 0).
+    """Power iteration for the largest singular value of a linear operator (§0.2).
 
     ``op`` is a matrix or a function ``x -> W x`` acting on tensors of shape ``shape``; for a
     function, ``adjoint`` is ``y -> Wᵀ y``. The unit vector ``u`` persists between calls to
@@ -136,7 +136,7 @@ ACTIVATION_LIPSCHITZ = {
 
 
 def upper_bound(model: nn.Module) -> float:
-    """Product of the layers' l2 Lipschitz constants of a sequential model (Chapter 0).
+    """Product of the layers' l2 Lipschitz constants of a sequential model (:prf:ref:`prop-product`).
 
     Linear layers contribute their exact spectral norm, activations their slope bound from
     :data:`ACTIVATION_LIPSCHITZ`; nested ``nn.Sequential`` blocks are multiplied through. The
@@ -173,7 +173,7 @@ def _jacobian_norms(f, x):
 def quotient(f, u: torch.Tensor, v: torch.Tensor, *, squared: bool = False) -> torch.Tensor:
     """Per-pair difference quotient ``‖f(u) − f(v)‖₂ / ‖u − v‖₂`` (inputs and outputs flattened),
     or its square; every value is a lower bound of the Lipschitz constant. Pairs with ``u = v``
-    give 0, not NaN (Chapter 0; CLIP's pairs in Chapter 2)."""
+    give 0, not NaN (§0.2; CLIP's pairs in §2.3)."""
     if u.shape != v.shape or u.ndim < 2:
         raise ValueError(f"u and v must be batches of the same shape, got {tuple(u.shape)} and {tuple(v.shape)}.")
     num = (f(u) - f(v)).flatten(1).pow(2).sum(1)
@@ -184,14 +184,14 @@ def quotient(f, u: torch.Tensor, v: torch.Tensor, *, squared: bool = False) -> t
 
 def lower_bound(f, x: torch.Tensor, *, method: str = "pairs", steps: int = 50, lr: float = 0.01,
                 init_radius: float = 0.05, generator=None) -> float:
-    """A lower bound on the l2 Lipschitz constant of ``f`` near the inputs ``x`` (Chapter 0).
+    """A lower bound on the l2 Lipschitz constant of ``f`` near the inputs ``x`` (§0.2).
 
     ``method="pairs"``: start from pairs ``(x_i, x_i + small noise)`` and run gradient ascent on
     the difference quotient ``‖f(a) − f(b)‖ / ‖a − b‖`` over both points (Adam, ``steps``
     steps); return the largest quotient met on the way. ``method="jacobian"``: the largest
     exact spectral norm of the input–output Jacobian over the batch. Both are attained values
     of a quantity whose supremum is ``L``, so both are lower bounds; random sampling alone
-    finds far smaller values (Chapter 0, *Pitfalls*).
+    finds far smaller values (§0.11).
     """
     _validate.batch(x)
     if method not in ("pairs", "jacobian"):

@@ -1,8 +1,8 @@
-"""Log-norm control of neural ODE flows (Chapter 1; De Marinis, Guglielmi, Sicilia, Tudisco).
+"""Log-norm control of neural ODE flows (§1.2; De Marinis, Guglielmi, Sicilia, Tudisco).
 
 For the block ``ẋ = σ(Ax + b)`` the Jacobian is ``D A`` with ``D = diag(σ'(Ax + b))``, so the
 flow over ``[0, T]`` is ``e^{T μ*}``-Lipschitz with ``μ* = max_D μ₂(D A)`` over diagonal ``D``
-with entries in the closure of ``σ'(ℝ)`` (Chapter 0, Theorem *Lipschitz bound of a flow*).
+with entries in the closure of ``σ'(ℝ)`` (:prf:ref:`thm-flow`).
 :func:`worst_case_lognorm` computes ``μ*``; :func:`stabilize` finds a small Frobenius-norm
 ``Δ`` with ``μ*(A + Δ) ≤ δ`` by the paper's two-level method with cutting planes.
 
@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from tqdm.auto import tqdm
 
 from . import _validate, train
 from .odes import EulerResNet, VectorField
 from .runtime import progress_enabled
 
 __all__ = ["slope_bounds", "worst_case_lognorm", "lognorm_gradient", "inner_step", "stabilize",
-           "StabilizeResult", "stabilize_slsqp", "euler_step_bound", "ODEClassifier", "stabilize_model",
+           "StabilizeResult", "StabilizeOptions", "StabilizeProblem", "StabilizeState", "stabilize_slsqp", "euler_step_bound", "ODEClassifier", "stabilize_model",
            "StabilizeEachEpoch"]
 
 _SLOPES = {"tanh": (0.0, 1.0), "relu": (0.0, 1.0), "sigmoid": (0.0, 0.25)}
@@ -223,6 +225,7 @@ def _local_maxima(M, lo, hi, starts, max_iter=100, flips=16, krylov: int = 0):
 
 
 def _random_vertices(k, n, lo, hi, generator):
+    """``k`` vertices of ``[ℓ, u]ⁿ`` drawn uniformly (each entry ``ℓ`` or ``u`` with probability ½)."""
     return _pick(torch.rand(k, n, generator=generator) < 0.5, lo, hi)
 
 
@@ -239,7 +242,7 @@ def _fixed_point(M, lo, hi, restarts, generator, flips=16):
 def worst_case_lognorm(A, activation="tanh", *, method: str = "auto", restarts: int = 32,
                        generator=None):
     """``(μ*, D*)``: the largest ``μ₂(D A)`` over diagonal ``D`` with entries in ``[ℓ, u]``
-    (:func:`slope_bounds`), and a maximiser (Chapter 1, *The worst case is a vertex*).
+    (:func:`slope_bounds`), and a maximiser (:prf:ref:`prop-vertex`).
 
     ``μ₂(DA)`` is convex in ``D``, so the maximum sits at a vertex (entries ``ℓ`` or ``u``).
     ``method="enumerate"`` checks all ``2ⁿ`` vertices (exact; the default for ``n ≤ 16``);
@@ -265,7 +268,7 @@ def worst_case_lognorm(A, activation="tanh", *, method: str = "auto", restarts: 
 
 def lognorm_gradient(D, M):
     """``(μ₂(DM), ∇_M μ₂(DM)) = (λ, D v vᵀ)`` with ``v`` the top unit eigenvector of
-    ``sym(DM)`` (Chapter 1, *The gradient is rank one*); valid where ``λ`` is simple."""
+    ``sym(DM)`` (:prf:ref:`lem-rank-one`); valid where ``λ`` is simple."""
     d = torch.diagonal(torch.as_tensor(D, dtype=torch.float64))
     w, V = _top(d[None], _matrix(M))
     v = V[0]
@@ -277,7 +280,7 @@ def _hinge(E, eps, A, ds, delta, basis: int = 0):
     ``G = Σ_D Σ_j r_j D v_j v_jᵀ`` in ``E`` (up to the factor ε; ``r_j = (λ_j − δ)₊``) and the
     largest ``μ₂``. Every eigenvalue above ``δ`` counts, not only the top one: ``F`` has the same
     zeros as the top-eigenvalue hinge but stays differentiable where that eigenvalue is multiple,
-    which is where the minimisation over ``E`` drives it (Chapter 1, *Pitfalls*).
+    which is where the minimisation over ``E`` drives it (§1.6).
 
     With ``basis > 0`` the top eigenvectors of every vertex are returned as a fourth value,
     ``(k, n, b)`` with ``b ≥ basis`` and more than the eigenvalues above ``δ`` of any vertex (the
@@ -352,7 +355,7 @@ def _tracked_hinge(E, eps, A, ds, delta, V):
 
 def inner_step(E, G, h):
     """One step of the projected gradient flow on the unit Frobenius sphere: move along
-    ``-G + ⟨G, E⟩ E`` by ``h`` and renormalise (Chapter 1, *The inner flow*)."""
+    ``-G + ⟨G, E⟩ E`` by ``h`` and renormalise (:prf:ref:`prop-inner`)."""
     g = -G + (G * E).sum() * E
     new = E + h * g
     return new / new.norm()
@@ -443,313 +446,425 @@ def _repair(A, Delta, fmax, delta, lo):
 
 @dataclass
 class StabilizeResult:
-    """What :func:`stabilize` found: the perturbation and how it got there."""
+    """What :func:`stabilize` found: the perturbation ``Δ`` and how it got there."""
 
-    delta_matrix: torch.Tensor
-    norm: float
+    perturbation: torch.Tensor  # Δ, with max_D μ₂(D(A + Δ)) ≤ target
+    norm: float  # ‖Δ‖_F
     mu_before: float
     mu_after: float
-    target: float
+    target: float  # δ
     iterations: int
     rounds: int
     converged: bool
     working_set: int
     exact: bool
-    lower_bound: float = 0.0  # certified: no Δ with ‖Δ‖_F below it meets the target (see stabilize)
+    norm_lower_bound: float = 0.0  # certified: no Δ with ‖Δ‖_F below it meets the target (see stabilize)
     history: list = field(default_factory=list)
     vertices: torch.Tensor | None = None  # the working set's diagonals, one row per vertex
     seconds: float = 0.0  # compute time, summed over the segments of a resumed run (see stabilize)
     repaired: bool = False  # the end game's uniform repair gave the answer (see stabilize)
 
 
-def stabilize(A, delta, activation="tanh", *, tol: float = 1e-9, rel_tol: float = 1e-3,
-              coarse_tol: float = 1e-2, max_rounds: int = 1000, inner_maxit: int = 500, gtol: float = 1e-3,
-              h0: float = 1.0, theta: float = 1.3, method: str = "auto", restarts: int = 32,
-              cuts: int | None = None, cut_restarts: int | None = None, cut_flips: int = 16,
-              track: int | None = None,
-              generator=None, progress: bool | None = None, checkpoint=None) -> StabilizeResult:
-    """Smallest Frobenius-norm ``Δ`` with ``max_D μ₂(D(A + Δ)) ≤ δ`` (Chapter 1, Algorithm 1).
+@dataclass(frozen=True)
+class StabilizeOptions:
+    """The options of :func:`stabilize` (:prf:ref:`alg-stabilize`; the defaults are the book's).
+
+    ``tol``: feasibility tolerance of a constraint; ``rel_tol`` and ``coarse_tol``: relative width of
+    the bracket on ``‖Δ‖_F`` at the end and in the rounds that add vertices; ``max_rounds``: cutting-
+    plane rounds; ``inner_maxit``, ``gtol``, ``h0``, ``theta``: the inner flow's iterations,
+    stationarity test, first step and step shrink factor; ``method`` and ``restarts``: how ``μ*`` of
+    the input is computed (:func:`worst_case_lognorm`) and how many starts the final check takes
+    beyond ``n = 16``; ``cuts``, ``cut_restarts``, ``cut_flips``: vertices added per round, random
+    starts and flips of the cut search (defaults ``max(4, n // 8)``, ``max(8, n // 8)``, 16);
+    ``track``: eigenvectors followed per vertex (default 4 beyond ``n = 16``, else 0)."""
+
+    tol: float = 1e-9
+    rel_tol: float = 1e-3
+    coarse_tol: float = 1e-2
+    max_rounds: int = 1000
+    inner_maxit: int = 500
+    gtol: float = 1e-3
+    h0: float = 1.0
+    theta: float = 1.3
+    method: str = "auto"
+    restarts: int = 32
+    cuts: int | None = None
+    cut_restarts: int | None = None
+    cut_flips: int = 16
+    track: int | None = None
+
+    def resolved(self, n: int) -> StabilizeOptions:
+        """These options for an ``n × n`` problem: the size-dependent defaults filled in, checked."""
+        track = self.track
+        if track is None:
+            track = TRACK_BLOCK if n > TRACK_MIN_N else 0
+        elif track:
+            _validate.positive_int(track, "track")
+        cuts = max(4, n // 8) if self.cuts is None else _validate.positive_int(self.cuts, "cuts")
+        cut_restarts = (max(8, n // 8) if self.cut_restarts is None
+                        else _validate.positive_int(self.cut_restarts, "cut_restarts"))
+        return replace(self, track=track, cuts=cuts, cut_restarts=cut_restarts)
+
+    def trajectory(self) -> dict:
+        """The options that fix a run's trajectory: all but ``max_rounds`` (a resumed run may be given
+        more rounds). A checkpoint is resumed only with the same ones."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "max_rounds"}
+
+
+@dataclass(frozen=True)
+class StabilizeProblem:
+    """One problem of :func:`stabilize`: the matrix ``A``, the target ``δ``, the slope bounds
+    ``[ℓ, u]`` of the activation and what follows from them (an internal API; the tests use it)."""
+
+    A: torch.Tensor
+    target: float
+    lo: float
+    hi: float
+    exact: bool  # the final check enumerates every vertex
+    krylov: int  # Lanczos steps of the cut search (0: dense)
+
+    @property
+    def n(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def can_repair(self) -> bool:
+        return self.target > 0 or self.lo > 0
+
+    @property
+    def feasible(self) -> torch.Tensor:
+        """A feasible ``Δ``: ``A + Δ = −cI`` gives ``μ₂(D(−cI)) = −c·min(d) ≤ δ``."""
+        c = max(0.0, -self.target) / self.lo if self.lo > 0 else 0.0
+        return -c * torch.eye(self.n, dtype=self.A.dtype) - self.A
+
+    def upper(self, eps, E, fmax):
+        """``(‖Δ‖, Δ)`` of the point ``εE`` repaired for a worst ``μ₂`` of ``fmax`` (:func:`_repair`),
+        or ``None`` when no repair applies."""
+        fixed = _repair(self.A, eps * E, fmax, self.target, self.lo) if self.can_repair else None
+        return None if fixed is None else (float(fixed.norm()), fixed)
+
+
+@dataclass
+class StabilizeState:
+    """Everything a run of :func:`stabilize` carries from round to round; its checkpoint is exactly
+    this object's fields (with the problem and options it belongs to), so saving and loading cannot
+    drift apart. ``ds``: the working set (one diagonal per row); ``E``: the current direction;
+    ``E_hi`` and ``eps_hi``: the best feasible point ``eps_hi · E_hi``; ``eps_lo``: the bracket's lower
+    end; ``certified``: the largest certified lower bound; ``rtol``: the current bracket tolerance;
+    ``h``: the inner flow's step; ``round``: rounds done; ``tries``/``next_try``: the end game's
+    back-off; ``seconds``: compute time of earlier segments; ``generator``: the random state."""
+
+    ds: torch.Tensor
+    E: torch.Tensor
+    E_hi: torch.Tensor
+    eps_lo: float
+    eps_hi: float
+    h: float
+    certified: float
+    rtol: float
+    iterations: int = 0
+    history: list = field(default_factory=list)
+    mu_after: float = math.nan
+    round: int = 0
+    tries: int = 0
+    next_try: int = 0
+    seconds: float = 0.0
+    generator: torch.Tensor | None = None
+
+    @classmethod
+    def start(cls, problem: StabilizeProblem, options: StabilizeOptions, D0, mu0) -> StabilizeState:
+        """The state before the first round: the working set holds the worst vertex ``D0`` of ``A``,
+        the direction is the descent direction of ``μ₂(D0 ·)``, the bracket is ``[0, ‖feasible‖]``."""
+        feasible = problem.feasible
+        eps_max = float(feasible.norm())
+        _, G0 = lognorm_gradient(D0, problem.A)
+        E = -G0 / G0.norm() if float(G0.norm()) > 0 else feasible / eps_max
+        return cls(ds=torch.diagonal(D0)[None].clone(), E=E, E_hi=feasible / eps_max, eps_lo=0.0, eps_hi=eps_max,
+                   h=options.h0, certified=0.0, rtol=max(options.coarse_tol, options.rel_tol), mu_after=mu0)
+
+    def save(self, path, problem: StabilizeProblem, options: StabilizeOptions, *, seconds: float, generator) -> None:
+        """Write the checkpoint atomically (:func:`labkit.train.save_checkpoint`) with the total
+        compute time ``seconds`` and the generator's state."""
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        state.update(seconds=seconds, generator=None if generator is None else generator.get_state())
+        train.save_checkpoint(path, {"A": problem.A, "target": problem.target, "bounds": [problem.lo, problem.hi],
+                                     "options": options.trajectory(), "state": state})
+
+    @classmethod
+    def read(cls, path) -> StabilizeState:
+        """The state saved at ``path``, unchecked: to see how far a run got (``round``, ``ds``,
+        ``eps_hi``, ``certified``, ``seconds``), not to resume it (that is :meth:`load`)."""
+        saved = train.load_checkpoint(path)
+        return cls(**saved["state"])
+
+    @classmethod
+    def load(cls, path, problem: StabilizeProblem, options: StabilizeOptions) -> StabilizeState:
+        """The state saved at ``path``, after checking that it belongs to this problem and options;
+        ``ValueError`` naming the file and the reason otherwise."""
+        try:
+            saved = train.load_checkpoint(path)
+        except Exception as err:  # not a checkpoint at all: say so instead of a pickle traceback
+            raise ValueError(f"{path} is not a stabilize checkpoint ({err}); remove it or pass another path.") from None
+        names = {f.name for f in fields(cls)}
+        why = None
+        if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict) or set(saved["state"]) != names:
+            why = "it is not a stabilize checkpoint of this version"
+        elif saved["A"].shape != problem.A.shape or not torch.equal(saved["A"], problem.A):
+            why = "it was written for another matrix A"
+        elif saved["target"] != problem.target or list(saved["bounds"]) != [problem.lo, problem.hi]:
+            why = f"it was written for δ={saved['target']}, slopes {saved['bounds']}"
+        elif saved["options"] != options.trajectory():
+            diff = sorted(k for k, v in options.trajectory().items() if saved["options"].get(k) != v)
+            why = f"it was written with other options ({', '.join(diff)})"
+        if why:
+            raise ValueError(f"cannot resume from {path}: {why}. Remove it or pass another checkpoint path.")
+        return cls(**saved["state"])
+
+
+def _enough(problem: StabilizeProblem, state: StabilizeState, eps: float, rtol: float):
+    """The inner level's early stop: the bracket it would give is within ``rtol``."""
+    def test(E, F, G, fmax):
+        lb = max(state.eps_lo, _lower_bound(eps, E, F, G))
+        up = problem.upper(eps, E, fmax)
+        ub = state.eps_hi if up is None else min(state.eps_hi, up[0])
+        return ub - lb <= rtol * ub
+    return test
+
+
+def _close_bracket(problem: StabilizeProblem, options: StabilizeOptions, state: StabilizeState, rtol: float) -> None:
+    """The outer level (:prf:ref:`alg-stabilize`, step 2): Newton steps on ``√(2F)`` inside the bracket, each point
+    found by the inner flow, until the bracket is within ``rtol``."""
+    p, o, s = problem, options, state
+    eps = min(s.eps_lo * (1 + rtol) if s.eps_lo > 0 else 0.5 * s.eps_hi, s.eps_hi)
+    for _ in range(200):
+        s.E, F, G, fmax, s.h = _inner(p.A, eps, s.E, s.ds, p.target, maxit=o.inner_maxit, h=s.h, theta=o.theta,
+                                      tol=o.tol, gtol=o.gtol, enough=_enough(p, s, eps, rtol), track=o.track)
+        s.iterations += 1
+        newton = -math.inf
+        if fmax <= p.target + o.tol:
+            if eps < s.eps_hi:
+                s.eps_hi, s.E_hi = eps, s.E.clone()
+        else:
+            newton = _lower_bound(eps, s.E, F, G)
+            s.certified = max(s.certified, newton)
+            s.eps_lo = max(s.eps_lo, newton)
+            up = p.upper(eps, s.E, fmax)
+            if up is not None and up[0] < s.eps_hi:
+                s.eps_hi, s.E_hi = up[0], up[1] / up[0]
+        if s.eps_hi - s.eps_lo <= rtol * s.eps_hi:
+            break
+        if newton > eps * (1 + 0.1 * rtol):  # Newton from below; without a repair, step over the root
+            eps = newton if p.can_repair else newton + 0.5 * rtol * s.eps_lo
+        else:  # feasible, or the inner stalled: bisect
+            if fmax > p.target + o.tol:
+                s.eps_lo = max(s.eps_lo, eps)  # no feasible point found at eps: search above it
+            eps = 0.5 * (s.eps_lo + s.eps_hi)
+        eps = min(max(eps, s.eps_lo), s.eps_hi)
+
+
+def _find_cuts(problem: StabilizeProblem, options: StabilizeOptions, state: StabilizeState, M, generator):
+    """The cut search (:prf:ref:`alg-stabilize`, step 3.1): local maxima of ``μ₂(D M)`` from the all-``u`` vertex,
+    the newest members of the working set and as many random vertices."""
+    p, n = problem, problem.n
+    starts = torch.cat([torch.full((1, n), p.hi, dtype=p.A.dtype), state.ds[-options.cut_restarts:],
+                        _random_vertices(options.cut_restarts, n, p.lo, p.hi, generator)])
+    return _local_maxima(M, p.lo, p.hi, starts, flips=options.cut_flips, krylov=p.krylov)
+
+
+def _violated(problem: StabilizeProblem, options: StabilizeOptions, state: StabilizeState, mus, found) -> list:
+    """Distinct violated vertices not yet in the working set, worst first, at most ``cuts``."""
+    fresh = []
+    for i in torch.argsort(mus, descending=True).tolist():
+        d = found[i]
+        if (len(fresh) < options.cuts and mus[i] > problem.target + options.tol
+                and not any(torch.equal(d, e) for e in list(state.ds) + fresh)):
+            fresh.append(d)
+    return fresh
+
+
+def _final_check(problem: StabilizeProblem, options: StabilizeOptions, M, krylov: int = 0, generator=None):
+    """The final check (:prf:ref:`alg-stabilize`, step 3.2): every vertex for ``n ≤ 16``, else local searches
+    from ``restarts`` starts (dense, unless ``krylov``: flips judged by Lanczos, for a quick look)."""
+    p, n = problem, problem.n
+    if p.exact:
+        return _enumerate(M, p.lo, p.hi, keep=options.cuts)
+    starts = torch.cat([torch.full((1, n), p.hi, dtype=p.A.dtype),
+                        _random_vertices(max(options.restarts - 1, 0), n, p.lo, p.hi, generator)])
+    return _local_maxima(M, p.lo, p.hi, starts, flips=options.cut_flips, krylov=krylov)
+
+
+def _end_game(problem: StabilizeProblem, options: StabilizeOptions, state: StabilizeState, rnd: int, M,
+              mus, found, checked: bool):
+    """The end game (:prf:ref:`alg-stabilize`, step 3.3; :prf:ref:`prop-repair-all`): scaling (or shifting)
+    ``A + Δ`` lowers ``μ₂(D·)`` of every vertex alike, so the worst vertex over all of them decides.
+    Close the bracket to ``rel_tol / 2``, find the worst vertex by the final check, and return the
+    repaired ``(‖Δ‖, Δ)`` if it is within ``rel_tol`` of the certified bound. A failed try leaves
+    the state as it was (but for a better certified bound); its random starts come from a
+    generator of its own, and after ``k`` failed tries the next waits ``k`` rounds."""
+    p, o, s = problem, options, state
+    s.tries += 1
+    s.next_try = rnd + s.tries
+    before = (s.E, s.h, s.eps_lo, s.eps_hi, s.E_hi)
+    trial = torch.Generator().manual_seed(rnd)
+    if s.eps_hi - s.eps_lo > o.rel_tol / 2 * s.eps_hi:
+        _close_bracket(p, o, s, o.rel_tol / 2)
+        M = p.A + s.eps_hi * s.E_hi
+        mus, checked = _top(found, M)[0], False  # the vertices found so far, on the new point
+    for quick in ([] if checked else [p.krylov, 0] if p.krylov else [0]):  # a quick look first
+        more, others = _final_check(p, o, M, quick, trial)
+        mus, found = torch.cat([mus, more]), torch.cat([found, others])
+        if p.upper(s.eps_hi, s.E_hi, float(mus.max()))[0] > (1 + o.rel_tol) * s.certified:
+            break
+    worst = int(mus.argmax())
+    up = p.upper(s.eps_hi, s.E_hi, float(mus[worst]))
+    if up[0] <= (1 + o.rel_tol) * s.certified:  # reached only after the full check
+        s.eps_hi, s.E_hi = up[0], up[1] / up[0]
+        s.mu_after = float(_top(found[worst][None], p.A + up[1])[0])
+        return up
+    s.E, s.h, s.eps_lo, s.eps_hi, s.E_hi = before
+    return None
+
+
+def stabilize(A, target, activation="tanh", *, generator=None, progress: bool | None = None, checkpoint=None,
+              **options) -> StabilizeResult:
+    """Smallest Frobenius-norm perturbation ``Δ`` with ``max_D μ₂(D(A + Δ)) ≤ δ``, ``δ = target``
+    (:prf:ref:`alg-stabilize`). ``options`` are the fields of :class:`StabilizeOptions`.
 
     Two levels: for a size ``ε`` the *inner* level moves a direction ``E`` (``‖E‖_F = 1``) along
     the projected gradient flow of the squared hinge ``F = ½ Σ_D ‖(sym(D(A + εE)) − δI)₊‖_F²``
-    with step control; the *outer* level finds the smallest feasible ``ε`` by Newton steps on
-    ``√(2F)`` (for one active eigenvalue ``ε + (μ₂ − δ)/‖D v‖``) inside a bracket
+    with step control; the *outer* level (:func:`_close_bracket`) finds the smallest feasible ``ε``
+    by Newton steps on ``√(2F)`` (for one active eigenvalue ``ε + (μ₂ − δ)/‖D v‖``) inside a bracket
     ``[ε_lo, ε_hi]``. Because ``√(2F)`` is convex in ``Δ`` the Newton point is a *certified*
     lower bound; an infeasible ``Δ`` is made feasible for the working set by a small scaling
     (``δ > 0``) or shift (``ℓ > 0``), which gives ``ε_hi``; otherwise ``ε_hi`` comes from inner
     solves that reach the target, with bisection. The maximum over all vertices ``D`` is handled
-    by cutting planes: a working set grows by the worst vertices of the current ``A + Δ`` (up to
-    ``cuts`` per round, default ``max(4, n // 8)``, found by local searches from the all-``u``
-    vertex, the newest ``cut_restarts`` members of the working set and as many random vertices,
-    default ``max(8, n // 8)``) until the worst one satisfies the bound (within ``tol``). Rounds that
-    add a vertex close the bracket to ``coarse_tol`` (relative), the last one to ``rel_tol``.
-
-    The end game: the repair acts on all vertices at once, so the worst vertex over all of them
-    (as the final check finds it) makes ``A + Δ`` feasible for the whole problem. When a round's
-    violations are small enough that this repair adds at most ``rel_tol / 2`` to ``‖Δ‖_F``, the
-    bracket is closed to ``rel_tol / 2`` and, if the repaired ``Δ`` is then within ``rel_tol`` of
-    the certified lower bound, it is the answer, without waiting for the cutting planes to run dry
-    (at ``n = 128`` they add a few vertices a round, each violated by ~10⁻³, for hundreds of rounds).
-    A failed try is undone but for its lower bound and draws its random starts from a generator of
-    its own, so the run goes on as without it; after ``k`` failed tries the next waits ``k`` rounds.
+    by cutting planes: a working set grows by the worst vertices of the current ``A + Δ``
+    (:func:`_find_cuts`, :func:`_violated`) until the worst one satisfies the bound within ``tol``
+    (:func:`_final_check`). Rounds that add a vertex close the bracket to ``coarse_tol``
+    (relative), the last one to ``rel_tol``. The end game (:func:`_end_game`) may end a run earlier
+    by a uniform repair that makes every vertex feasible at once.
 
     The result's ``converged`` says the final check passed (``exact``: by enumeration, ``n ≤ 16``;
     otherwise by the vertex fixed point with restarts) for ``A + Δ`` itself or for the matrix that
-    the end game repaired, and ``lower_bound`` is a certified lower bound on the optimal ``‖Δ‖_F``
-    (the working set is a subset of all vertices), so ``norm / lower_bound − 1`` bounds the
+    the end game repaired, and ``norm_lower_bound`` is a certified lower bound on the optimal ``‖Δ‖_F``
+    (the working set is a subset of all vertices), so ``norm / norm_lower_bound − 1`` bounds the
     suboptimality: below ``rel_tol`` on convergence.
 
     ``track`` (default: 4 for ``n > 16``, else 0) makes the inner steps follow at least that many
     top eigenvectors per vertex by one block-Krylov step instead of dense eigensolves, and the
-    cut search judge single flips by Lanczos (Chapter 1, *Cost at larger n*); all
-    decisions are still taken on exact values. ``track=0`` uses dense eigensolves throughout.
+    cut search judge single flips by Lanczos (§1.5); all decisions are still taken on exact values.
 
     ``progress`` shows a bar over the rounds with the current ``‖Δ‖_F``, the certified lower
-    bound, the size of the working set and the worst ``μ₂`` found (default: shown for ``n > 16``,
-    where a call can take minutes, unless the mode is ``smoke``; see :func:`labkit.progress_enabled`).
+    bound, the size of the working set and the worst ``μ₂`` found (default: shown for ``n > 16``
+    unless the mode is ``smoke``; see :func:`labkit.runtime.progress_enabled`).
 
-    ``checkpoint=path`` saves the whole state after every round (atomically: working set, current
-    and best directions, bracket, history, the generator's state and the compute time so far).
-    If the file exists when ``stabilize`` starts, the run resumes from it and follows the same
-    trajectory as an uninterrupted run (given a ``generator``; with ``generator=None`` the random
-    cut starts come from the global generator); a checkpoint written for another matrix, target,
-    activation or options is refused with a ``ValueError``. The file is removed once the run
-    converges; a run stopped by ``max_rounds`` or killed leaves it for the next call. At
-    ``n = 128`` a run takes hours on a laptop CPU (Chapter 1, *Cost at larger n*): this is how
-    it survives interruptions. ``result.seconds`` is the compute time of all segments together.
+    ``checkpoint=path`` saves the :class:`StabilizeState` after every round (atomically). If the
+    file exists when ``stabilize`` starts, the run resumes from it and follows the same trajectory
+    as an uninterrupted run (given a ``generator``; with ``generator=None`` the random cut starts
+    come from the global generator); a checkpoint written for another matrix, target, activation
+    or options is refused with a ``ValueError``. The file is removed once the run converges; a run
+    stopped by ``max_rounds`` or killed leaves it for the next call. ``result.seconds`` is the
+    compute time of all segments together.
 
     With ``ℓ = 0`` and ``δ = 0`` the answer has a closed form, returned at once: the feasible
     matrices are exactly the diagonal ones with non-positive diagonal (the single-unit vertices
     forbid every off-diagonal entry), so ``Δ`` removes all coupling.
 
     Raises ``ValueError`` for an unreachable target: with ``ℓ = 0`` (tanh, ReLU, sigmoid)
-    ``D = 0`` is admissible and ``μ₂(0) = 0``, so ``δ < 0`` can never hold uniformly.
+    ``D = 0`` is admissible and ``μ₂(0) = 0``, so ``δ < 0`` can never hold uniformly; ``TypeError``
+    for an unknown option.
     """
     t_start = time.perf_counter()
     A = _matrix(A)
     n = A.shape[0]
     lo, hi = slope_bounds(activation)
-    delta = float(delta)
+    delta = float(target)
     if not math.isfinite(delta):
-        raise ValueError(f"delta must be finite, got {delta!r}.")
+        raise ValueError(f"target must be finite, got {target!r}.")
     if lo == 0 and delta < 0:
-        raise ValueError(f"target delta={delta} is unreachable for {activation!r}: its slopes include 0, "
-                         "so D = 0 is admissible and max_D μ₂(D(A+Δ)) ≥ 0 for every Δ. Use delta ≥ 0, "
+        raise ValueError(f"target δ={delta} is unreachable for {activation!r}: its slopes include 0, "
+                         "so D = 0 is admissible and max_D μ₂(D(A+Δ)) ≥ 0 for every Δ. Use δ ≥ 0, "
                          "or an activation with slopes bounded below (leaky ReLU).")
-    worst = lambda M: worst_case_lognorm(M, (lo, hi), method=method, restarts=restarts,  # noqa: E731
-                                          generator=generator)
-    exact = (method == "enumerate") or (method == "auto" and n <= ENUMERATION_MAX_N)
-    if track is None:
-        track = TRACK_BLOCK if n > TRACK_MIN_N else 0
-    elif track:
-        _validate.positive_int(track, "track")
-    krylov = KRYLOV_STEPS if track else 0
-    cuts = max(4, n // 8) if cuts is None else _validate.positive_int(cuts, "cuts")
-    cut_restarts = max(8, n // 8) if cut_restarts is None else _validate.positive_int(cut_restarts, "cut_restarts")
-    mu0, D0 = worst(A)
-    zero = torch.zeros_like(A)
+    opts = StabilizeOptions(**options).resolved(n)
+    exact = (opts.method == "enumerate") or (opts.method == "auto" and n <= ENUMERATION_MAX_N)
+    problem = StabilizeProblem(A, delta, lo, hi, exact, KRYLOV_STEPS if opts.track else 0)
+    mu0, D0 = worst_case_lognorm(A, (lo, hi), method=opts.method, restarts=opts.restarts, generator=generator)
+    done = lambda Delta, mu_after, lower: StabilizeResult(  # noqa: E731
+        perturbation=Delta, norm=float(Delta.norm()), mu_before=mu0, mu_after=mu_after, target=delta, iterations=0,
+        rounds=0, converged=True, working_set=0, exact=exact, norm_lower_bound=lower, vertices=torch.diagonal(D0)[None],
+        seconds=time.perf_counter() - t_start)
     if mu0 <= delta:
-        return StabilizeResult(zero, 0.0, mu0, mu0, delta, 0, 0, True, 0, exact, 0.0, [],
-                               torch.diagonal(D0)[None], time.perf_counter() - t_start)
-    if lo == 0 and delta == 0:  # closed form: the feasible set is {diagonal, ≤ 0} (Chapter 1)
+        return done(torch.zeros_like(A), mu0, 0.0)
+    if lo == 0 and delta == 0:  # closed form: the feasible set is {diagonal, ≤ 0} (:prf:ref:`prop-zero`)
         Delta = torch.diag(torch.diagonal(A).clamp(max=0)) - A
-        norm = float(Delta.norm())
-        return StabilizeResult(Delta, norm, mu0, 0.0, delta, 0, 0, True, 0, exact, norm, [],
-                               torch.diagonal(D0)[None], time.perf_counter() - t_start)
-    # a feasible point: A + Δ = -c I gives μ₂(D(-cI)) = -c·min(d) ≤ δ
-    c = max(0.0, -delta) / lo if lo > 0 else 0.0
-    feasible = -c * torch.eye(n, dtype=A.dtype) - A
-    eps_max = float(feasible.norm())
-    ds = torch.diagonal(D0)[None].clone()
-    _, G0 = lognorm_gradient(D0, A)
-    E = -G0 / G0.norm() if float(G0.norm()) > 0 else feasible / eps_max
-    eps_lo, eps_hi, E_hi, h = 0.0, eps_max, feasible / eps_max, h0
-    certified = 0.0  # the largest certified lower bound (eps_lo may also rest on stalled inner solves)
-    can_repair = delta > 0 or lo > 0
-    rtol = max(coarse_tol, rel_tol)
-    iterations, history, converged, mu_after = 0, [], False, mu0
-    options = {"tol": tol, "rel_tol": rel_tol, "coarse_tol": coarse_tol, "inner_maxit": inner_maxit, "gtol": gtol,
-               "h0": h0, "theta": theta, "method": method, "restarts": restarts, "cuts": cuts,
-               "cut_restarts": cut_restarts, "cut_flips": cut_flips, "track": track}
-    done, seconds_before, tries, next_try = 0, 0.0, 0, 0
+        return done(Delta, 0.0, float(Delta.norm()))
+
     if checkpoint is not None and Path(checkpoint).exists():
-        state = _resume(checkpoint, A, delta, (lo, hi), options)
-        ds, E, E_hi, h = state["ds"], state["E"], state["E_hi"], state["h"]
-        eps_lo, eps_hi, certified, rtol = state["eps_lo"], state["eps_hi"], state["certified"], state["rtol"]
-        iterations, history, mu_after = state["iterations"], state["history"], state["mu_after"]
-        done, seconds_before = state["round"], state["seconds"]
-        tries, next_try = state.get("tries", 0), state.get("next_try", 0)
-        if generator is not None and state["generator"] is not None:
-            generator.set_state(state["generator"])
-
-    def upper(eps, E, fmax):
-        """(‖Δ‖, Δ) of the repaired point, or None."""
-        fixed = _repair(A, eps * E, fmax, delta, lo) if can_repair else None
-        return None if fixed is None else (float(fixed.norm()), fixed)
-
-    def enough(eps, rtol):
-        def test(E, F, G, fmax):
-            lb = max(eps_lo, _lower_bound(eps, E, F, G))
-            up = upper(eps, E, fmax)
-            ub = eps_hi if up is None else min(eps_hi, up[0])
-            return ub - lb <= rtol * ub
-        return test
-
-    def close(rtol):
-        """The outer level: Newton on √(2F) inside the bracket until it is within ``rtol``."""
-        nonlocal E, h, iterations, eps_lo, eps_hi, E_hi, certified
-        eps = min(eps_lo * (1 + rtol) if eps_lo > 0 else 0.5 * eps_hi, eps_hi)
-        for _ in range(200):
-            E, F, G, fmax, h = _inner(A, eps, E, ds, delta, maxit=inner_maxit, h=h, theta=theta, tol=tol,
-                                      gtol=gtol, enough=enough(eps, rtol), track=track)
-            iterations += 1
-            newton = -math.inf
-            if fmax <= delta + tol:
-                if eps < eps_hi:
-                    eps_hi, E_hi = eps, E.clone()
-            else:
-                newton = _lower_bound(eps, E, F, G)
-                certified = max(certified, newton)
-                eps_lo = max(eps_lo, newton)
-                up = upper(eps, E, fmax)
-                if up is not None and up[0] < eps_hi:
-                    eps_hi, E_hi = up[0], up[1] / up[0]
-            if eps_hi - eps_lo <= rtol * eps_hi:
-                break
-            if newton > eps * (1 + 0.1 * rtol):  # Newton from below; without a repair, step over the root
-                eps = newton if can_repair else newton + 0.5 * rtol * eps_lo
-            else:  # feasible, or the inner stalled: bisect
-                if fmax > delta + tol:
-                    eps_lo = max(eps_lo, eps)  # no feasible point found at eps: search above it
-                eps = 0.5 * (eps_lo + eps_hi)
-            eps = min(max(eps, eps_lo), eps_hi)
-
-    def check(M, krylov=0, generator=generator):
-        """The final check: enumeration, or local searches from ``restarts`` starts (dense, unless
-        ``krylov``: flips judged by Lanczos, for a quick look)."""
-        if exact:
-            return _enumerate(M, lo, hi, keep=cuts)
-        starts = torch.cat([torch.full((1, n), hi, dtype=A.dtype),
-                            _random_vertices(max(restarts - 1, 0), n, lo, hi, generator)])
-        return _local_maxima(M, lo, hi, starts, flips=cut_flips, krylov=krylov)
-
-    from tqdm.auto import tqdm
-
+        state = StabilizeState.load(checkpoint, problem, opts)
+        if generator is not None and state.generator is not None:
+            generator.set_state(state.generator)
+    else:
+        state = StabilizeState.start(problem, opts, D0, mu0)
+    seconds_before = state.seconds
     show = (progress_enabled() and n > ENUMERATION_MAX_N) if progress is None else bool(progress)
-    bar = tqdm(desc=f"stabilize n={n} δ={delta:g}", unit="round", disable=not show, leave=False, initial=done)
-    rounds, repaired = done, None
-    for rounds in range(done + 1, max_rounds + 1):
+    bar = tqdm(desc=f"stabilize n={n} δ={delta:g}", unit="round", disable=not show, leave=False, initial=state.round)
+    converged, repaired = False, None
+    for rnd in range(state.round + 1, opts.max_rounds + 1):
+        s = state
         # the upper end must still be feasible for the enlarged working set
-        _, _, fmax = _hinge(E_hi, eps_hi, A, ds, delta)
-        if fmax > delta + tol:
-            up = upper(eps_hi, E_hi, fmax)
-            eps_hi, E_hi = (eps_max, feasible / eps_max) if up is None else (up[0], up[1] / up[0])
-        close(rtol)
-        M = A + eps_hi * E_hi
-        # cutting planes: local maxima of μ₂(D M) from the all-u vertex, the working set and a few
-        # random vertices; the violated ones join the working set, up to `cuts` per round
-        starts = torch.cat([torch.full((1, n), hi, dtype=A.dtype), ds[-cut_restarts:],
-                            _random_vertices(cut_restarts, n, lo, hi, generator)])
-        mus, found = _local_maxima(M, lo, hi, starts, flips=cut_flips, krylov=krylov)
-
-        def violated(mus, found):  # distinct violated vertices not yet in the working set, worst first
-            fresh = []
-            for i in torch.argsort(mus, descending=True).tolist():
-                d = found[i]
-                if (len(fresh) < cuts and mus[i] > delta + tol
-                        and not any(torch.equal(d, e) for e in list(ds) + fresh)):
-                    fresh.append(d)
-            return fresh
-
-        fresh, mu_after, checked = violated(mus, found), float(mus.max()), False
+        _, _, fmax = _hinge(s.E_hi, s.eps_hi, A, s.ds, delta)
+        if fmax > delta + opts.tol:
+            up = problem.upper(s.eps_hi, s.E_hi, fmax)
+            feasible = problem.feasible
+            eps_max = float(feasible.norm())
+            s.eps_hi, s.E_hi = (eps_max, feasible / eps_max) if up is None else (up[0], up[1] / up[0])
+        _close_bracket(problem, opts, s, s.rtol)
+        M = A + s.eps_hi * s.E_hi
+        mus, found = _find_cuts(problem, opts, s, M, generator)
+        fresh, s.mu_after, checked = _violated(problem, opts, s, mus, found), float(mus.max()), False
         if not fresh:  # nothing violated that the cut search sees: the final check
-            mus, found = check(M)
-            fresh, mu_after, checked = violated(mus, found), float(mus.max()), True
-        if (fresh and can_repair and rounds >= next_try
-                and upper(eps_hi, E_hi, mu_after)[0] <= (1 + rel_tol / 2) * eps_hi):
-            # the end game: scaling (or shifting) A + Δ lowers μ₂(D·) of every vertex alike, so the
-            # worst vertex over all of them decides (Chapter 1, *The end game*). The repair is cheap
-            # here: close the bracket to rel_tol/2, leaving it the other half, and try it. A failed
-            # try leaves the run where it was (but for a better certified bound), its random
-            # starts come from a generator of its own, and after k failed tries the next waits k rounds
-            tries += 1
-            next_try, before = rounds + tries, (E, h, eps_lo, eps_hi, E_hi)
-            trial = torch.Generator().manual_seed(rounds)
-            if eps_hi - eps_lo > rel_tol / 2 * eps_hi:
-                close(rel_tol / 2)
-                M = A + eps_hi * E_hi
-                mus, checked = _top(found, M)[0], False  # the vertices found so far, on the new point
-            for quick in ([] if checked else [krylov, 0] if krylov else [0]):  # a quick look first
-                more, others = check(M, quick, trial)
-                mus, found = torch.cat([mus, more]), torch.cat([found, others])
-                if upper(eps_hi, E_hi, float(mus.max()))[0] > (1 + rel_tol) * certified:
-                    break
-            worst = int(mus.argmax())
-            up = upper(eps_hi, E_hi, float(mus[worst]))
-            if up[0] <= (1 + rel_tol) * certified:  # reached only after the full check
-                repaired, fresh = up, []
-                eps_hi, E_hi = up[0], up[1] / up[0]
-                mu_after = float(_top(found[worst][None], A + up[1])[0])
-            else:
-                E, h, eps_lo, eps_hi, E_hi = before
-        history.append({"round": rounds, "eps": eps_hi, "lower_bound": certified, "mu": mu_after,
-                        "working_set": int(ds.shape[0])})
+            mus, found = _final_check(problem, opts, M, generator=generator)
+            fresh, s.mu_after, checked = _violated(problem, opts, s, mus, found), float(mus.max()), True
+        if (fresh and problem.can_repair and rnd >= s.next_try
+                and problem.upper(s.eps_hi, s.E_hi, s.mu_after)[0] <= (1 + opts.rel_tol / 2) * s.eps_hi):
+            repaired = _end_game(problem, opts, s, rnd, M, mus, found, checked)
+            if repaired is not None:
+                fresh = []
+        s.history.append({"round": rnd, "eps": s.eps_hi, "norm_lower_bound": s.certified, "mu": s.mu_after,
+                          "working_set": int(s.ds.shape[0])})
         bar.update(1)
-        bar.set_postfix_str(f"‖Δ‖ {eps_hi:.4f} ≥ {certified:.4f}, |W| {int(ds.shape[0]) + len(fresh)}, "
-                            f"μ* {mu_after:.4f}, tol {rtol:g}", refresh=False)
-        E = E_hi.clone()
+        bar.set_postfix_str(f"‖Δ‖ {s.eps_hi:.4f} ≥ {s.certified:.4f}, |W| {int(s.ds.shape[0]) + len(fresh)}, "
+                            f"μ* {s.mu_after:.4f}, tol {s.rtol:g}", refresh=False)
+        s.E = s.E_hi.clone()
+        s.round = rnd
         if repaired is not None:
             converged = True
             break
         if fresh:
-            ds = torch.cat([ds, torch.stack(fresh)])
-        elif rtol > rel_tol:  # feasible at the coarse tolerance: refine, then check again
-            rtol = rel_tol
+            s.ds = torch.cat([s.ds, torch.stack(fresh)])
+        elif s.rtol > opts.rel_tol:  # feasible at the coarse tolerance: refine, then check again
+            s.rtol = opts.rel_tol
         else:
             converged = True
             break
         if checkpoint is not None:
-            train.save_checkpoint(checkpoint, {
-                "A": A, "delta": delta, "bounds": [lo, hi], "options": options, "round": rounds, "ds": ds,
-                "E": E, "E_hi": E_hi, "h": h, "eps_lo": eps_lo, "eps_hi": eps_hi, "certified": certified,
-                "rtol": rtol, "iterations": iterations, "history": history, "mu_after": mu_after,
-                "tries": tries, "next_try": next_try,
-                "seconds": seconds_before + time.perf_counter() - t_start,
-                "generator": None if generator is None else generator.get_state()})
+            s.save(checkpoint, problem, opts, seconds=seconds_before + time.perf_counter() - t_start,
+                   generator=generator)
     bar.refresh()  # the final state, whatever tqdm's refresh interval skipped
     bar.close()
     if converged and checkpoint is not None and Path(checkpoint).exists():
         Path(checkpoint).unlink()
-    Delta = eps_hi * E_hi
-    return StabilizeResult(Delta, float(Delta.norm()), mu0, mu_after, delta, iterations, rounds,
-                           converged, int(ds.shape[0]), exact, certified, history, ds,
-                           seconds_before + time.perf_counter() - t_start, repaired is not None)
-
-
-def _resume(path, A, delta, bounds, options) -> dict:
-    """The state saved by :func:`stabilize` at ``path``, after checking it belongs to this problem."""
-    try:
-        state = train.load_checkpoint(path)
-    except Exception as err:  # not a checkpoint at all: say so instead of a pickle traceback
-        raise ValueError(f"{path} is not a stabilize checkpoint ({err}); remove it or pass another path.") from None
-    why = None
-    if not isinstance(state, dict) or "ds" not in state:
-        why = "it is not a stabilize checkpoint"
-    elif state["A"].shape != A.shape or not torch.equal(state["A"], A):
-        why = "it was written for another matrix A"
-    elif state["delta"] != delta or list(state["bounds"]) != list(bounds):
-        why = f"it was written for δ={state['delta']}, slopes {state['bounds']}"
-    elif state["options"] != options:
-        diff = sorted(k for k in options if state["options"].get(k) != options[k])
-        why = f"it was written with other options ({', '.join(diff)})"
-    if why:
-        raise ValueError(f"cannot resume from {path}: {why}. Remove it or pass another checkpoint path.")
-    return state
+    Delta = state.eps_hi * state.E_hi
+    return StabilizeResult(
+        perturbation=Delta, norm=float(Delta.norm()), mu_before=mu0, mu_after=state.mu_after, target=delta,
+        iterations=state.iterations, rounds=state.round, converged=converged, working_set=int(state.ds.shape[0]),
+        exact=exact, norm_lower_bound=state.certified, history=state.history, vertices=state.ds,
+        seconds=seconds_before + time.perf_counter() - t_start, repaired=repaired is not None)
 
 
 def euler_step_bound(mu_star: float, A_norm: float, h: float, hi: float = 1.0) -> float:
     """A certified Lipschitz constant of one Euler step ``x ↦ x + h σ(Ax + b)``:
-    ``‖I + hDA‖₂ ≤ sqrt(1 + 2hμ* + h² u² ‖A‖₂²)`` (Chapter 1, *Euler map versus flow*)."""
+    ``‖I + hDA‖₂ ≤ sqrt(1 + 2hμ* + h² u² ‖A‖₂²)`` (:prf:ref:`prop-euler-step`)."""
     return math.sqrt(max(0.0, 1 + 2 * h * mu_star + (h * hi * A_norm) ** 2))
 
 
@@ -765,7 +880,7 @@ def stabilize_slsqp(A, delta, activation="tanh", *, vertices=None, restarts: int
     (default: all ``2ⁿ`` vertices) with exact constraint gradients ``D v vᵀ``, from ``Δ = 0``
     and ``restarts − 1`` random starts. Returns ``(Δ, ‖Δ‖_F)`` of the best result whose
     constraints hold within ``feas_tol``, or ``(None, inf)`` if none does. Used by the tests
-    and ``scripts/bench_stabilize.py`` as the baseline (Chapter 1, *Reproduction*).
+    and ``scripts/bench_stabilize.py`` as the baseline (§1.5).
     """
     import numpy as np
     from scipy.optimize import minimize
@@ -797,11 +912,11 @@ def stabilize_slsqp(A, delta, activation="tanh", *, vertices=None, restarts: int
 
 
 class ODEClassifier(nn.Module):
-    """Linear lift → neural ODE block ``ẋ = σ(Ax + b)`` on ``[0, T]`` → linear head (Chapter 1).
+    """Linear lift → neural ODE block ``ẋ = σ(Ax + b)`` on ``[0, T]`` → linear head (§1.4).
 
     The block is integrated by ``steps`` explicit Euler steps (a weight-tied residual network,
     :class:`labkit.odes.EulerResNet`). With ``unit_norm=True`` the lift and head use
-    ``W / ‖W‖₂`` so they cannot undo the control of the block by growing (Chapter 1, *Pitfalls*).
+    ``W / ‖W‖₂`` so they cannot undo the control of the block by growing (§1.6).
     """
 
     def __init__(self, in_features: int = 784, width: int = 12, classes: int = 10, T: float = 1.0,
@@ -837,7 +952,7 @@ class ODEClassifier(nn.Module):
         (exact ``μ*`` by enumeration up to width 16; beyond, a lower estimate, flagged)."""
         mu, _ = worst_case_lognorm(self.A, self.activation)
         _, hi = slope_bounds(self.activation)
-        h, steps, T = self.block.t1 / self.block.steps, self.block.steps, self.block.t1
+        h, steps, T = self.block.T / self.block.steps, self.block.steps, self.block.T
         A_norm = float(torch.linalg.matrix_norm(self.A.double(), 2))
         euler = euler_step_bound(mu, A_norm, h, hi) ** steps
         norm = lambda W: 1.0 if self.unit_norm else float(torch.linalg.matrix_norm(W.double(), 2))  # noqa: E731
@@ -847,16 +962,16 @@ class ODEClassifier(nn.Module):
 
 
 def stabilize_model(model: ODEClassifier, delta: float, **options) -> StabilizeResult:
-    """Replace the block's ``A`` by ``A + Δ`` from :func:`stabilize` (in place; Chapter 1)."""
+    """Replace the block's ``A`` by ``A + Δ`` from :func:`stabilize` (in place; §1.3)."""
     res = stabilize(model.A, delta, model.activation, **options)
     with torch.no_grad():
-        model.A.add_(res.delta_matrix.to(model.A.device, model.A.dtype))
+        model.A.add_(res.perturbation.to(model.A.device, model.A.dtype))
     return res
 
 
 class StabilizeEachEpoch:
     """Training hook for ``labkit.train.fit(after_epoch=...)``: stabilise ``A`` after every epoch
-    and record ``μ*`` before and after (Chapter 1, *Stabilised training*).
+    and record ``μ*`` before and after (§1.4).
 
     Why once per epoch: a correction costs many eigenproblems, and the optimiser's steps move
     ``A`` only a little within an epoch; correcting after the last epoch guarantees that the

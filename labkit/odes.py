@@ -1,4 +1,4 @@
-"""Neural ODE blocks and the Euler-step residual networks that discretise them (Chapter 0).
+"""Neural ODE blocks and the Euler-step residual networks that discretise them (§0.6, §0.7).
 
 A residual block ``x ← x + h f(t, x)`` is one explicit Euler step of the ODE ``ẋ = f(t, x)``;
 a stack of ``n`` blocks with ``h = T / n`` approximates the flow ``φ_T`` of the ODE, which a
@@ -26,7 +26,7 @@ def _activation(name):
 
 class VectorField(nn.Module):
     """The vector field ``f(t, x) = σ(A x + b)`` (``hidden=None``), the form studied in
-    Chapter 1, or the two-layer ``f(t, x) = W₂ σ(W₁ x + b₁) + b₂`` (Chapter 0)."""
+    Chapter 1, or the two-layer ``f(t, x) = W₂ σ(W₁ x + b₁) + b₂`` (§0.7)."""
 
     def __init__(self, dim: int, hidden: int | None = None, activation="tanh"):
         super().__init__()
@@ -46,7 +46,7 @@ class VectorField(nn.Module):
 
 
 class NeuralODE(nn.Module):
-    """Integrate ``ẋ = f(t, x)`` from ``0`` to ``t1`` with torchdiffeq; return ``x(t1)`` (Chapter 0).
+    """Integrate ``ẋ = f(t, x)`` from ``0`` to ``T`` with torchdiffeq; return ``x(T)`` (§0.7).
 
     ``method``, ``rtol`` and ``atol`` go to ``torchdiffeq.odeint``. With ``adjoint=True`` the
     gradient is computed by solving the adjoint ODE backwards (memory independent of the number
@@ -55,23 +55,23 @@ class NeuralODE(nn.Module):
     method can find its parameters.
     """
 
-    def __init__(self, func: nn.Module, t1: float = 1.0, *, method: str = "dopri5",
+    def __init__(self, func: nn.Module, T: float = 1.0, *, method: str = "dopri5",
                  rtol: float = 1e-6, atol: float = 1e-8, adjoint: bool = False, options=None):
         super().__init__()
         if not isinstance(func, nn.Module):
             raise TypeError("func must be an nn.Module f(t, x).")
         self.func = func
-        self.t1 = _validate.positive(t1, "t1")
+        self.T = _validate.positive(T, "T")
         self.method, self.rtol, self.atol = method, rtol, atol
         self.adjoint = bool(adjoint)
         self.options = options
 
     def forward(self, x, t=None):
-        """``x(t1)``, or the whole trajectory at the times ``t`` (first time 0) if given."""
+        """``x(T)``, or the whole trajectory at the times ``t`` (first time 0) if given."""
         import torchdiffeq
 
         odeint = torchdiffeq.odeint_adjoint if self.adjoint else torchdiffeq.odeint
-        times = torch.tensor([0.0, self.t1], dtype=x.dtype, device=x.device) if t is None else t
+        times = torch.tensor([0.0, self.T], dtype=x.dtype, device=x.device) if t is None else t
         kwargs = dict(method=self.method, rtol=self.rtol, atol=self.atol, options=self.options)
         if self.adjoint:
             kwargs["adjoint_params"] = tuple(self.func.parameters())
@@ -80,17 +80,17 @@ class NeuralODE(nn.Module):
 
 
 class EulerResNet(nn.Module):
-    """``steps`` residual blocks ``x ← x + h f(t_k, x)`` with ``h = t1 / steps``: the explicit
-    Euler discretisation of :class:`NeuralODE` with the same ``f`` (Chapter 0)."""
+    """``steps`` residual blocks ``x ← x + h f(t_k, x)`` with ``h = T / steps``: the explicit
+    Euler discretisation of :class:`NeuralODE` with the same ``f`` (:prf:ref:`prop-euler`)."""
 
-    def __init__(self, func: nn.Module, t1: float = 1.0, steps: int = 10):
+    def __init__(self, func: nn.Module, T: float = 1.0, steps: int = 10):
         super().__init__()
         self.func = func
-        self.t1 = _validate.positive(t1, "t1")
+        self.T = _validate.positive(T, "T")
         self.steps = _validate.positive_int(steps, "steps")
 
     def forward(self, x):
-        h = self.t1 / self.steps
+        h = self.T / self.steps
         for k in range(self.steps):
             x = x + h * self.func(torch.tensor(k * h, dtype=x.dtype, device=x.device), x)
         return x

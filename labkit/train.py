@@ -1,4 +1,4 @@
-"""A small, readable training loop with checkpoints and resume (Chapter 0, *Training*).
+"""A small, readable training loop with checkpoints and resume (§0.1).
 
 ``fit`` trains for a number of epochs with a fixed shuffling order per epoch (seeded by
 ``seed + epoch``), so a run interrupted after epoch ``k`` and resumed from its checkpoint ends

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from labkit import convex, seed_everything  # noqa: E402
-from labkit.experiment import environment, save_record  # noqa: E402
+from labkit import convex, seed_everything
+from labkit.experiment import environment, save_record
 
 
 def _sync(device):

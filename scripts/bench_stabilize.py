@@ -36,10 +36,8 @@ from queue import Empty
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from labkit import lognorm as ln  # noqa: E402
-from labkit.experiment import environment, save_record  # noqa: E402
-from labkit.train import load_checkpoint  # noqa: E402
+from labkit import lognorm as ln
+from labkit.experiment import environment, save_record
 
 
 def _matrix(n):
@@ -53,10 +51,10 @@ def _checkpoint(directory, n, delta, rel_tol):
 def _ours(n, delta, rel_tol, progress, checkpoint, queue):
     resumed = 0
     if checkpoint is not None and checkpoint.exists():
-        resumed = load_checkpoint(checkpoint)["round"]
+        resumed = ln.StabilizeState.read(checkpoint).round
     res = ln.stabilize(_matrix(n), delta, "tanh", rel_tol=rel_tol, generator=torch.Generator().manual_seed(0),
                        progress=progress, checkpoint=checkpoint)
-    queue.put({"seconds": res.seconds, "norm": res.norm, "lower_bound": res.lower_bound,
+    queue.put({"seconds": res.seconds, "norm": res.norm, "lower_bound": res.norm_lower_bound,
                "mu": res.mu_after, "rounds": res.rounds, "working_set": res.working_set,
                "converged": res.converged, "repaired": res.repaired, "resumed_from_round": resumed,
                "vertices": res.vertices.tolist()})
@@ -66,9 +64,9 @@ def _unfinished(checkpoint):
     """How far an interrupted run got, from its checkpoint (None without one)."""
     if checkpoint is None or not checkpoint.exists():
         return None
-    state = load_checkpoint(checkpoint)
-    return {"seconds": state["seconds"], "rounds": state["round"], "working_set": int(state["ds"].shape[0]),
-            "upper": state["eps_hi"], "lower_bound": state["certified"], "checkpoint": str(checkpoint)}
+    state = ln.StabilizeState.read(checkpoint)
+    return {"seconds": state.seconds, "rounds": state.round, "working_set": int(state.ds.shape[0]),
+            "upper": state.eps_hi, "lower_bound": state.certified, "checkpoint": str(checkpoint)}
 
 
 def _slsqp(n, delta, vertices, queue):

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 SIZES = {"mnist": (300, 100), "fashion_mnist": (300, 100), "cifar10": (100, 50)}
 

@@ -33,7 +33,7 @@ def test_quotient_matches_definition_and_its_gradient_finite_differences():
 def test_pair_update_never_decreases_a_quotient(squared):
     f = _mlp(2)
     x = torch.rand(40, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    pairs = clip.PairSet.from_batch(x, mode="partial_random", step=10.0, squared=squared,
+    pairs = clip.PairSet.from_batch(x, mode="partial_random", step_size=10.0, squared=squared,
                                     generator=torch.Generator().manual_seed(4))
     before = clip.quotient(f, pairs.u, pairs.v, squared=squared).detach()
     history = [before]
@@ -42,7 +42,7 @@ def test_pair_update_never_decreases_a_quotient(squared):
     for a, b in zip(history, history[1:]):
         assert bool((b >= a - 1e-12).all())
     assert float(history[-1].max()) > float(before.max())
-    assert set(torch.unique(pairs.step).tolist()) - {0.0}  # steps adapt per pair
+    assert set(torch.unique(pairs.step_size).tolist()) - {0.0}  # steps adapt per pair
 
 
 def test_estimate_converges_to_the_norm_of_a_linear_map_from_below():
@@ -52,7 +52,7 @@ def test_estimate_converges_to_the_norm_of_a_linear_map_from_below():
     with torch.no_grad():
         f.weight.copy_(W)
     x = torch.rand(20, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    pairs = clip.PairSet.from_batch(x, step=1.0, generator=torch.Generator().manual_seed(6))
+    pairs = clip.PairSet.from_batch(x, step_size=1.0, generator=torch.Generator().manual_seed(6))
     true = float(torch.linalg.matrix_norm(W, 2))
     estimates = []
     for _ in range(20):

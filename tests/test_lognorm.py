@@ -32,7 +32,7 @@ def test_fixed_point_equals_enumeration_up_to_n12(seed):
         exact, D = ln.worst_case_lognorm(A, act, method="enumerate")
         found, _ = ln.worst_case_lognorm(A, act, method="fixed_point", generator=torch.Generator().manual_seed(1))
         assert found == pytest.approx(exact, abs=1e-12)
-        assert float(lipschitz.lognorm(D @ A)) == pytest.approx(exact, abs=1e-12)  # D* attains it
+        assert float(lipschitz.mu(D @ A)) == pytest.approx(exact, abs=1e-12)  # D* attains it
 
 
 def test_worst_case_properties():
@@ -41,7 +41,7 @@ def test_worst_case_properties():
     mu_sig, _ = ln.worst_case_lognorm(A, "sigmoid")
     assert mu_sig == pytest.approx(0.25 * mu_tanh)  # positive homogeneity in D
     assert mu_tanh >= 0.0  # D = 0 is admissible
-    assert mu_tanh >= float(lipschitz.lognorm(A))  # D = I is admissible
+    assert mu_tanh >= float(lipschitz.mu(A))  # D = I is admissible
     assert set(torch.diagonal(D).tolist()) <= {0.0, 1.0}  # a vertex
 
 
@@ -51,7 +51,7 @@ def test_lognorm_gradient_matches_finite_differences():
     eps, h = 0.7, 1e-6
     mu, G = ln.lognorm_gradient(D, A + eps * E)
     P = _A(6, 3)
-    f = lambda t: float(lipschitz.lognorm(D @ (A + (eps * E + t * P))))  # noqa: E731
+    f = lambda t: float(lipschitz.mu(D @ (A + (eps * E + t * P))))  # noqa: E731
     fd = (f(h) - f(-h)) / (2 * h)
     assert float((G * P).sum()) == pytest.approx(fd, rel=1e-6)
     assert mu == pytest.approx(f(0.0))
@@ -103,17 +103,17 @@ def test_stabilize_reaches_the_target_minimally(n, activation, seed, track):
     A = 2 * _A(n, seed) / math.sqrt(n)
     delta = 0.5
     res = ln.stabilize(A, delta, activation, track=track)
-    mu, _ = ln.worst_case_lognorm(A + res.delta_matrix, activation, method="enumerate")
+    mu, _ = ln.worst_case_lognorm(A + res.perturbation, activation, method="enumerate")
     assert res.converged and res.exact and res.mu_before > delta
     assert mu <= delta + 1e-6 and res.mu_after == pytest.approx(mu)
-    assert res.norm == pytest.approx(float(res.delta_matrix.norm()))
+    assert res.norm == pytest.approx(float(res.perturbation.norm()))
     assert res.norm <= float(A.norm()) + 1e-9  # A + Δ = 0 is feasible and costs ‖A‖_F
     _, reference = ln.stabilize_slsqp(A, delta, activation, restarts=2)
     assert reference < float("inf")
     assert res.norm <= 1.01 * reference
     # the certified lower bound is below every feasible point, and close to ours
-    assert res.lower_bound <= reference + 1e-9 and res.lower_bound <= res.norm
-    assert res.lower_bound >= 0.99 * res.norm
+    assert res.norm_lower_bound <= reference + 1e-9 and res.norm_lower_bound <= res.norm
+    assert res.norm_lower_bound >= 0.99 * res.norm
 
 
 @pytest.mark.parametrize("activation,seed", [("tanh", 0), ("relu", 1), ("sigmoid", 2)])
@@ -121,14 +121,14 @@ def test_delta_zero_has_the_closed_form(activation, seed):
     """ℓ = 0, δ = 0: the feasible set is {diagonal ≤ 0}; enumeration confirms, SLSQP finds no smaller Δ."""
     A = _A(6, seed)
     res = ln.stabilize(A, 0.0, activation)
-    B = A + res.delta_matrix
+    B = A + res.perturbation
     assert torch.count_nonzero(B - torch.diag(torch.diagonal(B))) == 0 and bool((torch.diagonal(B) <= 0).all())
     mu, _ = ln.worst_case_lognorm(B, activation, method="enumerate")
-    assert res.converged and mu <= 1e-12 and res.lower_bound == res.norm
+    assert res.converged and mu <= 1e-12 and res.norm_lower_bound == res.norm
     _, reference = ln.stabilize_slsqp(A, 0.0, activation, restarts=1)
     assert res.norm <= reference * (1 + 1e-6)  # SLSQP may end infeasible by its own tolerance
     # and nothing smaller is feasible: shrinking Δ by 0.1 % leaves some vertex above 0
-    assert ln.worst_case_lognorm(A + 0.999 * res.delta_matrix, activation, method="enumerate")[0] > 0
+    assert ln.worst_case_lognorm(A + 0.999 * res.perturbation, activation, method="enumerate")[0] > 0
 
 
 def test_matrix_hinge_gradient_matches_finite_differences():
@@ -216,10 +216,10 @@ def test_stabilize_end_game_returns_a_repaired_answer_within_rel_tol():
     for seed in range(2):
         A = 2 * _A(n, seed) / math.sqrt(n)
         res = ln.stabilize(A, delta, "tanh", rel_tol=rel_tol, generator=torch.Generator().manual_seed(0))
-        mu, _ = ln.worst_case_lognorm(A + res.delta_matrix, "tanh", method="enumerate")
+        mu, _ = ln.worst_case_lognorm(A + res.perturbation, "tanh", method="enumerate")
         assert res.converged and mu <= delta + 1e-9 and res.mu_after == pytest.approx(mu)
-        assert res.lower_bound <= res.norm <= (1 + rel_tol) * res.lower_bound
-        assert res.norm == pytest.approx(float(res.delta_matrix.norm()))
+        assert res.norm_lower_bound <= res.norm <= (1 + rel_tol) * res.norm_lower_bound
+        assert res.norm == pytest.approx(float(res.perturbation.norm()))
         ended.append(res.repaired)
     assert any(ended)
 
@@ -229,15 +229,15 @@ def test_local_maxima_are_one_flip_optimal_and_ascend():
     A = _A(n, 7)
     starts = ln._random_vertices(6, n, 0.0, 1.0, torch.Generator().manual_seed(3))
     mus, found = ln._local_maxima(A, 0.0, 1.0, starts)
-    start_mu = torch.stack([torch.tensor(float(lipschitz.lognorm(torch.diag(d) @ A))) for d in starts])
+    start_mu = torch.stack([torch.tensor(float(lipschitz.mu(torch.diag(d) @ A))) for d in starts])
     assert bool((mus >= start_mu.to(mus.dtype) - 1e-12).all())
     for mu, d in zip(mus, found):
         assert set(d.tolist()) <= {0.0, 1.0}
-        assert float(lipschitz.lognorm(torch.diag(d) @ A)) == pytest.approx(float(mu), abs=1e-12)
+        assert float(lipschitz.mu(torch.diag(d) @ A)) == pytest.approx(float(mu), abs=1e-12)
         for i in range(n):
             e = d.clone()
             e[i] = 1.0 - e[i]
-            assert float(lipschitz.lognorm(torch.diag(e) @ A)) <= float(mu) + 1e-12
+            assert float(lipschitz.mu(torch.diag(e) @ A)) <= float(mu) + 1e-12
 
 
 def test_krylov_top_is_a_lower_estimate_and_exact_from_a_near_start():
@@ -274,7 +274,7 @@ def test_stabilize_noop_and_infeasible_targets():
     with pytest.raises(ValueError, match="unreachable"):
         ln.stabilize(_A(4, 0), -1e-3, "relu")
     res = ln.stabilize(_A(4, 0), -0.05, "leaky_relu:0.2")  # slopes bounded below: contractivity is reachable
-    mu, _ = ln.worst_case_lognorm(_A(4, 0) + res.delta_matrix, "leaky_relu:0.2", method="enumerate")
+    mu, _ = ln.worst_case_lognorm(_A(4, 0) + res.perturbation, "leaky_relu:0.2", method="enumerate")
     assert res.converged and mu <= -0.05 + 1e-6
 
 
@@ -347,7 +347,7 @@ def test_stabilize_resumes_from_its_checkpoint(tmp_path):
         ln.stabilize(A, 0.5, generator=gen(), checkpoint=path, cuts=7)
     res = ln.stabilize(A, 0.5, generator=gen(), checkpoint=path)
     assert res.converged and not path.exists()
-    assert torch.equal(res.delta_matrix, full.delta_matrix) and res.rounds == full.rounds
+    assert torch.equal(res.perturbation, full.perturbation) and res.rounds == full.rounds
     assert res.iterations == full.iterations and res.history == full.history
     assert res.seconds >= part.seconds > 0
     path.write_text("not a checkpoint")

@@ -138,7 +138,7 @@ def test_trajectory_output_and_bad_arguments():
     assert traj.shape == (5, 1, 2)
     with pytest.raises(ValueError, match="activation"):
         odes.VectorField(2, activation="swish2")
-    with pytest.raises(ValueError, match="t1"):
+    with pytest.raises(ValueError, match="^T must be"):
         odes.NeuralODE(f, -1.0)
     with pytest.raises(ValueError, match="steps"):
         odes.EulerResNet(f, 1.0, 0)

@@ -26,7 +26,7 @@ __all__ = ["CHAPTERS", "DATA", "get", "pick"]
 
 #: The chapters that have an experiment module, in book order.
 CHAPTERS = ("ch00", "ch01", "ch02", "ch04")
-#: Where records live: the book's data folder.
+#: The folder of the records, the book's ``book/data``.
 DATA = Path(__file__).resolve().parents[2] / "book" / "data"
 
 

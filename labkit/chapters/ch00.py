@@ -20,10 +20,11 @@ from . import DATA, pick
 __all__ = ["SIZES", "RECORD", "DATA", "EPS_INF", "EPS_L2", "sizes", "mlp", "train_model", "run", "estimates_table",
            "values"]
 
-#: The ℓ∞ and ℓ2 radii of the chapter's curves.
+#: The ℓ∞ radii of the chapter's curves.
 EPS_INF = [0.0, 0.02, 0.05, 0.1, 0.15, 0.2]
+#: The ℓ2 radii of the chapter's curves.
 EPS_L2 = [0.0, 0.25, 0.5, 1.0, 1.5, 2.0]
-#: The sizes per mode: images, epochs, PGD steps, starts and steps of the pair search.
+#: The sizes per mode (images, epochs, PGD steps, starts and steps of the pair search).
 SIZES = {
     "smoke": {"n_train": 300, "n_test": 100, "epochs": 2, "pgd_steps": 5, "n_lower": 16, "lower_steps": 20},
     "book": {"n_train": 20_000, "n_test": 1_000, "epochs": 4, "pgd_steps": 20, "n_lower": 100, "lower_steps": 100},

@@ -20,8 +20,8 @@ __all__ = ["SIZES", "RECORD", "DATA", "sizes", "label", "run", "verify", "table"
            "motivating_matrix", "sweep", "sweep_table", "against_slsqp", "slsqp_table", "bench_table", "bench_growth"]
 
 _COMMON = {"datasets": ["mnist", "fashion_mnist"], "targets": [None, 0.5, 0.2],
-           "eps": [0.0, 0.05, 0.1, 0.15, 0.2], "euler_steps": 10, "lr": 3e-3}
-#: The sizes per mode (full: all 60 000 / 10 000 images, width 16, 15 epochs, PGD with 50 steps).
+           "eps": [0.0, 0.05, 0.1, 0.15, 0.2], "steps": 10, "lr": 3e-3}
+#: The sizes per mode (in full mode all 60 000 / 10 000 images, width 16, 15 epochs, PGD with 50 steps).
 SIZES = {
     "smoke": {**_COMMON, "n_train": 300, "n_test": 100, "epochs": 1, "width": 6, "pgd_steps": 5},
     "book": {**_COMMON, "n_train": 10_000, "n_test": 1_000, "epochs": 3, "width": 10, "pgd_steps": 20},
@@ -41,7 +41,7 @@ def label(target) -> str:
     return "classical" if target is None else f"δ = {target:g}"
 
 
-def run(*, datasets, targets, n_train, n_test, epochs, width, euler_steps, pgd_steps, eps, lr, seed=0,
+def run(*, datasets, targets, n_train, n_test, epochs, width, steps, pgd_steps, eps, lr, seed=0,
         device=None) -> dict:
     """Train and evaluate every (data set, target); results keyed ``"<data set>/<label>"``, each a
     :func:`labkit.experiment.result` with the block's bounds (``map: "block"``: the pair-ascent
@@ -52,7 +52,7 @@ def run(*, datasets, targets, n_train, n_test, epochs, width, euler_steps, pgd_s
         te = data.load(name, train=False, limit=n_test)
         for delta in targets:
             torch.manual_seed(seed)
-            model = lognorm.ODEClassifier(width=width, T=1.0, steps=euler_steps, activation="tanh")
+            model = lognorm.ODEClassifier(width=width, T=1.0, steps=steps, activation="tanh")
             hook = lognorm.StabilizeEachEpoch(delta) if delta is not None else None
             t0 = time.perf_counter()
             train.fit(model, tr, epochs=epochs, lr=lr, seed=seed, after_epoch=hook, device=device)
@@ -102,8 +102,8 @@ def values(results: dict) -> dict:
 
 # -- the page's demonstrations (§1.1, §1.3, §1.5) ----------------------------------------------------
 
-#: Sizes of the page's small demonstrations per mode: the motivating matrix's size, the targets
-#: of the sweep, and the sizes compared with SLSQP.
+#: The sizes of the page's small demonstrations per mode (the motivating matrix's size, the
+#: targets of the sweep, and the sizes compared with SLSQP).
 DEMOS = {
     "smoke": {"n": 5, "targets": [0.5, 0.0], "slsqp_sizes": [4, 5]},
     "book": {"n": 8, "targets": [1.0, 0.5, 0.0], "slsqp_sizes": [5, 6, 7]},
@@ -128,7 +128,7 @@ def sweep(A, targets, activation: str = "tanh") -> list:
     rows = []
     for delta in targets:
         res = lognorm.stabilize(A, delta, activation)
-        check_mu, _ = lognorm.worst_case_lognorm(A + res.delta_matrix, activation, method="enumerate")
+        check_mu, _ = lognorm.worst_case_lognorm(A + res.perturbation, activation, method="enumerate")
         assert check_mu <= delta + 1e-6 and res.converged, f"δ = {delta}: μ* = {check_mu} after stabilize"
         rows.append({"target": delta, "result": res, "mu_checked": check_mu})
     return rows

@@ -16,12 +16,13 @@ __all__ = ["SIZES", "RECORD", "DATA", "TARGETS", "CONFIGS", "PUBLISHED", "TAGS",
 TARGETS = {"mnist": (0.95, 0.97), "fashion_mnist": (0.85, 0.88)}
 #: The four trainings of the experiment.
 CONFIGS = ("none", "weight decay", "CLIP low", "CLIP high")
-#: The authors' README (MNIST, 784-200-80-10 sigmoid, 3 runs): clean, noise, sphere attack ε = 2.
+#: The numbers of the authors' README (MNIST, 784-200-80-10 sigmoid, 3 runs), as clean accuracy,
+#: accuracy under noise and under the sphere attack at ε = 2.
 PUBLISHED = {"none": (0.971, 0.345, 0.312), "CLIP low": (0.964, 0.298, 0.714), "CLIP high": (0.970, 0.346, 0.724)}
 
 _COMMON = {"datasets": ["mnist", "fashion_mnist"], "settings": ["paper", "standard"], "configs": list(CONFIGS),
            "lam": 0.1, "increment": 0.01, "weight_decay": 5e-4, "eps": 2.0, "noise": 1.0}
-#: The sizes per mode. Full: all of MNIST (54 000 / 6 000 / 10 000, the authors' split), their
+#: The sizes per mode. In full mode all of MNIST (54 000 / 6 000 / 10 000, the authors' split), their
 #: 100 epochs (6 at λ = 0) in their setting and 30 in ours; Fashion-MNIST is left out, since on a
 #: 2-core CPU it would double the run's hour.
 SIZES = {
@@ -143,7 +144,7 @@ def comparison(results: dict) -> report.Table:
                         caption="MNIST, paper setting, published / ours:")
 
 
-#: Sizes of the page's demonstrations per mode: Adam steps of each regression fit (§2.4).
+#: The sizes of the page's demonstrations per mode (Adam steps of each regression fit, §2.4).
 DEMOS = {"smoke": {"regression_steps": 200}, "book": {"regression_steps": 2000}, "full": {"regression_steps": 4000}}
 
 
@@ -153,7 +154,7 @@ def demos(mode: str | None = None) -> dict:
 
 
 def settings_table() -> report.Table:
-    """The fields in which the two :data:`labkit.clip.SETTINGS` differ, side by side."""
+    """The fields in which the two settings of ``labkit.clip.SETTINGS`` differ, side by side."""
     fields = ["last_activation", "squared", "reg_max", "pair_clamp", "schedule_on", "cooldown", "select"]
     rows = [{"field": f"`{k}`", **{s: f"`{getattr(clip.SETTINGS[s], k)}`" for s in ("paper", "standard")}}
             for k in fields]

@@ -14,8 +14,8 @@ __all__ = ["SIZES", "RECORD", "DATA", "sizes", "run", "verify", "table", "values
 
 _COMMON = {"datasets": ["mnist", "fashion_mnist"], "cifar": True, "cifar_preset": "cifar",
            "cifar_layers": ["cpl", "sll"], "require_full_cifar": False}
-#: The sizes per mode. Book: the dense ``mnist`` preset on 4 000 MNIST-like images, the ``cifar``
-#: preset on the first 2 000 CIFAR-10 images and 1 000 test images. Full: CPL-S with the authors'
+#: The sizes per mode. In book mode the dense ``mnist`` preset on 4 000 MNIST-like images, the ``cifar``
+#: preset on the first 2 000 CIFAR-10 images and 1 000 test images; in full mode CPL-S with the authors'
 #: recipe on all of CIFAR-10 (200 epochs; needs a GPU and the full CIFAR-10, and refuses a subset).
 SIZES = {
     "smoke": {**_COMMON, "n_train": 300, "n_test": 100, "dense_epochs": 1, "cifar_train": 100, "cifar_test": 50,
