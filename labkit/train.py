@@ -54,8 +54,21 @@ def save_checkpoint(path, state: dict) -> Path:
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain data only)."""
-    return torch.load(Path(path), map_location=map_location, weights_only=True)
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors and plain data only).
+
+    A missing file raises ``FileNotFoundError``; a file that is not such a checkpoint (truncated,
+    empty, another format, pickled code) raises ``ValueError`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises pickle, zip and runtime errors alike
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is not a checkpoint that labkit can load safely ({reason[:200]}).") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a checkpoint: it holds a {type(state).__name__}, not a dict.")
+    return state
 
 
 @torch.no_grad()

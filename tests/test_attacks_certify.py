@@ -73,9 +73,13 @@ def test_fgsm_is_sign_step(linear_setup):
     model, x, y = linear_setup
     adv = attacks.fgsm(model, x, y, 0.1)
     assert float((adv - x).abs().max()) <= 0.1 + 1e-7
-    # interior coordinates move by exactly eps
-    inner = (x > 0.1) & (x < 0.9)
-    assert torch.allclose((adv - x).abs()[inner], torch.full_like(x[inner], 0.1), atol=1e-6)
+    # interior coordinates move by exactly eps, each up its own coordinate of the loss gradient
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(xg), y, reduction="sum"), xg)
+    inner = (x > 0.1) & (x < 0.9) & (grad != 0)
+    assert torch.allclose((adv - x)[inner], 0.1 * grad.sign()[inner], atol=1e-6)
+    with torch.no_grad():
+        assert float(torch.nn.functional.cross_entropy(model(adv), y)) > float(torch.nn.functional.cross_entropy(model(x), y))
 
 
 def test_attacks_hurt_more_than_noise_and_pgd_beats_fgsm(linear_setup):

@@ -89,6 +89,10 @@ def test_book_and_student_edition_build_in_smoke_mode(tmp_path):
     for name, text in pages.items():  # every glued number and every table came out of a run
         assert "{glue" not in text and "glue:text" not in text, f"{name} shows an unresolved glue reference"
     assert "Full mode: cpu" in pages["book/ch01_lognorm.html"]  # the committed record is shown
+    # numbered by the table of contents, with the chapter numbers of the file names
+    assert "1.5. Reproduction" in pages["book/ch01_lognorm.html"]
+    assert "4.2.1. Certificates" in pages["book/ch04_convex.html"]
+    assert "0. Foundations" in pages["book/ch01_lognorm.html"]  # the link to the previous chapter
     assert "| data |" not in pages["book/ch01_lognorm.html"]  # tables are rendered, not shown as source
     assert pages["labs/lab00_foundations.html"].count("Exercise 1 passed") >= 2  # source and executed output
     if os.environ.get("LABKIT_BOOK_OUT"):

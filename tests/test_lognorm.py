@@ -62,7 +62,6 @@ def test_outer_derivative_matches_reoptimised_inner_value():
     """f(ε) = min over the unit sphere of μ₂(D(A + εE)); f'(ε) = −‖D v‖ at the inner optimum."""
     A = _A(5, 4)
     mu, D = ln.worst_case_lognorm(A, "tanh")
-    ds = torch.diagonal(D)[None]
 
     def f(eps):
         _, G = ln.lognorm_gradient(D, A)
@@ -80,7 +79,7 @@ def test_outer_derivative_matches_reoptimised_inner_value():
     value, dv = f(eps)
     fd = (f(eps + h)[0] - f(eps - h)[0]) / (2 * h)
     assert fd == pytest.approx(-dv, rel=1e-6)
-    assert ds.shape == (1, 5)
+    assert dv > 0.1  # ‖D v‖ is far from 0 here, so the derivative is not trivially small
 
 
 def test_inner_step_stays_on_sphere_and_descends():

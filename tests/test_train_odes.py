@@ -62,7 +62,7 @@ def test_checkpoint_is_atomic(tmp_path, monkeypatch):
 def test_checkpoint_refuses_pickled_code(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"f": print}, path)
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="evil.pt.*not a checkpoint"):
         train.load_checkpoint(path)
 
 

@@ -20,13 +20,26 @@ def chapter_of(docname: str):
     return int(match.group(1)) if match else None
 
 
+def _renumbered(number, chapter):
+    return number if not number else type(number)([chapter, *number[1:]])
+
+
 def _renumber(app, env):
+    from docutils import nodes
+
     for docname, numbers in env.toc_secnumbers.items():
         chapter = chapter_of(docname)
         if chapter is None:
             continue
-        env.toc_secnumbers[docname] = {anchor: (chapter, *number[1:]) if number else number
-                                       for anchor, number in numbers.items()}
+        # the numbers of the page's own headings, the ones stamped on its entries in the tables of
+        # contents (sidebar), and the one on its title (previous / next links)
+        env.toc_secnumbers[docname] = {anchor: _renumbered(number, chapter) for anchor, number in numbers.items()}
+        for reference in env.tocs[docname].findall(nodes.reference):
+            if reference.get("secnumber"):
+                reference["secnumber"] = _renumbered(reference["secnumber"], chapter)
+        title = env.titles.get(docname)
+        if title is not None and title.get("secnumber"):
+            title["secnumber"] = _renumbered(title["secnumber"], chapter)
     return []
 
 
