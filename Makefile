@@ -45,13 +45,13 @@ test: $(STAMP)
 
 ## ruff: lint and formatting check of labkit, tests and scripts (configured in pyproject.toml).
 lint: $(STAMP)
-	$(BIN)/ruff check labkit tests scripts conftest.py
-	$(BIN)/ruff format --check labkit tests scripts conftest.py
+	$(BIN)/ruff check labkit tests scripts conftest.py book/_ext
+	$(BIN)/ruff format --check labkit tests scripts conftest.py book/_ext
 
 ## Apply ruff's formatting and safe fixes.
 format: $(STAMP)
-	$(BIN)/ruff check --fix labkit tests scripts conftest.py
-	$(BIN)/ruff format labkit tests scripts conftest.py
+	$(BIN)/ruff check --fix labkit tests scripts conftest.py book/_ext
+	$(BIN)/ruff format labkit tests scripts conftest.py book/_ext
 
 ## Rebuild the bundled smoke-mode samples from the official files in $$LABKIT_DATA.
 sample: $(STAMP)

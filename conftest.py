@@ -5,6 +5,7 @@
   names a kernel) are run like notebooks: jupytext reads them, nbval executes them with the
   kernel's working directory at the page's own folder.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,7 @@ def pytest_collect_file(file_path, parent):
         """nbval's notebook collector, reading a MyST page through jupytext."""
 
         def collect(self):
-            with mock.patch.object(nbval.plugin.nbformat, "read",
-                                   lambda path, as_version=4: jupytext.read(path)):
+            with mock.patch.object(nbval.plugin.nbformat, "read", lambda path, as_version=4: jupytext.read(path)):
                 yield from super().collect()
 
     return MystPage.from_parent(parent, path=file_path)

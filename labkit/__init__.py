@@ -14,9 +14,6 @@ chapter's experiment (its sizes per mode, its runs and its record) is :mod:`labk
 tables, banners and glue names come from :mod:`labkit.report`.
 """
 
-from ._version import __version__
-from .runtime import MODES, Config, by_mode, device, mode, progress_enabled, seed_everything, setup
-
 from . import (  # noqa: E402  (the idea modules, so that ``import labkit`` reaches every one)
     attacks,
     certify,
@@ -34,6 +31,8 @@ from . import (  # noqa: E402  (the idea modules, so that ``import labkit`` reac
     runtime,
     train,
 )
+from ._version import __version__
+from .runtime import MODES, Config, by_mode, device, mode, progress_enabled, seed_everything, setup
 
 __all__ = [
     "MODES",

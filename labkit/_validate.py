@@ -1,4 +1,5 @@
 """Argument checks shared by labkit's modules: one clear error before any work is done."""
+
 from __future__ import annotations
 
 import math

@@ -5,9 +5,11 @@ so :func:`robust_accuracy` can sweep any of them over a list of radii. Inputs ar
 box [0, 1]; adversarial images stay in the box and within distance ``eps`` of ``x`` in the
 attack's norm. Attacks never change the model's parameters, gradients or train/eval mode.
 """
+
 from __future__ import annotations
 
 import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
@@ -81,8 +83,9 @@ def _project(delta, eps, norm):
     return delta * scale
 
 
-def pgd(model, x, y, eps, *, norm="linf", steps=10, step_size=None, random_start=True,
-        clamp=(0.0, 1.0), generator=None):
+def pgd(
+    model, x, y, eps, *, norm="linf", steps=10, step_size=None, random_start=True, clamp=(0.0, 1.0), generator=None
+):
     """Projected gradient descent on the loss in an l∞ or l2 ball (:prf:ref:`alg-pgd`).
 
     Starts at a random point of the ball (``random_start``), takes ``steps`` steps of size
@@ -97,8 +100,9 @@ def pgd(model, x, y, eps, *, norm="linf", steps=10, step_size=None, random_start
     if isinstance(eps, torch.Tensor) and eps.ndim == 1:
         _check(x, y, 0.0, clamp)
         if eps.shape[0] != x.shape[0] or not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()):
-            raise ValueError(f"per-example eps must be {x.shape[0]} finite non-negative radii, got shape "
-                             f"{tuple(eps.shape)}.")
+            raise ValueError(
+                f"per-example eps must be {x.shape[0]} finite non-negative radii, got shape {tuple(eps.shape)}."
+            )
         eps = eps.detach().to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.ndim - 1)))
         if step_size is not None:
             raise ValueError("with per-example eps the step size is 2.5 · eps / steps; leave step_size unset.")
@@ -179,8 +183,9 @@ def gaussian_noise(model, x, y, eps, *, clamp=(0.0, 1.0), generator=None):
     return (x + eps * noise).clamp(*clamp).detach()
 
 
-def robust_accuracy(model, data: Dataset, attack, eps_list, *, batch_size=256, device=None,
-                    progress=None) -> dict[float, float]:
+def robust_accuracy(
+    model, data: Dataset, attack, eps_list, *, batch_size=256, device=None, progress=None
+) -> dict[float, float]:
     """Accuracy of ``model`` on ``data`` after ``attack`` at each radius in ``eps_list``.
 
     ``attack`` is one of this module's attacks, or a ``functools.partial`` of one with options,
@@ -199,8 +204,9 @@ def robust_accuracy(model, data: Dataset, attack, eps_list, *, batch_size=256, d
     loader = DataLoader(data, batch_size=batch_size, shuffle=False)
     correct = {e: 0 for e in eps_values}
     total = 0
-    bar = tqdm(total=len(eps_values) * len(loader), desc=getattr(attack, "__name__", "attack"),
-               disable=not show, leave=False)
+    bar = tqdm(
+        total=len(eps_values) * len(loader), desc=getattr(attack, "__name__", "attack"), disable=not show, leave=False
+    )
     for xb, yb in loader:
         xb, yb = xb.to(dev), yb.to(dev)
         total += yb.shape[0]
@@ -218,4 +224,3 @@ def robust_accuracy(model, data: Dataset, attack, eps_list, *, batch_size=256, d
 def pgd_l2(model, x, y, eps, **options):
     """:func:`pgd` in the l2 ball (a named shortcut for :func:`robust_accuracy`)."""
     return pgd(model, x, y, eps, norm="l2", **options)
-

@@ -5,6 +5,7 @@ If the logits ``f`` are ``L``-Lipschitz in l2, each difference ``f_y - f_j`` is
 correct prediction. Certified accuracy at radius ``eps`` counts the test points that are
 correctly classified and whose radius exceeds ``eps``.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,9 @@ def certified_radius(logits: torch.Tensor, labels: torch.Tensor, lipschitz: floa
     return margin(logits, labels).clamp(min=0) / (math.sqrt(2.0) * L)
 
 
-def lln_radius(logits: torch.Tensor, labels: torch.Tensor, pair_norms: torch.Tensor,
-               lipschitz: float = 1.0) -> torch.Tensor:
+def lln_radius(
+    logits: torch.Tensor, labels: torch.Tensor, pair_norms: torch.Tensor, lipschitz: float = 1.0
+) -> torch.Tensor:
     """Pairwise certified radius for a last-layer-normalised head (§4.2.1):
     ``min_{j≠y} (f_y − f_j) / (‖ŵ_y − ŵ_j‖ · L)``, clamped at 0, where ``pair_norms[i, j] =
     ‖ŵ_i − ŵ_j‖`` and ``L`` bounds the constant of the features feeding the head. No √2 here: the
@@ -57,15 +59,14 @@ def lln_radius(logits: torch.Tensor, labels: torch.Tensor, pair_norms: torch.Ten
     if pair_norms.shape != (K, K):
         raise ValueError(f"pair_norms must be {K}×{K}, got {tuple(pair_norms.shape)}.")
     labels = labels.long()
-    gaps = logits.gather(1, labels[:, None]) - logits                     # f_y − f_j
-    norms = pair_norms.to(logits)[labels]                                 # ‖ŵ_y − ŵ_j‖
+    gaps = logits.gather(1, labels[:, None]) - logits  # f_y − f_j
+    norms = pair_norms.to(logits)[labels]  # ‖ŵ_y − ŵ_j‖
     ratio = gaps / norms.clamp_min(1e-12)
     ratio = ratio.scatter(1, labels[:, None], float("inf"))
     return ratio.min(1).values.clamp(min=0) / L
 
 
-def certified_accuracy(model, data: Dataset, eps, lipschitz: float, *, batch_size=512,
-                       device=None):
+def certified_accuracy(model, data: Dataset, eps, lipschitz: float, *, batch_size=512, device=None):
     """Fraction of ``data`` that is correct with certified radius above ``eps`` (§0.4).
 
     ``eps`` may be a number (returns a float) or a list (returns ``{eps: accuracy}``).

@@ -1,4 +1,4 @@
-"""Check cells of the labs: ``labkit.check.<exercise>(your_answer)`` (the labs of every chapter; the page *For instructors*).
+"""Check cells of the labs: ``labkit.check.<exercise>(your_answer)`` (the page *For instructors*).
 
 Each check tests a student's function against a known answer or an invariant, with a
 tolerance, and raises ``AssertionError`` saying what was expected, what came and a hint. A stub
@@ -6,15 +6,29 @@ tolerance, and raises ``AssertionError`` saying what was expected, what came and
 with what to do, so an unfinished lab stops at its first unfinished exercise. Checks never print
 the solution.
 """
+
 from __future__ import annotations
 
 import math
 
 import torch
 
-__all__ = ["lognorm_2", "certified_radius", "fgsm_step", "euler_resnet", "lognorm_inf",
-           "rank_one_gradient", "controlled_inner_step", "quotient_gradient", "pair_update", "lambda_rule",
-           "euler_step_norm", "cpl_step", "power_iteration", "lln_radius"]
+__all__ = [
+    "lognorm_2",
+    "certified_radius",
+    "fgsm_step",
+    "euler_resnet",
+    "lognorm_inf",
+    "rank_one_gradient",
+    "controlled_inner_step",
+    "quotient_gradient",
+    "pair_update",
+    "lambda_rule",
+    "euler_step_norm",
+    "cpl_step",
+    "power_iteration",
+    "lln_radius",
+]
 
 
 def _call(fn, *args):
@@ -23,8 +37,10 @@ def _call(fn, *args):
     try:
         return fn(*args)
     except NotImplementedError as err:
-        err.add_note(f"{getattr(fn, '__name__', 'your function')} is not implemented yet: replace "
-                     "`raise NotImplementedError()` by your code, then run this check again.")
+        err.add_note(
+            f"{getattr(fn, '__name__', 'your function')} is not implemented yet: replace "
+            "`raise NotImplementedError()` by your code, then run this check again."
+        )
         raise
 
 
@@ -32,16 +48,13 @@ def _close(got, expected, what, hint, rtol=1e-6, atol=1e-8):
     try:
         got_t = torch.as_tensor(got, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
-        raise AssertionError(f"{what}: expected a number or tensor, got {type(got).__name__}. "
-                             f"Hint: {hint}") from None
+        raise AssertionError(f"{what}: expected a number or tensor, got {type(got).__name__}. Hint: {hint}") from None
     exp_t = torch.as_tensor(expected, dtype=torch.float64)
     if got_t.shape != exp_t.shape:
-        raise AssertionError(f"{what}: expected shape {tuple(exp_t.shape)}, got {tuple(got_t.shape)}. "
-                             f"Hint: {hint}")
+        raise AssertionError(f"{what}: expected shape {tuple(exp_t.shape)}, got {tuple(got_t.shape)}. Hint: {hint}")
     if not torch.allclose(got_t, exp_t, rtol=rtol, atol=atol):
         err = float((got_t - exp_t).abs().max())
-        raise AssertionError(f"{what}: off by up to {err:.3g} (tolerance {rtol:g} relative). "
-                             f"Hint: {hint}")
+        raise AssertionError(f"{what}: off by up to {err:.3g} (tolerance {rtol:g} relative). Hint: {hint}")
 
 
 def lognorm_2(fn) -> None:
@@ -49,15 +62,19 @@ def lognorm_2(fn) -> None:
     g = torch.Generator().manual_seed(11)
     cases = [
         torch.tensor([[-1.0, 0.0], [0.0, -3.0]], dtype=torch.float64),  # diagonal: max entry
-        torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64),   # skew: zero
+        torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64),  # skew: zero
         torch.tensor([[-1.0, 4.0], [0.0, -1.0]], dtype=torch.float64),  # stable but expanding
     ] + [torch.randn(n, n, generator=g, dtype=torch.float64) for n in (3, 6)]
     for A in cases:
         expected = torch.linalg.eigvalsh(0.5 * (A + A.T))[-1]
         got = _call(fn, A.clone())
-        _close(got, expected, f"μ₂ of the {A.shape[0]}×{A.shape[0]} matrix {A.tolist() if A.shape[0] == 2 else ''}".strip(),
-               "μ₂(A) is the largest eigenvalue of a symmetric matrix built from A; it can be negative, "
-               "and it is 0 for a skew-symmetric A.")
+        _close(
+            got,
+            expected,
+            f"μ₂ of the {A.shape[0]}×{A.shape[0]} matrix {A.tolist() if A.shape[0] == 2 else ''}".strip(),
+            "μ₂(A) is the largest eigenvalue of a symmetric matrix built from A; it can be negative, "
+            "and it is 0 for a skew-symmetric A.",
+        )
     A = cases[2]
     h = 1e-7  # the definition as a limit: (‖I + hA‖₂ − 1)/h
     limit = (torch.linalg.matrix_norm(torch.eye(2, dtype=A.dtype) + h * A, ord=2) - 1) / h
@@ -72,9 +89,13 @@ def certified_radius(fn) -> None:
         margins = torch.tensor([2.0, 1.0, 0.0, 4.8])  # the third one is misclassified: radius 0
         expected = margins / (math.sqrt(2) * L)
         got = _call(fn, logits.clone(), labels.clone(), L)
-        _close(got, expected, f"radii with L = {L}",
-               "the radius is the margin f_y − max_{j≠y} f_j divided by √2·L, and 0 where the "
-               "prediction is wrong.", rtol=1e-5)
+        _close(
+            got,
+            expected,
+            f"radii with L = {L}",
+            "the radius is the margin f_y − max_{j≠y} f_j divided by √2·L, and 0 where the prediction is wrong.",
+            rtol=1e-5,
+        )
 
 
 def fgsm_step(fn) -> None:
@@ -90,15 +111,21 @@ def fgsm_step(fn) -> None:
     for eps in (0.0, 0.1, 0.3):
         got = _call(fn, model, x.clone(), y.clone(), eps)
         if not isinstance(got, torch.Tensor) or got.shape != x.shape:
-            raise AssertionError(f"expected a tensor of shape {tuple(x.shape)}, got "
-                                 f"{getattr(got, 'shape', type(got).__name__)}.")
+            raise AssertionError(
+                f"expected a tensor of shape {tuple(x.shape)}, got {getattr(got, 'shape', type(got).__name__)}."
+            )
         if float(got.min()) < 0 or float(got.max()) > 1:
             raise AssertionError("the adversarial image leaves [0, 1]. Hint: clamp it.")
         if float((got - x).abs().max()) > eps + 1e-6:
             raise AssertionError(f"the perturbation is larger than eps = {eps} in l∞.")
-        _close(got.detach(), fgsm(model, x, y, eps), f"FGSM image at eps = {eps}",
-               "step by eps along the sign of the gradient of the loss with respect to the input.",
-               rtol=1e-5, atol=1e-6)
+        _close(
+            got.detach(),
+            fgsm(model, x, y, eps),
+            f"FGSM image at eps = {eps}",
+            "step by eps along the sign of the gradient of the loss with respect to the input.",
+            rtol=1e-5,
+            atol=1e-6,
+        )
 
 
 def euler_resnet(fn) -> None:
@@ -109,25 +136,38 @@ def euler_resnet(fn) -> None:
     for n in (1, 4, 50):
         h = 1.0 / n
         expected = x0 @ torch.linalg.matrix_power(torch.eye(2, dtype=A.dtype) + h * A, n).T
-        _close(_call(fn, f, x0.clone(), 1.0, n), expected, f"{n} Euler steps on a linear ODE",
-               "x ← x + h·f(t, x) with h = T/n, n times, t advancing by h each step.")
+        _close(
+            _call(fn, f, x0.clone(), 1.0, n),
+            expected,
+            f"{n} Euler steps on a linear ODE",
+            "x ← x + h·f(t, x) with h = T/n, n times, t advancing by h each step.",
+        )
     ft = lambda t, x: torch.ones_like(x) * t  # noqa: E731  (checks that t advances)
-    _close(_call(fn, ft, torch.zeros(1, 1, dtype=torch.float64), 1.0, 4),
-           torch.tensor([[(0 + 0.25 + 0.5 + 0.75) * 0.25]], dtype=torch.float64),
-           "Euler steps on ẋ = t", "the k-th step evaluates f at t_k = k·h.")
+    _close(
+        _call(fn, ft, torch.zeros(1, 1, dtype=torch.float64), 1.0, 4),
+        torch.tensor([[(0 + 0.25 + 0.5 + 0.75) * 0.25]], dtype=torch.float64),
+        "Euler steps on ẋ = t",
+        "the k-th step evaluates f at t_k = k·h.",
+    )
 
 
 def lognorm_inf(fn) -> None:
     """Lab 1, exercise 1: ``fn(A)`` returns μ_∞(A), the log norm induced by the max norm."""
     g = torch.Generator().manual_seed(5)
-    cases = [torch.tensor([[-3.0, 1.0], [2.0, -1.0]], dtype=torch.float64),  # rows: -2, 1
-             torch.tensor([[0.0, -4.0], [4.0, 0.0]], dtype=torch.float64)]   # skew: 4, not 0
+    cases = [
+        torch.tensor([[-3.0, 1.0], [2.0, -1.0]], dtype=torch.float64),  # rows: -2, 1
+        torch.tensor([[0.0, -4.0], [4.0, 0.0]], dtype=torch.float64),
+    ]  # skew: 4, not 0
     cases += [torch.randn(n, n, generator=g, dtype=torch.float64) for n in (3, 5)]
     for A in cases:
         expected = (A.diagonal() + A.abs().sum(1) - A.diagonal().abs()).max()
-        _close(_call(fn, A.clone()), expected, f"μ_∞ of a {A.shape[0]}×{A.shape[0]} matrix",
-               "row i contributes its diagonal entry (with its sign) plus the absolute values of "
-               "the other entries of the row; take the largest row.")
+        _close(
+            _call(fn, A.clone()),
+            expected,
+            f"μ_∞ of a {A.shape[0]}×{A.shape[0]} matrix",
+            "row i contributes its diagonal entry (with its sign) plus the absolute values of "
+            "the other entries of the row; take the largest row.",
+        )
     A = cases[0]
     h = 1e-7
     limit = (torch.linalg.matrix_norm(torch.eye(2, dtype=A.dtype) + h * A, ord=float("inf")) - 1) / h
@@ -143,14 +183,19 @@ def rank_one_gradient(fn) -> None:
         D[0, 0] = 1.0
         P = torch.randn(n, n, generator=g, dtype=torch.float64)
         h = 1e-6
-        mu = lambda X: torch.linalg.eigvalsh(0.5 * (D @ X + (D @ X).T))[-1]  # noqa: E731
+        mu = lambda X, D=D: torch.linalg.eigvalsh(0.5 * (D @ X + (D @ X).T))[-1]  # noqa: E731
         fd = (mu(M + h * P) - mu(M - h * P)) / (2 * h)
         G = _call(fn, D.clone(), M.clone())
         if not isinstance(G, torch.Tensor) or G.shape != M.shape:
             raise AssertionError(f"expected an {n}×{n} tensor, got {getattr(G, 'shape', type(G).__name__)}.")
-        _close((G * P).sum(), fd, f"directional derivative of μ₂(DM) ({n}×{n})",
-               "with v the top unit eigenvector of sym(DM), μ₂ = vᵀ D M v; differentiate in M.",
-               rtol=1e-5, atol=1e-8)
+        _close(
+            (G * P).sum(),
+            fd,
+            f"directional derivative of μ₂(DM) ({n}×{n})",
+            "with v the top unit eigenvector of sym(DM), μ₂ = vᵀ D M v; differentiate in M.",
+            rtol=1e-5,
+            atol=1e-8,
+        )
         if int(torch.linalg.matrix_rank(G)) != 1:
             raise AssertionError("the gradient should have rank one.")
 
@@ -175,8 +220,9 @@ def controlled_inner_step(fn) -> None:
     E = E / E.norm() + 0.05 * torch.randn(5, 5, generator=g, dtype=torch.float64)
     E = E / E.norm()
     mu0, G0 = value(E)
-    big = next(h for h in (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
-               if value(inner_step(E, G0, h))[0] >= mu0)  # a step this long overshoots
+    big = next(
+        h for h in (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0) if value(inner_step(E, G0, h))[0] >= mu0
+    )  # a step this long overshoots
     for h0 in (0.01, big):  # a small step is accepted at once; a long one must be shrunk
         mu, G = value(E)
         h = h0
@@ -190,8 +236,14 @@ def controlled_inner_step(fn) -> None:
             raise AssertionError("return a pair (E_new, h_new).")
         E_new, h_new = got
         _close(torch.as_tensor(E_new).norm(), 1.0, "‖E_new‖_F", "renormalise onto the unit sphere.")
-        _close(E_new, cand, f"E_new from h = {h0}", "step along −G + ⟨G,E⟩E, renormalise, and shrink h "
-               "by theta until μ decreases.", rtol=1e-8, atol=1e-10)
+        _close(
+            E_new,
+            cand,
+            f"E_new from h = {h0}",
+            "step along −G + ⟨G,E⟩E, renormalise, and shrink h by theta until μ decreases.",
+            rtol=1e-8,
+            atol=1e-10,
+        )
         _close(h_new, 1.3 * h, f"h_new from h = {h0}", "after an accepted step, grow h by theta.")
 
 
@@ -227,11 +279,18 @@ def quotient_gradient(fn) -> None:
         if not (isinstance(got, tuple) and len(got) == 3):
             raise AssertionError("return a triple (q, gu, gv).")
         q, gu, gv = _pair_grads(f, x, y)
-        _close(got[0], q, f"quotients for {name}", "one number per pair: the norm of the output difference "
-               "over the norm of the input difference (flattened, l2).")
-        hint = ("differentiate each pair's quotient with respect to its own u_i and v_i (autograd on the sum "
-                "of the quotients gives all of them at once); the quotient depends on u and v only through "
-                "f(u) − f(v) and u − v.")
+        _close(
+            got[0],
+            q,
+            f"quotients for {name}",
+            "one number per pair: the norm of the output difference "
+            "over the norm of the input difference (flattened, l2).",
+        )
+        hint = (
+            "differentiate each pair's quotient with respect to its own u_i and v_i (autograd on the sum "
+            "of the quotients gives all of them at once); the quotient depends on u and v only through "
+            "f(u) − f(v) and u − v."
+        )
         _close(got[1], gu, f"gradient in u for {name}", hint, rtol=1e-6, atol=1e-9)
         _close(got[2], gv, f"gradient in v for {name}", hint, rtol=1e-6, atol=1e-9)
 
@@ -254,10 +313,16 @@ def pair_update(fn) -> None:
     accepted = (ref.step_size > step).tolist()
     if all(accepted) or not any(accepted):
         raise AssertionError("internal: the check's pairs should mix accepted and rejected steps.")
-    _close(got[2], ref.step_size, "step sizes after the update", "multiply a pair's step by growth when its step "
-           "was kept and divide it by growth when it was rejected.")
-    hint = ("take the tentative step with each pair's own step size along the gradient of its quotient (ascent), "
-            "and keep it only where the quotient went up.")
+    _close(
+        got[2],
+        ref.step_size,
+        "step sizes after the update",
+        "multiply a pair's step by growth when its step was kept and divide it by growth when it was rejected.",
+    )
+    hint = (
+        "take the tentative step with each pair's own step size along the gradient of its quotient (ascent), "
+        "and keep it only where the quotient went up."
+    )
     _close(got[0], ref.u, "u after the update", hint, rtol=1e-8, atol=1e-10)
     _close(got[1], ref.v, "v after the update", hint, rtol=1e-8, atol=1e-10)
 
@@ -265,12 +330,21 @@ def pair_update(fn) -> None:
 def lambda_rule(fn) -> None:
     """Lab 2, exercise 3: ``fn(lam, accuracy, target, increment)`` returns the next ``λ`` of the
     target-accuracy rule: ``lam + increment`` above the target, ``max(lam − increment, 0)`` otherwise."""
-    cases = [((0.1, 0.99, 0.97, 0.05), 0.15), ((0.1, 0.90, 0.97, 0.05), 0.05), ((0.02, 0.5, 0.97, 0.05), 0.0),
-             ((0.0, 0.98, 0.97, 0.01), 0.01), ((1.0, 0.97, 0.97, 0.5), 0.5)]
+    cases = [
+        ((0.1, 0.99, 0.97, 0.05), 0.15),
+        ((0.1, 0.90, 0.97, 0.05), 0.05),
+        ((0.02, 0.5, 0.97, 0.05), 0.0),
+        ((0.0, 0.98, 0.97, 0.01), 0.01),
+        ((1.0, 0.97, 0.97, 0.5), 0.5),
+    ]
     for args, expected in cases:
-        _close(_call(fn, *args), expected, f"λ after lam={args[0]}, accuracy={args[1]}, target={args[2]}, "
-               f"increment={args[3]}", "more regularisation when the accuracy beats the target (strictly), "
-               "less otherwise, and λ is never negative.")
+        _close(
+            _call(fn, *args),
+            expected,
+            f"λ after lam={args[0]}, accuracy={args[1]}, target={args[2]}, increment={args[3]}",
+            "more regularisation when the accuracy beats the target (strictly), "
+            "less otherwise, and λ is never negative.",
+        )
 
 
 # --------------------------------------------------------------------------- lab 4
@@ -284,8 +358,10 @@ def euler_step_norm(fn) -> None:
     """Lab 4, exercise 1: ``fn(Q, h)`` returns ``‖I − hQ‖₂``, the Lipschitz constant of the Euler step
     ``x ↦ x − h∇f(x)`` of the quadratic potential ``f(x) = ½ xᵀQx`` (``Q`` symmetric, ``Q ⪰ 0``)."""
     cases = [torch.diag(torch.tensor([4.0, 1.0, 0.0], dtype=torch.float64)), _psd(0), _psd(1, 7)]
-    hint = ("the step is linear, x ↦ (I − hQ)x, so its constant is the spectral norm of I − hQ; with the "
-            "eigenvalues λ_i of Q that is max_i |1 − hλ_i|, which is > 1 exactly when h > 2/λ_max.")
+    hint = (
+        "the step is linear, x ↦ (I − hQ)x, so its constant is the spectral norm of I − hQ; with the "
+        "eigenvalues λ_i of Q that is max_i |1 − hλ_i|, which is > 1 exactly when h > 2/λ_max."
+    )
     for Q in cases:
         L = float(torch.linalg.eigvalsh(Q)[-1])
         for c in (0.3, 1.0, 2.0, 2.5):
@@ -312,9 +388,14 @@ def cpl_step(fn) -> None:
         with torch.no_grad():
             expected = layer(x)
         got = _call(fn, x.clone(), W.clone(), b.clone())
-        _close(got, expected, f"CPL output for W of shape {m}×{n}",
-               "h = 2/‖W‖₂² uses the spectral norm (torch.linalg.matrix_norm(W, ord=2)), not the Frobenius "
-               "norm; the batch is x (N × n), so Wx + b is x @ W.T + b and Wᵀσ(·) is σ(·) @ W.", rtol=1e-8)
+        _close(
+            got,
+            expected,
+            f"CPL output for W of shape {m}×{n}",
+            "h = 2/‖W‖₂² uses the spectral norm (torch.linalg.matrix_norm(W, ord=2)), not the Frobenius "
+            "norm; the batch is x (N × n), so Wx + b is x @ W.T + b and Wᵀσ(·) is σ(·) @ W.",
+            rtol=1e-8,
+        )
 
 
 def power_iteration(fn) -> None:
@@ -328,8 +409,10 @@ def power_iteration(fn) -> None:
     W = Uq @ S @ Vq.T
     u0 = torch.randn(4, generator=g, dtype=torch.float64)
     u0 = u0 / u0.norm()
-    hint = ("one step maps u to Wᵀ(Wu) and normalises; the estimate is ‖Wu‖ for the final u (not ‖WᵀWu‖, "
-            "which estimates ‖W‖²).")
+    hint = (
+        "one step maps u to Wᵀ(Wu) and normalises; the estimate is ‖Wu‖ for the final u (not ‖WᵀWu‖, "
+        "which estimates ‖W‖²)."
+    )
     got = _call(fn, W.clone(), u0.clone(), 1)
     if not (isinstance(got, tuple) and len(got) == 2):
         raise AssertionError("return a pair (sigma, u).")
@@ -342,8 +425,10 @@ def power_iteration(fn) -> None:
         sigma, _ = _call(fn, W.clone(), u0.clone(), k)
         values.append(float(sigma))
         if float(sigma) > 3.0 * (1 + 1e-12):
-            raise AssertionError(f"after {k} steps the estimate {float(sigma):.6f} exceeds ‖W‖ = 3: the power "
-                                 f"iteration approaches the norm from below. Hint: {hint}")
+            raise AssertionError(
+                f"after {k} steps the estimate {float(sigma):.6f} exceeds ‖W‖ = 3: the power "
+                f"iteration approaches the norm from below. Hint: {hint}"
+            )
     if any(b < a - 1e-12 for a, b in zip(values, values[1:])):
         raise AssertionError(f"the estimates {values} should not decrease with more steps. Hint: {hint}")
     _close(values[-1], 3.0, "sigma after 200 steps", hint, rtol=1e-8)
@@ -360,6 +445,11 @@ def lln_radius(fn) -> None:
     logits = torch.randn(12, 4, generator=g, dtype=torch.float64)
     labels = torch.randint(0, 4, (12,), generator=g)
     expected = reference(logits, labels, torch.cdist(W_hat, W_hat), 1.0)
-    _close(_call(fn, logits.clone(), labels.clone(), W_hat.clone()), expected, "pairwise radii",
-           "for each example and each other class j, divide the logit gap f_y − f_j by ‖ŵ_y − ŵ_j‖ (not by "
-           "√2), take the smallest over j ≠ y, and give 0 to misclassified examples.", rtol=1e-8)
+    _close(
+        _call(fn, logits.clone(), labels.clone(), W_hat.clone()),
+        expected,
+        "pairwise radii",
+        "for each example and each other class j, divide the logit gap f_y − f_j by ‖ŵ_y − ŵ_j‖ (not by "
+        "√2), take the smallest over j ≠ y, and give 0 to misclassified examples.",
+        rtol=1e-8,
+    )

@@ -6,6 +6,7 @@ finite set of pairs, :class:`PairSet`, which is moved by gradient ascent on the 
 quotient after every mini-batch (Algorithm 1); the training loss adds ``λ`` times that estimate
 (Algorithm 2), and ``λ`` follows a target accuracy (:class:`LambdaSchedule`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -14,13 +15,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _validate, attacks, experiment, lipschitz, train as _train
+from . import _validate, attacks, experiment, lipschitz
+from . import train as _train
 from .lipschitz import quotient
-from .runtime import progress_enabled, resolve_device
+from .runtime import resolve_device
 
-__all__ = ["quotient", "PairSet", "LambdaSchedule", "mlp", "clip_loss", "Setting", "SETTINGS", "get_setting",
-           "Run", "fit", "regression_data", "regression_truth", "grid_lipschitz", "fit_regression", "regression",
-           "split", "evaluate_robustness"]  # quotient: labkit.lipschitz.quotient, re-exported
+__all__ = [
+    "quotient",
+    "PairSet",
+    "LambdaSchedule",
+    "mlp",
+    "clip_loss",
+    "Setting",
+    "SETTINGS",
+    "get_setting",
+    "Run",
+    "fit",
+    "regression_data",
+    "regression_truth",
+    "grid_lipschitz",
+    "fit_regression",
+    "regression",
+    "split",
+    "evaluate_robustness",
+]  # quotient: labkit.lipschitz.quotient, re-exported
 
 
 class PairSet:
@@ -34,14 +52,24 @@ class PairSet:
     Lipschitz constant of the current network (it can never certify robustness).
     """
 
-    def __init__(self, u: torch.Tensor, v: torch.Tensor, *, step_size: float = 1.0, growth: float = 1.3,
-                 squared: bool = False, clamp: tuple[float, float] | None = None):
+    def __init__(
+        self,
+        u: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        step_size: float = 1.0,
+        growth: float = 1.3,
+        squared: bool = False,
+        clamp: tuple[float, float] | None = None,
+    ):
         if u.shape != v.shape or u.ndim < 2 or u.shape[0] == 0:
-            raise ValueError(f"u and v must be non-empty batches of the same shape, got {tuple(u.shape)} "
-                             f"and {tuple(v.shape)}.")
+            raise ValueError(
+                f"u and v must be non-empty batches of the same shape, got {tuple(u.shape)} and {tuple(v.shape)}."
+            )
         self.u, self.v = u.detach().clone(), v.detach().clone()
-        self.step_size = torch.full((u.shape[0],), _validate.positive(step_size, "step_size"), dtype=u.dtype,
-                                    device=u.device)
+        self.step_size = torch.full(
+            (u.shape[0],), _validate.positive(step_size, "step_size"), dtype=u.dtype, device=u.device
+        )
         self.growth = _validate.positive(growth, "growth")
         if self.growth <= 1:
             raise ValueError(f"growth must exceed 1, got {growth}.")
@@ -49,8 +77,9 @@ class PairSet:
         self.value: torch.Tensor | None = None  # the quotients at the last update
 
     @classmethod
-    def from_batch(cls, x: torch.Tensor, *, mode: str = "partial_random", noise: float = 0.1,
-                   generator=None, **options) -> "PairSet":
+    def from_batch(
+        cls, x: torch.Tensor, *, mode: str = "partial_random", noise: float = 0.1, generator=None, **options
+    ) -> PairSet:
         """Pairs from a batch of inputs, as the authors' ``u_v_init``: ``"plain"`` pairs the first
         half with the second, ``"partial_random"`` pairs the second half ``u`` with
         ``u + U[0, noise)``, ``"noise"`` draws both from ``U[0, noise)``."""
@@ -58,11 +87,11 @@ class PairSet:
         half = x.shape[0] // 2
         if half == 0:
             raise ValueError("need a batch of at least two inputs to form pairs.")
-        rand = lambda: noise * torch.rand(x[half:2 * half].shape, generator=generator).to(x)  # noqa: E731
+        rand = lambda: noise * torch.rand(x[half : 2 * half].shape, generator=generator).to(x)  # noqa: E731
         if mode == "plain":
-            u, v = x[:half], x[half:2 * half]
+            u, v = x[:half], x[half : 2 * half]
         elif mode == "partial_random":
-            u = x[half:2 * half]
+            u = x[half : 2 * half]
             v = u + rand()
         elif mode == "noise":
             u, v = rand(), rand()
@@ -107,14 +136,14 @@ class PairSet:
         if self.value is None:
             raise RuntimeError("call update(model) first.")
         v = float(self.value.max())
-        return v ** 0.5 if self.squared else v
+        return v**0.5 if self.squared else v
 
     def worst(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The pair with the largest quotient at the last update, as batches of one."""
         if self.value is None:
             raise RuntimeError("call update(model) first.")
         k = int(self.value.argmax())
-        return self.u[k:k + 1], self.v[k:k + 1]
+        return self.u[k : k + 1], self.v[k : k + 1]
 
 
 class LambdaSchedule:
@@ -123,8 +152,16 @@ class LambdaSchedule:
     ``λ = warmup_value`` during the first ``warmup`` epochs, and the rule acts every ``cooldown + 1``
     epochs. ``step(accuracy)`` returns the ``λ`` for the next epoch."""
 
-    def __init__(self, lam: float, target: float, increment: float, *, warmup: int = 0,
-                 warmup_value: float = 0.0, cooldown: int = 0):
+    def __init__(
+        self,
+        lam: float,
+        target: float,
+        increment: float,
+        *,
+        warmup: int = 0,
+        warmup_value: float = 0.0,
+        cooldown: int = 0,
+    ):
         self.base = _validate.nonneg(lam, "lam")
         self.target = float(target)
         if not 0.0 <= self.target <= 1.0:
@@ -171,8 +208,9 @@ def mlp(sizes=(784, 200, 80, 10), activation: str = "sigmoid", *, last_activatio
     return nn.Sequential(*layers)
 
 
-def clip_loss(model, x, y, pairs: PairSet, lam: float, *, loss_fn=None, reduce: str = "max",
-              reg_max: float | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+def clip_loss(
+    model, x, y, pairs: PairSet, lam: float, *, loss_fn=None, reduce: str = "max", reg_max: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """CLIP's loss (§2.3, Algorithm 2): ``loss_fn(model(x), y) + lam · R`` with ``R`` the
     quotient (squared if ``pairs.squared``) of the worst pair at the last update (``reduce="max"``)
     or the mean over all pairs (``"mean"``). The pairs enter as constants; only the parameters are
@@ -232,10 +270,26 @@ class Setting:
 
 
 SETTINGS = {
-    "paper": Setting("paper", last_activation=True, squared=True, reg_max=5000.0, pair_clamp=None,
-                     cooldown=1, schedule_on="train", select="adversarial"),
-    "standard": Setting("standard", last_activation=False, squared=False, reg_max=None, pair_clamp=(0.0, 1.0),
-                        cooldown=0, schedule_on="val", select="last"),
+    "paper": Setting(
+        "paper",
+        last_activation=True,
+        squared=True,
+        reg_max=5000.0,
+        pair_clamp=None,
+        cooldown=1,
+        schedule_on="train",
+        select="adversarial",
+    ),
+    "standard": Setting(
+        "standard",
+        last_activation=False,
+        squared=False,
+        reg_max=None,
+        pair_clamp=(0.0, 1.0),
+        cooldown=0,
+        schedule_on="val",
+        select="last",
+    ),
 }
 
 
@@ -266,13 +320,34 @@ class Run:
 
 def _draw_pairs(val_x, s: Setting, gen, dev) -> PairSet:
     idx = torch.randperm(val_x.shape[0], generator=gen)[: 2 * s.n_pairs]
-    return PairSet.from_batch(val_x[idx].to(dev), mode=s.pair_init, generator=gen, step_size=s.pair_step,
-                              growth=s.growth, squared=s.squared, clamp=s.pair_clamp)
+    return PairSet.from_batch(
+        val_x[idx].to(dev),
+        mode=s.pair_init,
+        generator=gen,
+        step_size=s.pair_step,
+        growth=s.growth,
+        squared=s.squared,
+        clamp=s.pair_clamp,
+    )
 
 
-def fit(model, train_data, val_data, *, setting="paper", epochs: int = 10, lam: float = 0.1,
-        target: float | None = 0.97, increment: float = 0.05, warmup: int = 1, weight_decay: float = 0.0,
-        seed: int = 0, device=None, progress: bool | None = None, trace_every: int = 10) -> Run:
+def fit(
+    model,
+    train_data,
+    val_data,
+    *,
+    setting="paper",
+    epochs: int = 10,
+    lam: float = 0.1,
+    target: float | None = 0.97,
+    increment: float = 0.05,
+    warmup: int = 1,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    device=None,
+    progress: bool | None = None,
+    trace_every: int = 10,
+) -> Run:
     """Train ``model`` with CLIP (§2.3, Algorithm 2) in the given :class:`Setting`.
 
     Every mini-batch: one accept/reject ascent step of the pairs (:meth:`PairSet.update`), then an
@@ -300,17 +375,24 @@ def fit(model, train_data, val_data, *, setting="paper", epochs: int = 10, lam: 
         raise ValueError("train_data must be non-empty and val_data needs at least two examples.")
     dev = resolve_device(device)
     model.to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum,
-                          weight_decay=_validate.nonneg(weight_decay, "weight_decay"))
+    opt = torch.optim.SGD(
+        model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=_validate.nonneg(weight_decay, "weight_decay")
+    )
     fixed = target is None or lam == 0
-    schedule = LambdaSchedule(lam, 0.0 if fixed else target, 0.0 if fixed else increment,
-                              warmup=warmup if lam > 0 else 0, cooldown=s.cooldown)
+    schedule = LambdaSchedule(
+        lam, 0.0 if fixed else target, 0.0 if fixed else increment, warmup=warmup if lam > 0 else 0, cooldown=s.cooldown
+    )
     gen = torch.Generator().manual_seed(seed)
     val_x = val_data.tensors[0]
     keys = ("lam", "loss", "accuracy", "val_accuracy", "val_adv_accuracy", "estimate", "reg")
     run = Run(model=model, setting=s.name, history={k: [] for k in keys})
-    state = {"pairs": _draw_pairs(val_x, s, gen, dev) if lam > 0 else None, "batches": 0, "regs": [],
-             "best_score": -1.0, "best": None}
+    state = {
+        "pairs": _draw_pairs(val_x, s, gen, dev) if lam > 0 else None,
+        "batches": 0,
+        "regs": [],
+        "best_score": -1.0,
+        "best": None,
+    }
 
     def clip_step(model, xb, yb):
         pairs = state["pairs"]
@@ -348,8 +430,19 @@ def fit(model, train_data, val_data, *, setting="paper", epochs: int = 10, lam: 
         schedule.step(accuracy)
 
     t0 = time.perf_counter()
-    _train.fit(model, train_data, epochs, batch_size=s.batch_size, optimizer=opt, device=dev, seed=seed,
-               progress=progress, step_fn=clip_step, after_epoch=end_of_epoch, desc=s.name)
+    _train.fit(
+        model,
+        train_data,
+        epochs,
+        batch_size=s.batch_size,
+        optimizer=opt,
+        device=dev,
+        seed=seed,
+        progress=progress,
+        step_fn=clip_step,
+        after_epoch=end_of_epoch,
+        desc=s.name,
+    )
     if state["best"] is not None:
         model.load_state_dict(state["best"])
     model.eval()
@@ -383,8 +476,9 @@ def grid_lipschitz(f, lo: float = -1.0, hi: float = 1.0, points: int = 2001) -> 
     return float(((y[1:] - y[:-1]).abs() / (t[1, 0] - t[0, 0])).max())
 
 
-def fit_regression(x, y, lam: float, *, width: int = 100, steps: int = 3000, lr: float = 3e-3, seed: int = 0,
-                   pair_noise: float = 0.1) -> tuple[nn.Module, PairSet]:
+def fit_regression(
+    x, y, lam: float, *, width: int = 100, steps: int = 3000, lr: float = 3e-3, seed: int = 0, pair_noise: float = 0.1
+) -> tuple[nn.Module, PairSet]:
     """Fit a 1-``width``-``width``-1 tanh network to ``(x, y)`` by full-batch Adam on the mean squared
     error plus ``lam`` times the largest pair quotient (§2.4); the pairs are the
     data points and their ``U[0, pair_noise)`` shifts, moved by one ascent step per Adam step.
@@ -392,8 +486,13 @@ def fit_regression(x, y, lam: float, *, width: int = 100, steps: int = 3000, lr:
     lam = _validate.nonneg(lam, "lam")
     torch.manual_seed(seed)
     model = mlp((1, width, width, 1), "tanh").double()
-    pairs = PairSet.from_batch(torch.cat([x, x]), mode="partial_random", noise=pair_noise, step_size=0.1,
-                               generator=torch.Generator().manual_seed(seed))
+    pairs = PairSet.from_batch(
+        torch.cat([x, x]),
+        mode="partial_random",
+        noise=pair_noise,
+        step_size=0.1,
+        generator=torch.Generator().manual_seed(seed),
+    )
     opt = torch.optim.Adam(model.parameters(), lr=_validate.positive(lr, "lr"))
     for _ in range(_validate.positive_int(steps, "steps")):
         if lam > 0:
@@ -406,17 +505,27 @@ def fit_regression(x, y, lam: float, *, width: int = 100, steps: int = 3000, lr:
     return model.eval(), pairs
 
 
-def regression(lams=(0.0, 1e-3, 1e-2, 1e-1), *, n: int = 40, noise: float = 0.2, steps: int = 3000,
-               seed: int = 0) -> dict:
+def regression(
+    lams=(0.0, 1e-3, 1e-2, 1e-1), *, n: int = 40, noise: float = 0.2, steps: int = 3000, seed: int = 0
+) -> dict:
     """The regression sweep of Chapter 2: for each ``λ`` the fit on a grid, its grid Lipschitz
     constant, the pair estimate, the training error and the error against the ground truth.
     JSON-ready."""
     x, y = regression_data(n, noise=noise, seed=seed)
     grid = torch.linspace(-1, 1, 401, dtype=torch.float64).view(-1, 1)
     truth = regression_truth(grid)
-    out = {"x": x.view(-1).tolist(), "y": y.view(-1).tolist(), "grid": grid.view(-1).tolist(),
-           "truth": truth.view(-1).tolist(), "lams": [float(v) for v in lams], "fits": [], "lipschitz": [],
-           "estimate": [], "train_mse": [], "truth_mse": []}
+    out = {
+        "x": x.view(-1).tolist(),
+        "y": y.view(-1).tolist(),
+        "grid": grid.view(-1).tolist(),
+        "truth": truth.view(-1).tolist(),
+        "lams": [float(v) for v in lams],
+        "fits": [],
+        "lipschitz": [],
+        "estimate": [],
+        "train_mse": [],
+        "truth_mse": [],
+    }
     for lam in lams:
         model, pairs = fit_regression(x, y, lam, steps=steps, seed=seed)
         with torch.no_grad():
@@ -443,8 +552,19 @@ def split(data, n_val: int, *, seed: int = 42):
     return TensorDataset(x[perm[n_val:]], y[perm[n_val:]]), TensorDataset(x[perm[:n_val]], y[perm[:n_val]])
 
 
-def evaluate_robustness(model, test, *, eps: float = 2.0, noise: float = 1.0, attack_steps: int = 100,
-                        ascent_steps: int = 200, pairs_from=None, seed: int = 0, device=None, **fields) -> dict:
+def evaluate_robustness(
+    model,
+    test,
+    *,
+    eps: float = 2.0,
+    noise: float = 1.0,
+    attack_steps: int = 100,
+    ascent_steps: int = 200,
+    pairs_from=None,
+    seed: int = 0,
+    device=None,
+    **fields,
+) -> dict:
     """Chapter 2's evaluation of one model, as a :func:`labkit.experiment.result` at the one
     radius ``eps`` (ℓ2): clean accuracy; the empirical curves ``pgd_l2`` (standard ℓ2 PGD) and
     ``pgd_sphere`` (the authors' sphere attack), ``attack_steps`` steps each; ``noise``, the
@@ -464,12 +584,22 @@ def evaluate_robustness(model, test, *, eps: float = 2.0, noise: float = 1.0, at
     pairs.update(model, iters=_validate.positive_int(ascent_steps, "ascent_steps"))
     clean = _train.evaluate(model, test, device=dev)["accuracy"]
     noisy = acc(partial(attacks.gaussian_noise, generator=gen()), noise)
-    empirical = {"pgd_l2": [acc(partial(attacks.pgd, norm="l2", steps=attack_steps, generator=gen()), eps)],
-                 "pgd_sphere": [acc(partial(attacks.pgd_l2_sphere, steps=attack_steps, generator=gen()), eps)]}
+    empirical = {
+        "pgd_l2": [acc(partial(attacks.pgd, norm="l2", steps=attack_steps, generator=gen()), eps)],
+        "pgd_sphere": [acc(partial(attacks.pgd_l2_sphere, steps=attack_steps, generator=gen()), eps)],
+    }
     lower = lipschitz.lower_bound(model, x, steps=100, generator=gen())
     return experiment.result(
-        radii=[eps], clean=clean, empirical=empirical, norm="l2",
+        radii=[eps],
+        clean=clean,
+        empirical=empirical,
+        norm="l2",
         lipschitz={"lower": lower, "upper": lipschitz.upper_bound(model), "map": "network"},
-        attack={"pgd_l2": {"steps": attack_steps, "restarts": 1, "points": len(test)},
-                "pgd_sphere": {"steps": attack_steps, "restarts": 1, "points": len(test)}},
-        noise={"sigma": float(noise), "accuracy": noisy}, pair_ascent=pairs.estimate(), **fields)
+        attack={
+            "pgd_l2": {"steps": attack_steps, "restarts": 1, "points": len(test)},
+            "pgd_sphere": {"steps": attack_steps, "restarts": 1, "points": len(test)},
+        },
+        noise={"sigma": float(noise), "accuracy": noisy},
+        pair_ascent=pairs.estimate(),
+        **fields,
+    )

@@ -23,6 +23,7 @@ large enough that no wrap-around reaches the image (the zero-padded operator is 
 it, so its norm is no larger; :func:`conv_norm_upper_bound`). Every trained model evaluated here is
 therefore 1-Lipschitz up to floating-point rounding, whatever the power iteration did.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,14 +34,41 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from . import _validate, attacks, certify, experiment, lipschitz as lip, train as _train
+from . import _validate, attacks, certify, experiment
+from . import lipschitz as lip
+from . import train as _train
 from .runtime import progress_enabled, resolve_device
 
-__all__ = ["ConvexPotentialLayer", "ConvexPotentialConv2d", "SLLLayer", "SLLConv2d",
-           "conv_norm_upper_bound", "conv_matrix", "all_active_norm", "ChannelPad", "FeaturePad", "SumPool2d", "FirstK",
-           "LLN", "Center", "LipschitzNet", "cpl_dense", "cpl_conv", "PRESETS", "preset", "preset_parameters", "baseline_mlp",
-           "margin_loss", "triangular_lr", "Augmented", "fit", "certified_radii", "evaluate_robustness",
-           "EPS_MNIST", "EPS_CIFAR"]
+__all__ = [
+    "ConvexPotentialLayer",
+    "ConvexPotentialConv2d",
+    "SLLLayer",
+    "SLLConv2d",
+    "conv_norm_upper_bound",
+    "conv_matrix",
+    "all_active_norm",
+    "ChannelPad",
+    "FeaturePad",
+    "SumPool2d",
+    "FirstK",
+    "LLN",
+    "Center",
+    "LipschitzNet",
+    "cpl_dense",
+    "cpl_conv",
+    "PRESETS",
+    "preset",
+    "preset_parameters",
+    "baseline_mlp",
+    "margin_loss",
+    "triangular_lr",
+    "Augmented",
+    "fit",
+    "certified_radii",
+    "evaluate_robustness",
+    "EPS_MNIST",
+    "EPS_CIFAR",
+]
 
 _EPS_TRAIN = 1e-4  # added to σ̂² in training mode, as in the authors' code
 _MONOTONE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Identity)
@@ -53,9 +81,11 @@ def _activation(act):
     if isinstance(act, nn.LeakyReLU) and 0 <= act.negative_slope <= 1:
         return act
     if not isinstance(act, _MONOTONE):
-        raise TypeError(f"the activation inside a convex potential layer must be elementwise, non-decreasing "
-                        f"and 1-Lipschitz (ReLU, LeakyReLU(0≤α≤1), Tanh, Sigmoid, Softplus); got {act!r}. "
-                        "GroupSort/MaxMin can only go between layers.")
+        raise TypeError(
+            f"the activation inside a convex potential layer must be elementwise, non-decreasing "
+            f"and 1-Lipschitz (ReLU, LeakyReLU(0≤α≤1), Tanh, Sigmoid, Softplus); got {act!r}. "
+            "GroupSort/MaxMin can only go between layers."
+        )
     return act
 
 
@@ -123,7 +153,7 @@ class CPLBase(nn.Module):
         if self.training:
             self._bound_cache = None
             sigma = self.power_norm(self.train_iters)
-            return self.step / (sigma ** 2 + _EPS_TRAIN)
+            return self.step / (sigma**2 + _EPS_TRAIN)
         return self.step / self.norm_bound() ** 2
 
     def forward(self, x):
@@ -144,8 +174,16 @@ class ConvexPotentialLayer(CPLBase):
     ``step=2.2`` builds the counterexample of the chapter). ``train_iters`` power steps per
     training forward; evaluation uses the exact norm (see the module docstring)."""
 
-    def __init__(self, features: int, hidden: int | None = None, *, activation=None, step: float = 2.0,
-                 train_iters: int = 1, generator=None):
+    def __init__(
+        self,
+        features: int,
+        hidden: int | None = None,
+        *,
+        activation=None,
+        step: float = 2.0,
+        train_iters: int = 1,
+        generator=None,
+    ):
         features = _validate.positive_int(features, "features")
         hidden = features if hidden is None else _validate.positive_int(hidden, "hidden")
         super().__init__(activation, step, train_iters)
@@ -194,7 +232,7 @@ def conv_norm_upper_bound(weight: torch.Tensor, input_size, padding: int) -> flo
     N1, N2 = H + 2 * padding, W + 2 * padding
     if weight.shape[-2] > N1 or weight.shape[-1] > N2:
         raise ValueError("kernel larger than the padded input.")
-    K = torch.fft.fft2(weight.detach().double(), s=(N1, N2))   # (C_out, C_in, N1, N2)
+    K = torch.fft.fft2(weight.detach().double(), s=(N1, N2))  # (C_out, C_in, N1, N2)
     mats = K.permute(2, 3, 0, 1)
     return float(torch.linalg.matrix_norm(mats, ord=2).max())
 
@@ -215,8 +253,18 @@ class ConvexPotentialConv2d(CPLBase):
     runs on the actual input size (its vector is re-initialised when the size changes). The
     authors' hidden width is 5 (``conv_size``), not ``channels``: say which you use."""
 
-    def __init__(self, channels: int, hidden: int | None = None, kernel_size: int = 3, *, stride: int = 1,
-                 activation=None, step: float = 2.0, train_iters: int = 1, generator=None):
+    def __init__(
+        self,
+        channels: int,
+        hidden: int | None = None,
+        kernel_size: int = 3,
+        *,
+        stride: int = 1,
+        activation=None,
+        step: float = 2.0,
+        train_iters: int = 1,
+        generator=None,
+    ):
         channels = _validate.positive_int(channels, "channels")
         hidden = channels if hidden is None else _validate.positive_int(hidden, "hidden")
         k = _validate.positive_int(kernel_size, "kernel_size")
@@ -251,8 +299,10 @@ class ConvexPotentialConv2d(CPLBase):
         return conv_norm_upper_bound(self.weight, self.u.shape[-2:], self.padding)
 
     def extra_repr(self):
-        return (f"channels={self.channels}, hidden={self.hidden}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, step={self.step}")
+        return (
+            f"channels={self.channels}, hidden={self.hidden}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, step={self.step}"
+        )
 
 
 class SLLBase(nn.Module):
@@ -270,7 +320,7 @@ class SLLBase(nn.Module):
         :prf:ref:`thm-sll`): then ``WᵀTW ⪯ I`` exactly, for every value of the parameters."""
         q = torch.exp(self.theta)
         row = (self._abs_gram() @ q) / q
-        return 1.0 / (row + 1e-12)   # a larger denominator only shortens the step: still sound
+        return 1.0 / (row + 1e-12)  # a larger denominator only shortens the step: still sound
 
     def forward(self, x):
         self._check_input(x)
@@ -284,8 +334,7 @@ class SLLLayer(SLLBase):
     Exactly 1-Lipschitz without any norm estimate; CPL is the case ``T = I/‖W‖²``. ``step`` replaces
     the factor 2 (larger values break the guarantee, for tests)."""
 
-    def __init__(self, features: int, hidden: int | None = None, *, activation=None, step: float = 2.0,
-                 generator=None):
+    def __init__(self, features: int, hidden: int | None = None, *, activation=None, step: float = 2.0, generator=None):
         features = _validate.positive_int(features, "features")
         hidden = features if hidden is None else _validate.positive_int(hidden, "hidden")
         super().__init__(activation, hidden, generator, step)
@@ -319,8 +368,16 @@ class SLLConv2d(SLLBase):
     autocorrelation of the kernel summed over all offsets, a bound valid for zero padding
     (:prf:ref:`thm-sll`)."""
 
-    def __init__(self, channels: int, hidden: int | None = None, kernel_size: int = 3, *, activation=None,
-                 step: float = 2.0, generator=None):
+    def __init__(
+        self,
+        channels: int,
+        hidden: int | None = None,
+        kernel_size: int = 3,
+        *,
+        activation=None,
+        step: float = 2.0,
+        generator=None,
+    ):
         channels = _validate.positive_int(channels, "channels")
         hidden = channels if hidden is None else _validate.positive_int(hidden, "hidden")
         k = _validate.positive_int(kernel_size, "kernel_size")
@@ -339,7 +396,7 @@ class SLLConv2d(SLLBase):
 
     def _abs_gram(self):
         k = self.kernel_size
-        auto = F.conv2d(self.weight, self.weight, padding=k - 1)   # (hidden, hidden, 2k-1, 2k-1)
+        auto = F.conv2d(self.weight, self.weight, padding=k - 1)  # (hidden, hidden, 2k-1, 2k-1)
         return auto.abs().sum((2, 3))
 
     def _op(self, x, bias=True):
@@ -373,6 +430,7 @@ def all_active_norm(layer: nn.Module, shape) -> float:
 
 
 # -- norm-preserving pieces -------------------------------------------------------------------------
+
 
 class ChannelPad(nn.Module):
     """Append zero channels up to ``channels``: an isometric embedding (norm exactly 1)."""
@@ -426,8 +484,9 @@ class LLN(nn.Module):
 
     def __init__(self, features: int, classes: int, generator=None):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(_validate.positive_int(classes, "classes"),
-                                               _validate.positive_int(features, "features")))
+        self.weight = nn.Parameter(
+            torch.empty(_validate.positive_int(classes, "classes"), _validate.positive_int(features, "features"))
+        )
         self.bias = nn.Parameter(torch.zeros(classes))
         nn.init.xavier_normal_(self.weight, generator=generator)
 
@@ -474,11 +533,17 @@ class LipschitzNet(nn.Module):
 
 def _layer(kind, conv, width, hidden, generator, kernel_size=3):
     if kind == "cpl":
-        return (ConvexPotentialConv2d(width, hidden, kernel_size, generator=generator) if conv
-                else ConvexPotentialLayer(width, hidden, generator=generator))
+        return (
+            ConvexPotentialConv2d(width, hidden, kernel_size, generator=generator)
+            if conv
+            else ConvexPotentialLayer(width, hidden, generator=generator)
+        )
     if kind == "sll":
-        return (SLLConv2d(width, hidden, kernel_size, generator=generator) if conv
-                else SLLLayer(width, hidden, generator=generator))
+        return (
+            SLLConv2d(width, hidden, kernel_size, generator=generator)
+            if conv
+            else SLLLayer(width, hidden, generator=generator)
+        )
     raise ValueError(f"layer must be 'cpl' or 'sll', got {kind!r}.")
 
 
@@ -492,8 +557,17 @@ def _head(head, features, classes, generator):
     raise ValueError(f"head must be 'first' or 'lln', got {head!r}.")
 
 
-def cpl_dense(in_features: int = 784, *, width: int = 1024, depth: int = 4, hidden: int = 512, classes: int = 10,
-              layer: str = "cpl", head: str = "first", seed: int = 0) -> LipschitzNet:
+def cpl_dense(
+    in_features: int = 784,
+    *,
+    width: int = 1024,
+    depth: int = 4,
+    hidden: int = 512,
+    classes: int = 10,
+    layer: str = "cpl",
+    head: str = "first",
+    seed: int = 0,
+) -> LipschitzNet:
     """Dense network for MNIST-sized inputs: flatten, zero-pad to ``width``, ``depth`` CPL (or SLL)
     layers of ``hidden`` units, head (§4.4)."""
     if width < in_features:
@@ -503,9 +577,21 @@ def cpl_dense(in_features: int = 784, *, width: int = 1024, depth: int = 4, hidd
     return LipschitzNet(body, _head(head, width, classes, gen))
 
 
-def cpl_conv(in_shape=(3, 32, 32), *, channels: int = 16, conv_depth: int = 5, conv_hidden: int | None = None,
-             pool: int = 4, dense_depth: int = 2, dense_hidden: int = 512, classes: int = 10, layer: str = "cpl",
-             head: str = "lln", mean=None, seed: int = 0) -> LipschitzNet:
+def cpl_conv(
+    in_shape=(3, 32, 32),
+    *,
+    channels: int = 16,
+    conv_depth: int = 5,
+    conv_hidden: int | None = None,
+    pool: int = 4,
+    dense_depth: int = 2,
+    dense_hidden: int = 512,
+    classes: int = 10,
+    layer: str = "cpl",
+    head: str = "lln",
+    mean=None,
+    seed: int = 0,
+) -> LipschitzNet:
     """The authors' architecture (§4.3): centre, zero-pad channels to
     ``channels``, ``conv_depth`` convolutional layers of ``conv_hidden`` hidden channels (default
     ``channels``; the authors use 5), sum-pool ``pool`` (norm 1), flatten, ``dense_depth`` dense
@@ -516,10 +602,14 @@ def cpl_conv(in_shape=(3, 32, 32), *, channels: int = 16, conv_depth: int = 5, c
     gen = torch.Generator().manual_seed(seed)
     mean = torch.zeros(C, 1, 1) if mean is None else torch.as_tensor(mean, dtype=torch.float32).view(C, 1, 1)
     features = channels * (H // pool) * (W // pool)
-    body = nn.Sequential(Center(mean), ChannelPad(channels),
-                         *[_layer(layer, True, channels, conv_hidden or channels, gen) for _ in range(conv_depth)],
-                         SumPool2d(pool), nn.Flatten(),
-                         *[_layer(layer, False, features, dense_hidden, gen) for _ in range(dense_depth)])
+    body = nn.Sequential(
+        Center(mean),
+        ChannelPad(channels),
+        *[_layer(layer, True, channels, conv_hidden or channels, gen) for _ in range(conv_depth)],
+        SumPool2d(pool),
+        nn.Flatten(),
+        *[_layer(layer, False, features, dense_hidden, gen) for _ in range(dense_depth)],
+    )
     return LipschitzNet(body, _head(head, features, classes, gen))
 
 
@@ -528,16 +618,21 @@ def cpl_conv(in_shape=(3, 32, 32), *, channels: int = 16, conv_depth: int = 5, c
 #: conv hidden width 5, dense hidden 2048; CPL-XL's 236 M parameters match it).
 PRESETS = {
     "mnist": dict(builder="dense", width=1024, depth=4, hidden=512, head="first"),
-    "cifar": dict(builder="conv", channels=16, conv_depth=4, conv_hidden=16, dense_depth=2, dense_hidden=512,
-                  head="lln"),
-    "cpl-s": dict(builder="conv", channels=45, conv_depth=20, conv_hidden=5, dense_depth=7, dense_hidden=2048,
-                  head="lln"),
-    "cpl-m": dict(builder="conv", channels=60, conv_depth=30, conv_hidden=5, dense_depth=10, dense_hidden=2048,
-                  head="lln"),
-    "cpl-l": dict(builder="conv", channels=90, conv_depth=50, conv_hidden=5, dense_depth=10, dense_hidden=2048,
-                  head="lln"),
-    "cpl-xl": dict(builder="conv", channels=120, conv_depth=70, conv_hidden=5, dense_depth=15, dense_hidden=2048,
-                   head="lln"),
+    "cifar": dict(
+        builder="conv", channels=16, conv_depth=4, conv_hidden=16, dense_depth=2, dense_hidden=512, head="lln"
+    ),
+    "cpl-s": dict(
+        builder="conv", channels=45, conv_depth=20, conv_hidden=5, dense_depth=7, dense_hidden=2048, head="lln"
+    ),
+    "cpl-m": dict(
+        builder="conv", channels=60, conv_depth=30, conv_hidden=5, dense_depth=10, dense_hidden=2048, head="lln"
+    ),
+    "cpl-l": dict(
+        builder="conv", channels=90, conv_depth=50, conv_hidden=5, dense_depth=10, dense_hidden=2048, head="lln"
+    ),
+    "cpl-xl": dict(
+        builder="conv", channels=120, conv_depth=70, conv_hidden=5, dense_depth=15, dense_hidden=2048, head="lln"
+    ),
 }
 
 
@@ -546,7 +641,7 @@ def preset_parameters(name: str, *, in_shape=(3, 32, 32), classes: int = 10, lay
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}.")
     p = PRESETS[name]
-    extra = 1 if layer == "sll" else 0   # SLL's θ, one per hidden unit
+    extra = 1 if layer == "sll" else 0  # SLL's θ, one per hidden unit
     if p["builder"] == "dense":
         F_, m = p["width"], p["hidden"]
         body = p["depth"] * (m * F_ + m * (1 + extra))
@@ -568,8 +663,9 @@ def preset(name: str, **overrides) -> LipschitzNet:
     return cpl_dense(**cfg) if builder == "dense" else cpl_conv(**cfg)
 
 
-def baseline_mlp(in_features: int = 784, *, width: int = 1024, depth: int = 4, classes: int = 10,
-                 seed: int = 0) -> nn.Sequential:
+def baseline_mlp(
+    in_features: int = 784, *, width: int = 1024, depth: int = 4, classes: int = 10, seed: int = 0
+) -> nn.Sequential:
     """An unconstrained ReLU network of about the size of the ``mnist`` preset, to set beside it:
     its only certificate is the product of layer norms (:func:`labkit.lipschitz.upper_bound`)."""
     torch.manual_seed(seed)
@@ -581,6 +677,7 @@ def baseline_mlp(in_features: int = 784, *, width: int = 1024, depth: int = 4, c
 
 
 # -- training -----------------------------------------------------------------------------------------
+
 
 def margin_loss(logits: torch.Tensor, labels: torch.Tensor, margin: float = 0.7) -> torch.Tensor:
     """The authors' loss: PyTorch's multi-class hinge ``(1/K) Σ_{j≠y} max(0, m − f_y + f_j)``,
@@ -601,6 +698,7 @@ def triangular_lr(optimizer, total_steps: int) -> torch.optim.lr_scheduler.Lambd
         if s <= 0.8:
             return 1.0 + (s - 0.4) / 0.4 * (1 / 20 - 1.0)
         return (1 - s) / 0.2 / 20
+
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -621,31 +719,55 @@ class Augmented(Dataset):
             H, W = x.shape[-2:]
             xp = F.pad(x[None], (self.pad,) * 4, mode="reflect")[0]
             a, b = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
-            x = xp[:, a:a + H, b:b + W]
+            x = xp[:, a : a + H, b : b + W]
         if self.flip and bool(torch.rand(()) < 0.5):
             x = x.flip(-1)
         return x, y
 
 
-def fit(model, data: Dataset, epochs: int, *, lr: float = 1e-3, margin: float | None = 0.7,
-        batch_size: int = 256, augment: bool = False, seed: int = 0, device=None, progress=None):
+def fit(
+    model,
+    data: Dataset,
+    epochs: int,
+    *,
+    lr: float = 1e-3,
+    margin: float | None = 0.7,
+    batch_size: int = 256,
+    augment: bool = False,
+    seed: int = 0,
+    device=None,
+    progress=None,
+):
     """Train with the authors' recipe (§4.3): Adam, triangular learning rate per
     step, multi-margin loss with ``margin`` (``None``: cross-entropy, for the baseline), optional
     augmentation. Returns :class:`labkit.train.History`."""
 
     epochs = _validate.positive_int(epochs, "epochs")
     batch_size = _validate.positive_int(batch_size, "batch_size")
-    loss_fn = F.cross_entropy if margin is None else functools.partial(margin_loss,
-                                                                       margin=_validate.positive(margin, "margin"))
+    loss_fn = (
+        F.cross_entropy
+        if margin is None
+        else functools.partial(margin_loss, margin=_validate.positive(margin, "margin"))
+    )
     opt = torch.optim.Adam(model.parameters(), lr=_validate.positive(lr, "lr"))
     steps = epochs * math.ceil(len(data) / batch_size)
     sched = triangular_lr(opt, steps)
-    return _train.fit(model, Augmented(data) if augment else data, epochs, batch_size=batch_size, optimizer=opt,
-                      loss_fn=loss_fn, seed=seed, device=device, progress=progress,
-                      after_step=lambda m: sched.step())
+    return _train.fit(
+        model,
+        Augmented(data) if augment else data,
+        epochs,
+        batch_size=batch_size,
+        optimizer=opt,
+        loss_fn=loss_fn,
+        seed=seed,
+        device=device,
+        progress=progress,
+        after_step=lambda m: sched.step(),
+    )
 
 
 # -- certificates and evaluation ----------------------------------------------------------------------
+
 
 def certified_radii(model, x: torch.Tensor, y: torch.Tensor, *, lipschitz: float | None = None) -> torch.Tensor:
     """Certified l2 radius of each example (0 when misclassified), in evaluation mode (:prf:ref:`prop-cert`).
@@ -673,9 +795,20 @@ def certified_radii(model, x: torch.Tensor, y: torch.Tensor, *, lipschitz: float
     return certify.certified_radius(logits, y, lipschitz)
 
 
-def evaluate_robustness(model, test: Dataset, eps_list, *, lipschitz: float | None = None, pgd_steps: int = 50,
-                        n_attack: int | None = None, n_lower: int = 64, lower_steps: int = 100, device=None,
-                        progress=None, **fields) -> dict:
+def evaluate_robustness(
+    model,
+    test: Dataset,
+    eps_list,
+    *,
+    lipschitz: float | None = None,
+    pgd_steps: int = 50,
+    n_attack: int | None = None,
+    n_lower: int = 64,
+    lower_steps: int = 100,
+    device=None,
+    progress=None,
+    **fields,
+) -> dict:
     """Clean accuracy, certified accuracy and l2-PGD accuracy at each radius of ``eps_list``, and a
     lower bound of the Lipschitz constant (adversarial pair search on ``n_lower`` test images) of
     the certified map: the body of a :class:`LipschitzNet` (certified constant 1), else the whole
@@ -686,17 +819,17 @@ def evaluate_robustness(model, test: Dataset, eps_list, *, lipschitz: float | No
     to the result."""
     from tqdm.auto import tqdm
 
-
     dev = resolve_device(device)
     model = model.to(dev)
     x = torch.stack([test[i][0] for i in range(len(test))]).to(dev)
     y = torch.as_tensor([int(test[i][1]) for i in range(len(test))], device=dev)
     if len(y) == 0:
         raise ValueError("test is empty.")
-    radii = torch.cat([certified_radii(model, xb, yb, lipschitz=lipschitz)
-                       for xb, yb in zip(x.split(512), y.split(512))])
+    radii = torch.cat(
+        [certified_radii(model, xb, yb, lipschitz=lipschitz) for xb, yb in zip(x.split(512), y.split(512))]
+    )
     clean = _train.evaluate(model, test, device=dev)["accuracy"]
-    model.eval()   # the attacked model and the check below use the sound evaluation norm
+    model.eval()  # the attacked model and the check below use the sound evaluation norm
     eps_values = [_validate.nonneg(e, "eps") for e in eps_list]
     steps = _validate.positive_int(pgd_steps, "pgd_steps")
     n = len(y) if n_attack is None else min(_validate.positive_int(n_attack, "n_attack"), len(y))
@@ -717,12 +850,19 @@ def evaluate_robustness(model, test: Dataset, eps_list, *, lipschitz: float | No
     lower = lip.lower_bound(target, x[:n_lower], steps=lower_steps, generator=torch.Generator().manual_seed(0))
     body = isinstance(model, LipschitzNet)
     return experiment.result(
-        radii=eps_values, clean=clean, norm="l2", empirical={"pgd": [correct[e] / n for e in eps_values]},
+        radii=eps_values,
+        clean=clean,
+        norm="l2",
+        empirical={"pgd": [correct[e] / n for e in eps_values]},
         certified=[float((radii > e).float().mean()) for e in eps_values],
         lipschitz={"lower": lower, "upper": 1.0 if body else float(lipschitz), "map": "body" if body else "network"},
         attack={"pgd": {"steps": steps, "restarts": 1, "points": n}},
-        broken=[broken[e] for e in eps_values], n_attack=n, median_radius=float(radii.median()),
-        parameters=sum(p.numel() for p in model.parameters()), **fields)
+        broken=[broken[e] for e in eps_values],
+        n_attack=n,
+        median_radius=float(radii.median()),
+        parameters=sum(p.numel() for p in model.parameters()),
+        **fields,
+    )
 
 
 # -- the chapter's radii ------------------------------------------------------------------------------

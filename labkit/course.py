@@ -13,6 +13,7 @@ Every notebook is read and checked before anything is written; a marker that is 
 nested, or closes nothing stops the command with the notebook and cell named, and nothing is
 written.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,21 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["BEGIN", "END", "MarkerError", "Exercise", "Lab", "stub_source", "has_solution",
-           "read_lab", "student_notebook", "solution_notebook", "write_editions", "build_book", "build_student_book"]
+__all__ = [
+    "BEGIN",
+    "END",
+    "MarkerError",
+    "Exercise",
+    "Lab",
+    "stub_source",
+    "has_solution",
+    "read_lab",
+    "student_notebook",
+    "solution_notebook",
+    "write_editions",
+    "build_book",
+    "build_student_book",
+]
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
@@ -65,8 +79,7 @@ def stub_source(source: str, *, where: str = "cell", markdown: bool = False) -> 
             if not inside:
                 raise MarkerError(f"{where}, line {number}: '{END}' without '{BEGIN}'.")
             inside = False
-            out.append(f"{indent}*Write your answer here.*" if markdown
-                       else f"{indent}raise NotImplementedError()")
+            out.append(f"{indent}*Write your answer here.*" if markdown else f"{indent}raise NotImplementedError()")
         elif not inside:
             out.append(line)
     if inside:
@@ -134,14 +147,21 @@ def read_lab(path) -> Lab:
             continue
         check = None
         if cell.cell_type == "code":
-            following = next((c for c in nb.cells[i + 1:] if c.cell_type == "code"), None)
+            following = next((c for c in nb.cells[i + 1 :] if c.cell_type == "code"), None)
             match = _CHECK_RE.search(following.source) if following is not None else None
             if match is None or has_solution(following.source):
                 raise MarkerError(f"{where}: the exercise is not followed by a labkit.check cell.")
             check = match.group(1)
         number = len(lab.exercises) + 1
-        lab.exercises.append(Exercise(id=f"{path.stem}.ex{number}", title=heading or f"Exercise {number}",
-                                      cell=i, kind=cell.cell_type, check=check))
+        lab.exercises.append(
+            Exercise(
+                id=f"{path.stem}.ex{number}",
+                title=heading or f"Exercise {number}",
+                cell=i,
+                kind=cell.cell_type,
+                check=check,
+            )
+        )
     return lab
 
 
@@ -161,8 +181,9 @@ def student_notebook(lab: Lab):
     nb = _cleared(lab.notebook)
     for i, cell in enumerate(nb.cells):
         if has_solution(cell.source):
-            cell.source = stub_source(cell.source, where=f"{lab.path.name}, cell {i}",
-                                      markdown=cell.cell_type == "markdown")
+            cell.source = stub_source(
+                cell.source, where=f"{lab.path.name}, cell {i}", markdown=cell.cell_type == "markdown"
+            )
     return nb
 
 
@@ -184,8 +205,17 @@ def write_editions(outdir, labs_dir=ROOT / "labs") -> dict:
     if not paths:
         raise FileNotFoundError(f"no lab notebooks in {labs_dir}.")
     labs = [read_lab(p) for p in paths]  # raises before anything is written
-    manifest = {"labs": [{"name": lab.name, "title": lab.title, "file": f"{lab.name}.ipynb",
-                          "exercises": [asdict(e) for e in lab.exercises]} for lab in labs]}
+    manifest = {
+        "labs": [
+            {
+                "name": lab.name,
+                "title": lab.title,
+                "file": f"{lab.name}.ipynb",
+                "exercises": [asdict(e) for e in lab.exercises],
+            }
+            for lab in labs
+        ]
+    }
     outdir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".editions-", dir=outdir))
     try:
@@ -194,8 +224,9 @@ def write_editions(outdir, labs_dir=ROOT / "labs") -> dict:
         for lab in labs:
             nbformat.write(student_notebook(lab), staging / "student" / f"{lab.name}.ipynb")
             nbformat.write(solution_notebook(lab), staging / "solutions" / f"{lab.name}.ipynb")
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
-                                               encoding="utf-8")
+        (staging / "manifest.json").write_text(
+            json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         for name in ("student", "solutions", "manifest.json"):
             target = outdir / name
             if target.is_dir():
@@ -217,8 +248,17 @@ def _build(src: Path, out: Path, config_changes, extra_args) -> Path:
     config_changes(config)
     (src / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     jb = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(src), "--path-output", str(out),
-           "-W", "-n", "--keep-going", *extra_args]
+    cmd = [
+        str(jb) if jb.exists() else "jupyter-book",
+        "build",
+        str(src),
+        "--path-output",
+        str(out),
+        "-W",
+        "-n",
+        "--keep-going",
+        *extra_args,
+    ]
     subprocess.run(cmd, check=True)
     html = out / "html"
     if html.exists():
@@ -281,8 +321,9 @@ def build_student_book(out=ROOT / "_build" / "student", *, extra_args=(), cache=
 
 
 def _main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m labkit.course", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m labkit.course", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     ed = sub.add_parser("editions", help="write student and solution editions and a manifest")
     ed.add_argument("outdir", type=Path)
@@ -294,8 +335,10 @@ def _main(argv=None) -> int:
         if args.command == "editions":
             manifest = write_editions(args.outdir, args.labs)
             n = sum(len(lab["exercises"]) for lab in manifest["labs"])
-            print(f"{len(manifest['labs'])} labs, {n} exercises -> {args.outdir}/student, "
-                  f"{args.outdir}/solutions, {args.outdir}/manifest.json")
+            print(
+                f"{len(manifest['labs'])} labs, {n} exercises -> {args.outdir}/student, "
+                f"{args.outdir}/solutions, {args.outdir}/manifest.json"
+            )
         else:
             print(f"student edition: {build_student_book(args.out) / 'index.html'}")
     except (MarkerError, FileNotFoundError) as err:

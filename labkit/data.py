@@ -14,6 +14,7 @@
 Nothing is ever written into ``$LABKIT_DATA``: MNIST-format files are read directly from their
 ``.gz`` (or extracted) form, so a read-only copy works.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -107,7 +108,7 @@ def _read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"{path} is not an IDX file of unsigned bytes.")
     ndim = raw[3]
-    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
         raise ValueError(f"{path} is truncated: expected {int(np.prod(dims))} bytes of data, found {body.size}.")
@@ -149,8 +150,7 @@ def _try_root(key: str, root: Path, train: bool) -> TensorDataset | None:
     return _from_idx(root, folder, train, shape)
 
 
-def load(name: str, train: bool = True, limit: int | None = None, *,
-         download: bool | None = None) -> TensorDataset:
+def load(name: str, train: bool = True, limit: int | None = None, *, download: bool | None = None) -> TensorDataset:
     """Load a dataset as a ``TensorDataset`` of images and labels (Preface, *Data*).
 
     Images are float32 in [0, 1] shaped (N, C, H, W); labels are int64. ``limit`` keeps the
@@ -159,9 +159,8 @@ def load(name: str, train: bool = True, limit: int | None = None, *,
     Raises :class:`DataNotFoundError` with what to do when no source has the data.
     """
     key = _canonical(name)
-    if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0:
-            raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}.")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0):
+        raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}.")
     current_mode = runtime.mode()
     if download is None:
         download = not _offline()
@@ -192,8 +191,10 @@ def load(name: str, train: bool = True, limit: int | None = None, *,
         raise DataNotFoundError(
             f"{key} ({'train' if train else 'test'}) was not found; looked in: {'; '.join(tried)}.\n"
             f"Either set LABKIT_DATA to a folder in torchvision's layout (e.g. one holding "
-            f"{folder}/" + ("" if key == "cifar10" else "raw/*.gz") + (", or a cifar10 .npz"
-            if key == "cifar10" else "") + "), or download it once with network access:\n"
+            f"{folder}/"
+            + ("" if key == "cifar10" else "raw/*.gz")
+            + (", or a cifar10 .npz" if key == "cifar10" else "")
+            + "), or download it once with network access:\n"
             f"    python -m labkit.data download {key}\n"
             f"(in smoke mode, LABKIT_MODE=smoke, the bundled sample is used instead)."
         )
@@ -205,8 +206,7 @@ def load(name: str, train: bool = True, limit: int | None = None, *,
 def _main(argv=None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m labkit.data",
-                                     description="Download datasets into labkit's cache.")
+    parser = argparse.ArgumentParser(prog="python -m labkit.data", description="Download datasets into labkit's cache.")
     sub = parser.add_subparsers(dest="command", required=True)
     dl = sub.add_parser("download", help="fetch a dataset with torchvision into the cache")
     dl.add_argument("names", nargs="+", choices=sorted(DATASETS))

@@ -5,6 +5,7 @@ and ``python -m labkit.experiment CHAPTER`` runs it at ``full`` sizes and writes
 JSON file in ``book/data/`` with the results, the device, the time taken, the versions and the
 git commit, which the page then shows beside its own numbers (Preface, *Modes*).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -29,9 +30,19 @@ __all__ = ["result", "at", "robustness", "environment", "save_record", "load_rec
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def result(*, radii, clean: float, empirical: dict | None = None, certified=None, lipschitz: dict | None = None,
-           norm: str = "linf", attack: dict | None = None, seconds: float | None = None, sizes: dict | None = None,
-           **extra) -> dict:
+def result(
+    *,
+    radii,
+    clean: float,
+    empirical: dict | None = None,
+    certified=None,
+    lipschitz: dict | None = None,
+    norm: str = "linf",
+    attack: dict | None = None,
+    seconds: float | None = None,
+    sizes: dict | None = None,
+    **extra,
+) -> dict:
     """One robustness result, the shape every chapter and the bench share (§0.5).
 
     ``radii`` are the attack radii in the ``norm`` (``"linf"`` or ``"l2"``); ``empirical`` maps an
@@ -49,9 +60,18 @@ def result(*, radii, clean: float, empirical: dict | None = None, certified=None
         if len(curve) != len(radii):
             raise ValueError(f"{name} has {len(curve)} values for {len(radii)} radii.")
     bounds = {"lower": None, "upper": None, "map": "network", **(lipschitz or {})}
-    return {"norm": norm, "radii": radii, "clean": float(clean), "empirical": empirical,
-            "certified": None if certified is None else [float(a) for a in certified], "lipschitz": bounds,
-            "attack": attack or {}, "seconds": seconds, "sizes": sizes or {}, **extra}
+    return {
+        "norm": norm,
+        "radii": radii,
+        "clean": float(clean),
+        "empirical": empirical,
+        "certified": None if certified is None else [float(a) for a in certified],
+        "lipschitz": bounds,
+        "attack": attack or {},
+        "seconds": seconds,
+        "sizes": sizes or {},
+        **extra,
+    }
 
 
 def at(res: dict, curve: str, radius: float) -> float:
@@ -59,8 +79,10 @@ def at(res: dict, curve: str, radius: float) -> float:
     :func:`result`. Raises ``KeyError`` naming the curves or radii that exist."""
     values = res["certified"] if curve == "certified" else res["empirical"].get(curve)
     if values is None:
-        raise KeyError(f"no curve {curve!r}; there are {sorted(res['empirical'])}"
-                       f"{' and certified' if res['certified'] is not None else ''}.")
+        raise KeyError(
+            f"no curve {curve!r}; there are {sorted(res['empirical'])}"
+            f"{' and certified' if res['certified'] is not None else ''}."
+        )
     for r, v in zip(res["radii"], values):
         if math.isclose(r, radius, rel_tol=1e-9, abs_tol=1e-12):
             return v
@@ -77,11 +99,23 @@ def robustness(model, test, eps, *, pgd_steps: int = 20, seed: int = 0, device=N
     gen = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
     curve = lambda attack: list(attacks.robust_accuracy(model, test, attack, eps, device=device).values())  # noqa: E731
     clean = train.evaluate(model, test, device=device)["accuracy"]
-    empirical = {"noise": curve(partial(attacks.gaussian_noise, generator=gen())), "fgsm": curve(attacks.fgsm),
-                 "pgd": curve(partial(attacks.pgd, steps=steps, generator=gen()))}
-    return result(radii=eps, clean=clean, empirical=empirical, norm="linf",
-                  attack={"pgd": {"steps": steps, "restarts": 1, "points": len(test)},
-                          "fgsm": {"points": len(test)}, "noise": {"points": len(test)}}, **fields)
+    empirical = {
+        "noise": curve(partial(attacks.gaussian_noise, generator=gen())),
+        "fgsm": curve(attacks.fgsm),
+        "pgd": curve(partial(attacks.pgd, steps=steps, generator=gen())),
+    }
+    return result(
+        radii=eps,
+        clean=clean,
+        empirical=empirical,
+        norm="linf",
+        attack={
+            "pgd": {"steps": steps, "restarts": 1, "points": len(test)},
+            "fgsm": {"points": len(test)},
+            "noise": {"points": len(test)},
+        },
+        **fields,
+    )
 
 
 def _git(*args) -> str | None:
@@ -98,21 +132,43 @@ def environment(device=None) -> dict:
     dev = resolve_device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
     status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"device": str(dev), "device_name": name, "threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "labkit": __version__,
-            "platform": platform.platform(), "commit": _git("rev-parse", "HEAD"),
-            "dirty": None if status is None else bool(status)}
+    return {
+        "device": str(dev),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "labkit": __version__,
+        "platform": platform.platform(),
+        "commit": _git("rev-parse", "HEAD"),
+        "dirty": None if status is None else bool(status),
+    }
 
 
-def save_record(path, results, *, mode: str, seconds: float, device=None, sizes: dict | None = None,
-                env: dict | None = None, extra: dict | None = None) -> Path:
+def save_record(
+    path,
+    results,
+    *,
+    mode: str,
+    seconds: float,
+    device=None,
+    sizes: dict | None = None,
+    env: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
     """Write ``results`` with their provenance to ``path`` (JSON, atomically: a crash leaves the
     old file intact). ``env`` is :func:`environment` as taken when the run started (default: now,
     which names a later commit if one was made during the run); ``extra``: further top-level
     fields. Raises ``TypeError`` before writing anything if ``results`` is not JSON."""
-    record = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "mode": mode,
-              "seconds": float(seconds), "sizes": sizes or {}, **(env or environment(device)),
-              **(extra or {}), "results": results}
+    record = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "mode": mode,
+        "seconds": float(seconds),
+        "sizes": sizes or {},
+        **(env or environment(device)),
+        **(extra or {}),
+        "results": results,
+    }
     text = json.dumps(record, indent=1, allow_nan=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,20 +244,25 @@ def main(argv=None) -> int:
         done = old["results"] if old is not None and old.get("sizes") == json.loads(json.dumps(sizes)) else {}
         if done:
             before = old["seconds"]
-            extra = {"resumed": {"runs": sorted(done), "seconds": before,
-                                 **{k: old.get(k) for k in ("commit", "dirty", "device", "torch")}}}
+            extra = {
+                "resumed": {
+                    "runs": sorted(done),
+                    "seconds": before,
+                    **{k: old.get(k) for k in ("commit", "dirty", "device", "torch")},
+                }
+            }
             print(f"resuming: {len(done)} finished run(s) from {part}", file=sys.stderr)
         finished = dict(done)
 
         def keep(key, result):
             finished[key] = result
-            save_record(part, finished, mode="partial", seconds=before + time.perf_counter() - t0,
-                        sizes=sizes, env=env)
+            save_record(part, finished, mode="partial", seconds=before + time.perf_counter() - t0, sizes=sizes, env=env)
 
         kwargs.update(done=done, on_result=keep)
     results = chapter.run(**kwargs)
-    out = save_record(out_path, results, mode="full", seconds=before + time.perf_counter() - t0,
-                      sizes=sizes, env=env, extra=extra)
+    out = save_record(
+        out_path, results, mode="full", seconds=before + time.perf_counter() - t0, sizes=sizes, env=env, extra=extra
+    )
     if "on_result" in kwargs:
         partial_path(out_path).unlink(missing_ok=True)
     print(f"wrote {out}", file=sys.stderr)

@@ -5,6 +5,7 @@ found by searching for inputs where the network stretches distances most (:func:
 and an *upper bound* such as the product of the layers' norms (:func:`upper_bound`). The gap
 between the two is the subject of Chapter 0.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,14 @@ from torch import nn
 from . import _validate
 
 __all__ = [
-    "mu", "spectral_norm", "PowerIteration", "PowerIterationReport", "quotient", "lower_bound",
-    "upper_bound", "ACTIVATION_LIPSCHITZ",
+    "mu",
+    "spectral_norm",
+    "PowerIteration",
+    "PowerIterationReport",
+    "quotient",
+    "lower_bound",
+    "upper_bound",
+    "ACTIVATION_LIPSCHITZ",
 ]
 
 
@@ -60,8 +67,10 @@ def spectral_norm(W) -> torch.Tensor:
     """
     W = torch.as_tensor(W)
     if W.ndim != 2:
-        raise ValueError(f"spectral_norm needs a matrix, got shape {tuple(W.shape)}; for a "
-                         "convolution use PowerIteration on the operator itself.")
+        raise ValueError(
+            f"spectral_norm needs a matrix, got shape {tuple(W.shape)}; for a "
+            "convolution use PowerIteration on the operator itself."
+        )
     return torch.linalg.matrix_norm(W if W.is_floating_point() else W.double(), ord=2)
 
 
@@ -108,12 +117,14 @@ class PowerIteration:
         max_iter = _validate.positive_int(max_iter, "max_iter")
         tol = _validate.nonneg(tol, "tol")
         history, converged, rel = [], False, float("inf")
-        for k in range(max_iter):
+        for _ in range(max_iter):
             v = self.op(self.u)
             sigma = float(v.norm())
             if sigma == 0.0:
-                raise ValueError("the operator maps the current vector to zero; restart with "
-                                 "another generator or check the operator.")
+                raise ValueError(
+                    "the operator maps the current vector to zero; restart with "
+                    "another generator or check the operator."
+                )
             u = self.adjoint(v / sigma)
             self.u = u / u.norm()
             rel = abs(sigma - self.sigma) / sigma
@@ -128,10 +139,16 @@ class PowerIteration:
 
 #: Lipschitz constants (l2, elementwise) of activations that :func:`upper_bound` accepts.
 ACTIVATION_LIPSCHITZ = {
-    nn.ReLU: lambda m: 1.0, nn.Tanh: lambda m: 1.0, nn.Sigmoid: lambda m: 0.25,
-    nn.LeakyReLU: lambda m: max(1.0, abs(m.negative_slope)), nn.ELU: lambda m: max(1.0, m.alpha),
-    nn.Softplus: lambda m: 1.0, nn.GELU: lambda m: 1.13, nn.Identity: lambda m: 1.0,
-    nn.Flatten: lambda m: 1.0, nn.Dropout: lambda m: 1.0,
+    nn.ReLU: lambda m: 1.0,
+    nn.Tanh: lambda m: 1.0,
+    nn.Sigmoid: lambda m: 0.25,
+    nn.LeakyReLU: lambda m: max(1.0, abs(m.negative_slope)),
+    nn.ELU: lambda m: max(1.0, m.alpha),
+    nn.Softplus: lambda m: 1.0,
+    nn.GELU: lambda m: 1.13,
+    nn.Identity: lambda m: 1.0,
+    nn.Flatten: lambda m: 1.0,
+    nn.Dropout: lambda m: 1.0,
 }
 
 
@@ -182,8 +199,16 @@ def quotient(f, u: torch.Tensor, v: torch.Tensor, *, squared: bool = False) -> t
     return q2 if squared else q2.clamp_min(1e-30).sqrt() * (q2 > 0)
 
 
-def lower_bound(f, x: torch.Tensor, *, method: str = "pairs", steps: int = 50, lr: float = 0.01,
-                init_radius: float = 0.05, generator=None) -> float:
+def lower_bound(
+    f,
+    x: torch.Tensor,
+    *,
+    method: str = "pairs",
+    steps: int = 50,
+    lr: float = 0.01,
+    init_radius: float = 0.05,
+    generator=None,
+) -> float:
     """A lower bound on the l2 Lipschitz constant of ``f`` near the inputs ``x`` (§0.2).
 
     ``method="pairs"``: start from pairs ``(x_i, x_i + small noise)`` and run gradient ascent on
@@ -210,8 +235,9 @@ def lower_bound(f, x: torch.Tensor, *, method: str = "pairs", steps: int = 50, l
         _validate.positive(init_radius, "init_radius")
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         a = x.clone().requires_grad_(True)
-        b = (x + init_radius * noise / noise.flatten(1).norm(dim=1).view(-1, *([1] * (x.ndim - 1)))
-             ).requires_grad_(True)
+        b = (x + init_radius * noise / noise.flatten(1).norm(dim=1).view(-1, *([1] * (x.ndim - 1)))).requires_grad_(
+            True
+        )
         opt = torch.optim.Adam([a, b], lr=_validate.positive(lr, "lr"))
         best = 0.0
         for _ in range(steps + 1):

@@ -9,6 +9,7 @@ with entries in the closure of ``σ'(ℝ)`` (:prf:ref:`thm-flow`).
 :class:`ODEClassifier` is a classifier of the paper's shape and :class:`StabilizeEachEpoch`
 embeds the correction in training.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,16 +19,28 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
 from tqdm.auto import tqdm
 
 from . import _validate, train
 from .odes import EulerResNet, VectorField
 from .runtime import progress_enabled
 
-__all__ = ["slope_bounds", "worst_case_lognorm", "lognorm_gradient", "inner_step", "stabilize",
-           "StabilizeResult", "StabilizeOptions", "StabilizeProblem", "StabilizeState", "stabilize_slsqp", "euler_step_bound", "ODEClassifier", "stabilize_model",
-           "StabilizeEachEpoch"]
+__all__ = [
+    "slope_bounds",
+    "worst_case_lognorm",
+    "lognorm_gradient",
+    "inner_step",
+    "stabilize",
+    "StabilizeResult",
+    "StabilizeOptions",
+    "StabilizeProblem",
+    "StabilizeState",
+    "stabilize_slsqp",
+    "euler_step_bound",
+    "ODEClassifier",
+    "stabilize_model",
+    "StabilizeEachEpoch",
+]
 
 _SLOPES = {"tanh": (0.0, 1.0), "relu": (0.0, 1.0), "sigmoid": (0.0, 0.25)}
 ENUMERATION_MAX_N = 16
@@ -48,8 +61,10 @@ def slope_bounds(activation) -> tuple[float, float]:
     elif activation in _SLOPES:
         lo, hi = _SLOPES[activation]
     else:
-        raise ValueError(f"unknown activation {activation!r}; use tanh, relu, sigmoid, "
-                         "'leaky_relu:ALPHA' or a pair (low, high) of slope bounds.")
+        raise ValueError(
+            f"unknown activation {activation!r}; use tanh, relu, sigmoid, "
+            "'leaky_relu:ALPHA' or a pair (low, high) of slope bounds."
+        )
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or hi < lo or hi == 0:
         raise ValueError(f"slope bounds must satisfy 0 <= low <= high, high > 0; got ({lo}, {hi}).")
     return lo, hi
@@ -126,7 +141,7 @@ def _pick(upper: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
 
 
 def _vertices(n: int, lo: float, hi: float, chunk: int = 8192):
-    codes = torch.arange(2 ** n)
+    codes = torch.arange(2**n)
     bits = torch.arange(n)
     for part in codes.split(chunk):
         yield _pick(((part[:, None] >> bits) & 1).bool(), lo, hi)
@@ -159,13 +174,13 @@ def _krylov_top(d: torch.Tensor, M: torch.Tensor, x0: torch.Tensor, steps: int):
             break
         w = 0.5 * (d * (q @ M.T) + (d * q) @ M)  # sym(D M) q
         for _ in range(2):  # twice is enough (Kahan–Parlett)
-            w = w - torch.einsum("knj,kj->kn", Q[:, :, :j + 1], torch.einsum("knj,kn->kj", Q[:, :, :j + 1], w))
+            w = w - torch.einsum("knj,kj->kn", Q[:, :, : j + 1], torch.einsum("knj,kn->kj", Q[:, :, : j + 1], w))
         norm = w.norm(dim=1, keepdim=True)
         q = w / norm.clamp(min=1e-300)
         if bool((norm <= 1e-12).any()):  # an invariant subspace: continue with a random orthogonal direction
             fresh = torch.randn(k, n, dtype=M.dtype, generator=torch.Generator().manual_seed(j))
             q = torch.where(norm > 1e-12, q, fresh)
-            q = q - torch.einsum("knj,kj->kn", Q[:, :, :j + 1], torch.einsum("knj,kn->kj", Q[:, :, :j + 1], q))
+            q = q - torch.einsum("knj,kj->kn", Q[:, :, : j + 1], torch.einsum("knj,kn->kj", Q[:, :, : j + 1], q))
             q = q / q.norm(dim=1, keepdim=True)
     SQ = 0.5 * (d[:, :, None] * (M @ Q) + M.mT @ (d[:, :, None] * Q))
     T = Q.mT @ SQ
@@ -232,15 +247,15 @@ def _random_vertices(k, n, lo, hi, generator):
 def _fixed_point(M, lo, hi, restarts, generator, flips=16):
     """Best local maximum from the all-``u`` vertex and ``restarts − 1`` random vertices."""
     n = M.shape[0]
-    starts = torch.cat([torch.full((1, n), hi, dtype=torch.float64),
-                        _random_vertices(max(restarts - 1, 0), n, lo, hi, generator)])
+    starts = torch.cat(
+        [torch.full((1, n), hi, dtype=torch.float64), _random_vertices(max(restarts - 1, 0), n, lo, hi, generator)]
+    )
     mus, ds = _local_maxima(M, lo, hi, starts, flips=flips)
     k = int(torch.argmax(mus))
     return float(mus[k]), ds[k]
 
 
-def worst_case_lognorm(A, activation="tanh", *, method: str = "auto", restarts: int = 32,
-                       generator=None):
+def worst_case_lognorm(A, activation="tanh", *, method: str = "auto", restarts: int = 32, generator=None):
     """``(μ*, D*)``: the largest ``μ₂(D A)`` over diagonal ``D`` with entries in ``[ℓ, u]``
     (:func:`slope_bounds`), and a maximiser (:prf:ref:`prop-vertex`).
 
@@ -322,7 +337,7 @@ def _hinge_terms(w, V, d, delta):
     m = max(int((r > 0).sum(1).max()), 1)  # eigenvalues come sorted: only the last m columns are active
     r, V = r[:, -m:], V[:, :, -m:]
     G = torch.einsum("ki,kij,klj->il", d, V * r[:, None, :], V)
-    return 0.5 * float((r ** 2).sum()), G
+    return 0.5 * float((r**2).sum()), G
 
 
 def _tracked_hinge(E, eps, A, ds, delta, V):
@@ -373,6 +388,7 @@ def _inner(A, eps, E, ds, delta, *, maxit, h, theta, tol, gtol, enough=None, tra
     exact :func:`_hinge`: a stop seen on tracked values is confirmed exactly, or the iteration
     goes on from the exact values with a fresh basis. Either way the returned values are exact.
     Returns ``E, F, G, max μ₂`` and the last step."""
+
     def exact(E):
         if not track:
             return (*_hinge(E, eps, A, ds, delta), None)
@@ -390,8 +406,11 @@ def _inner(A, eps, E, ds, delta, *, maxit, h, theta, tol, gtol, enough=None, tra
     recent = [f]
     for _ in range(maxit):
         g = -G + (G * E).sum() * E
-        if (fmax <= delta + tol or float(g.norm()) <= gtol * float(G.norm())
-                or (enough is not None and enough(E, f, G, fmax))):
+        if (
+            fmax <= delta + tol
+            or float(g.norm()) <= gtol * float(G.norm())
+            or (enough is not None and enough(E, f, G, fmax))
+        ):
             if is_exact:
                 break
             f, G, fmax, V = exact(E)  # confirm on exact values
@@ -501,8 +520,9 @@ class StabilizeOptions:
         elif track:
             _validate.positive_int(track, "track")
         cuts = max(4, n // 8) if self.cuts is None else _validate.positive_int(self.cuts, "cuts")
-        cut_restarts = (max(8, n // 8) if self.cut_restarts is None
-                        else _validate.positive_int(self.cut_restarts, "cut_restarts"))
+        cut_restarts = (
+            max(8, n // 8) if self.cut_restarts is None else _validate.positive_int(self.cut_restarts, "cut_restarts")
+        )
         return replace(self, track=track, cuts=cuts, cut_restarts=cut_restarts)
 
     def trajectory(self) -> dict:
@@ -579,16 +599,33 @@ class StabilizeState:
         eps_max = float(feasible.norm())
         _, G0 = lognorm_gradient(D0, problem.A)
         E = -G0 / G0.norm() if float(G0.norm()) > 0 else feasible / eps_max
-        return cls(ds=torch.diagonal(D0)[None].clone(), E=E, E_hi=feasible / eps_max, eps_lo=0.0, eps_hi=eps_max,
-                   h=options.h0, certified=0.0, rtol=max(options.coarse_tol, options.rel_tol), mu_after=mu0)
+        return cls(
+            ds=torch.diagonal(D0)[None].clone(),
+            E=E,
+            E_hi=feasible / eps_max,
+            eps_lo=0.0,
+            eps_hi=eps_max,
+            h=options.h0,
+            certified=0.0,
+            rtol=max(options.coarse_tol, options.rel_tol),
+            mu_after=mu0,
+        )
 
     def save(self, path, problem: StabilizeProblem, options: StabilizeOptions, *, seconds: float, generator) -> None:
         """Write the checkpoint atomically (:func:`labkit.train.save_checkpoint`) with the total
         compute time ``seconds`` and the generator's state."""
         state = {f.name: getattr(self, f.name) for f in fields(self)}
         state.update(seconds=seconds, generator=None if generator is None else generator.get_state())
-        train.save_checkpoint(path, {"A": problem.A, "target": problem.target, "bounds": [problem.lo, problem.hi],
-                                     "options": options.trajectory(), "state": state})
+        train.save_checkpoint(
+            path,
+            {
+                "A": problem.A,
+                "target": problem.target,
+                "bounds": [problem.lo, problem.hi],
+                "options": options.trajectory(),
+                "state": state,
+            },
+        )
 
     @classmethod
     def read(cls, path) -> StabilizeState:
@@ -623,11 +660,13 @@ class StabilizeState:
 
 def _enough(problem: StabilizeProblem, state: StabilizeState, eps: float, rtol: float):
     """The inner level's early stop: the bracket it would give is within ``rtol``."""
+
     def test(E, F, G, fmax):
         lb = max(state.eps_lo, _lower_bound(eps, E, F, G))
         up = problem.upper(eps, E, fmax)
         ub = state.eps_hi if up is None else min(state.eps_hi, up[0])
         return ub - lb <= rtol * ub
+
     return test
 
 
@@ -637,8 +676,20 @@ def _close_bracket(problem: StabilizeProblem, options: StabilizeOptions, state: 
     p, o, s = problem, options, state
     eps = min(s.eps_lo * (1 + rtol) if s.eps_lo > 0 else 0.5 * s.eps_hi, s.eps_hi)
     for _ in range(200):
-        s.E, F, G, fmax, s.h = _inner(p.A, eps, s.E, s.ds, p.target, maxit=o.inner_maxit, h=s.h, theta=o.theta,
-                                      tol=o.tol, gtol=o.gtol, enough=_enough(p, s, eps, rtol), track=o.track)
+        s.E, F, G, fmax, s.h = _inner(
+            p.A,
+            eps,
+            s.E,
+            s.ds,
+            p.target,
+            maxit=o.inner_maxit,
+            h=s.h,
+            theta=o.theta,
+            tol=o.tol,
+            gtol=o.gtol,
+            enough=_enough(p, s, eps, rtol),
+            track=o.track,
+        )
         s.iterations += 1
         newton = -math.inf
         if fmax <= p.target + o.tol:
@@ -666,8 +717,13 @@ def _find_cuts(problem: StabilizeProblem, options: StabilizeOptions, state: Stab
     """The cut search (:prf:ref:`alg-stabilize`, step 3.1): local maxima of ``μ₂(D M)`` from the all-``u`` vertex,
     the newest members of the working set and as many random vertices."""
     p, n = problem, problem.n
-    starts = torch.cat([torch.full((1, n), p.hi, dtype=p.A.dtype), state.ds[-options.cut_restarts:],
-                        _random_vertices(options.cut_restarts, n, p.lo, p.hi, generator)])
+    starts = torch.cat(
+        [
+            torch.full((1, n), p.hi, dtype=p.A.dtype),
+            state.ds[-options.cut_restarts :],
+            _random_vertices(options.cut_restarts, n, p.lo, p.hi, generator),
+        ]
+    )
     return _local_maxima(M, p.lo, p.hi, starts, flips=options.cut_flips, krylov=p.krylov)
 
 
@@ -676,8 +732,11 @@ def _violated(problem: StabilizeProblem, options: StabilizeOptions, state: Stabi
     fresh = []
     for i in torch.argsort(mus, descending=True).tolist():
         d = found[i]
-        if (len(fresh) < options.cuts and mus[i] > problem.target + options.tol
-                and not any(torch.equal(d, e) for e in list(state.ds) + fresh)):
+        if (
+            len(fresh) < options.cuts
+            and mus[i] > problem.target + options.tol
+            and not any(torch.equal(d, e) for e in list(state.ds) + fresh)
+        ):
             fresh.append(d)
     return fresh
 
@@ -688,13 +747,18 @@ def _final_check(problem: StabilizeProblem, options: StabilizeOptions, M, krylov
     p, n = problem, problem.n
     if p.exact:
         return _enumerate(M, p.lo, p.hi, keep=options.cuts)
-    starts = torch.cat([torch.full((1, n), p.hi, dtype=p.A.dtype),
-                        _random_vertices(max(options.restarts - 1, 0), n, p.lo, p.hi, generator)])
+    starts = torch.cat(
+        [
+            torch.full((1, n), p.hi, dtype=p.A.dtype),
+            _random_vertices(max(options.restarts - 1, 0), n, p.lo, p.hi, generator),
+        ]
+    )
     return _local_maxima(M, p.lo, p.hi, starts, flips=options.cut_flips, krylov=krylov)
 
 
-def _end_game(problem: StabilizeProblem, options: StabilizeOptions, state: StabilizeState, rnd: int, M,
-              mus, found, checked: bool):
+def _end_game(
+    problem: StabilizeProblem, options: StabilizeOptions, state: StabilizeState, rnd: int, M, mus, found, checked: bool
+):
     """The end game (:prf:ref:`alg-stabilize`, step 3.3; :prf:ref:`prop-repair-all`): scaling (or shifting)
     ``A + Δ`` lowers ``μ₂(D·)`` of every vertex alike, so the worst vertex over all of them decides.
     Close the bracket to ``rel_tol / 2``, find the worst vertex by the final check, and return the
@@ -710,7 +774,7 @@ def _end_game(problem: StabilizeProblem, options: StabilizeOptions, state: Stabi
         _close_bracket(p, o, s, o.rel_tol / 2)
         M = p.A + s.eps_hi * s.E_hi
         mus, checked = _top(found, M)[0], False  # the vertices found so far, on the new point
-    for quick in ([] if checked else [p.krylov, 0] if p.krylov else [0]):  # a quick look first
+    for quick in [] if checked else [p.krylov, 0] if p.krylov else [0]:  # a quick look first
         more, others = _final_check(p, o, M, quick, trial)
         mus, found = torch.cat([mus, more]), torch.cat([found, others])
         if p.upper(s.eps_hi, s.E_hi, float(mus.max()))[0] > (1 + o.rel_tol) * s.certified:
@@ -725,8 +789,9 @@ def _end_game(problem: StabilizeProblem, options: StabilizeOptions, state: Stabi
     return None
 
 
-def stabilize(A, target, activation="tanh", *, generator=None, progress: bool | None = None, checkpoint=None,
-              **options) -> StabilizeResult:
+def stabilize(
+    A, target, activation="tanh", *, generator=None, progress: bool | None = None, checkpoint=None, **options
+) -> StabilizeResult:
     """Smallest Frobenius-norm perturbation ``Δ`` with ``max_D μ₂(D(A + Δ)) ≤ δ``, ``δ = target``
     (:prf:ref:`alg-stabilize`). ``options`` are the fields of :class:`StabilizeOptions`.
 
@@ -782,17 +847,30 @@ def stabilize(A, target, activation="tanh", *, generator=None, progress: bool | 
     if not math.isfinite(delta):
         raise ValueError(f"target must be finite, got {target!r}.")
     if lo == 0 and delta < 0:
-        raise ValueError(f"target δ={delta} is unreachable for {activation!r}: its slopes include 0, "
-                         "so D = 0 is admissible and max_D μ₂(D(A+Δ)) ≥ 0 for every Δ. Use δ ≥ 0, "
-                         "or an activation with slopes bounded below (leaky ReLU).")
+        raise ValueError(
+            f"target δ={delta} is unreachable for {activation!r}: its slopes include 0, "
+            "so D = 0 is admissible and max_D μ₂(D(A+Δ)) ≥ 0 for every Δ. Use δ ≥ 0, "
+            "or an activation with slopes bounded below (leaky ReLU)."
+        )
     opts = StabilizeOptions(**options).resolved(n)
     exact = (opts.method == "enumerate") or (opts.method == "auto" and n <= ENUMERATION_MAX_N)
     problem = StabilizeProblem(A, delta, lo, hi, exact, KRYLOV_STEPS if opts.track else 0)
     mu0, D0 = worst_case_lognorm(A, (lo, hi), method=opts.method, restarts=opts.restarts, generator=generator)
     done = lambda Delta, mu_after, lower: StabilizeResult(  # noqa: E731
-        perturbation=Delta, norm=float(Delta.norm()), mu_before=mu0, mu_after=mu_after, target=delta, iterations=0,
-        rounds=0, converged=True, working_set=0, exact=exact, norm_lower_bound=lower, vertices=torch.diagonal(D0)[None],
-        seconds=time.perf_counter() - t_start)
+        perturbation=Delta,
+        norm=float(Delta.norm()),
+        mu_before=mu0,
+        mu_after=mu_after,
+        target=delta,
+        iterations=0,
+        rounds=0,
+        converged=True,
+        working_set=0,
+        exact=exact,
+        norm_lower_bound=lower,
+        vertices=torch.diagonal(D0)[None],
+        seconds=time.perf_counter() - t_start,
+    )
     if mu0 <= delta:
         return done(torch.zeros_like(A), mu0, 0.0)
     if lo == 0 and delta == 0:  # closed form: the feasible set is {diagonal, ≤ 0} (:prf:ref:`prop-zero`)
@@ -825,16 +903,30 @@ def stabilize(A, target, activation="tanh", *, generator=None, progress: bool | 
         if not fresh:  # nothing violated that the cut search sees: the final check
             mus, found = _final_check(problem, opts, M, generator=generator)
             fresh, s.mu_after, checked = _violated(problem, opts, s, mus, found), float(mus.max()), True
-        if (fresh and problem.can_repair and rnd >= s.next_try
-                and problem.upper(s.eps_hi, s.E_hi, s.mu_after)[0] <= (1 + opts.rel_tol / 2) * s.eps_hi):
+        if (
+            fresh
+            and problem.can_repair
+            and rnd >= s.next_try
+            and problem.upper(s.eps_hi, s.E_hi, s.mu_after)[0] <= (1 + opts.rel_tol / 2) * s.eps_hi
+        ):
             repaired = _end_game(problem, opts, s, rnd, M, mus, found, checked)
             if repaired is not None:
                 fresh = []
-        s.history.append({"round": rnd, "eps": s.eps_hi, "norm_lower_bound": s.certified, "mu": s.mu_after,
-                          "working_set": int(s.ds.shape[0])})
+        s.history.append(
+            {
+                "round": rnd,
+                "eps": s.eps_hi,
+                "norm_lower_bound": s.certified,
+                "mu": s.mu_after,
+                "working_set": int(s.ds.shape[0]),
+            }
+        )
         bar.update(1)
-        bar.set_postfix_str(f"‖Δ‖ {s.eps_hi:.4f} ≥ {s.certified:.4f}, |W| {int(s.ds.shape[0]) + len(fresh)}, "
-                            f"μ* {s.mu_after:.4f}, tol {s.rtol:g}", refresh=False)
+        bar.set_postfix_str(
+            f"‖Δ‖ {s.eps_hi:.4f} ≥ {s.certified:.4f}, |W| {int(s.ds.shape[0]) + len(fresh)}, "
+            f"μ* {s.mu_after:.4f}, tol {s.rtol:g}",
+            refresh=False,
+        )
         s.E = s.E_hi.clone()
         s.round = rnd
         if repaired is not None:
@@ -848,18 +940,31 @@ def stabilize(A, target, activation="tanh", *, generator=None, progress: bool | 
             converged = True
             break
         if checkpoint is not None:
-            s.save(checkpoint, problem, opts, seconds=seconds_before + time.perf_counter() - t_start,
-                   generator=generator)
+            s.save(
+                checkpoint, problem, opts, seconds=seconds_before + time.perf_counter() - t_start, generator=generator
+            )
     bar.refresh()  # the final state, whatever tqdm's refresh interval skipped
     bar.close()
     if converged and checkpoint is not None and Path(checkpoint).exists():
         Path(checkpoint).unlink()
     Delta = state.eps_hi * state.E_hi
     return StabilizeResult(
-        perturbation=Delta, norm=float(Delta.norm()), mu_before=mu0, mu_after=state.mu_after, target=delta,
-        iterations=state.iterations, rounds=state.round, converged=converged, working_set=int(state.ds.shape[0]),
-        exact=exact, norm_lower_bound=state.certified, history=state.history, vertices=state.ds,
-        seconds=seconds_before + time.perf_counter() - t_start, repaired=repaired is not None)
+        perturbation=Delta,
+        norm=float(Delta.norm()),
+        mu_before=mu0,
+        mu_after=state.mu_after,
+        target=delta,
+        iterations=state.iterations,
+        rounds=state.round,
+        converged=converged,
+        working_set=int(state.ds.shape[0]),
+        exact=exact,
+        norm_lower_bound=state.certified,
+        history=state.history,
+        vertices=state.ds,
+        seconds=seconds_before + time.perf_counter() - t_start,
+        repaired=repaired is not None,
+    )
 
 
 def euler_step_bound(mu_star: float, A_norm: float, h: float, hi: float = 1.0) -> float:
@@ -872,8 +977,17 @@ def _all_vertices(n, lo, hi):
     return torch.cat(list(_vertices(n, lo, hi)))
 
 
-def stabilize_slsqp(A, delta, activation="tanh", *, vertices=None, restarts: int = 3, seed: int = 0,
-                    maxiter: int = 500, feas_tol: float = 1e-6):
+def stabilize_slsqp(
+    A,
+    delta,
+    activation="tanh",
+    *,
+    vertices=None,
+    restarts: int = 3,
+    seed: int = 0,
+    maxiter: int = 500,
+    feas_tol: float = 1e-6,
+):
     """Reference solution of the same problem by a general-purpose solver (scipy's SLSQP).
 
     Minimises ``½‖Δ‖_F²`` subject to ``μ₂(D(A + Δ)) ≤ δ`` for every ``D`` in ``vertices``
@@ -903,9 +1017,14 @@ def stabilize_slsqp(A, delta, activation="tanh", *, vertices=None, restarts: int
     best, best_norm = None, math.inf
     for r in range(restarts):
         x0 = np.zeros(n * n) if r == 0 else rng.normal(size=n * n) * 0.1 * scale
-        res = minimize(lambda x: 0.5 * x @ x, x0, jac=lambda x: x, method="SLSQP",
-                       constraints=[{"type": "ineq", "fun": cons, "jac": jac}],
-                       options={"maxiter": maxiter, "ftol": 1e-12})
+        res = minimize(
+            lambda x: 0.5 * x @ x,
+            x0,
+            jac=lambda x: x,
+            method="SLSQP",
+            constraints=[{"type": "ineq", "fun": cons, "jac": jac}],
+            options={"maxiter": maxiter, "ftol": 1e-12},
+        )
         if cons(res.x).min() >= -feas_tol and np.linalg.norm(res.x) < best_norm:
             best, best_norm = torch.as_tensor(res.x).reshape(n, n), float(np.linalg.norm(res.x))
     return best, best_norm
@@ -919,13 +1038,22 @@ class ODEClassifier(nn.Module):
     ``W / ‖W‖₂`` so they cannot undo the control of the block by growing (§1.6).
     """
 
-    def __init__(self, in_features: int = 784, width: int = 12, classes: int = 10, T: float = 1.0,
-                 steps: int = 10, activation: str = "tanh", unit_norm: bool = False):
+    def __init__(
+        self,
+        in_features: int = 784,
+        width: int = 12,
+        classes: int = 10,
+        T: float = 1.0,
+        steps: int = 10,
+        activation: str = "tanh",
+        unit_norm: bool = False,
+    ):
         super().__init__()
         self.activation = activation
         slope_bounds(activation)
-        self.lift = nn.Linear(_validate.positive_int(in_features, "in_features"),
-                              _validate.positive_int(width, "width"))
+        self.lift = nn.Linear(
+            _validate.positive_int(in_features, "in_features"), _validate.positive_int(width, "width")
+        )
         self.field = VectorField(width, activation=activation)
         self.block = EulerResNet(self.field, T, steps)
         self.head = nn.Linear(width, _validate.positive_int(classes, "classes"))
@@ -956,9 +1084,13 @@ class ODEClassifier(nn.Module):
         A_norm = float(torch.linalg.matrix_norm(self.A.double(), 2))
         euler = euler_step_bound(mu, A_norm, h, hi) ** steps
         norm = lambda W: 1.0 if self.unit_norm else float(torch.linalg.matrix_norm(W.double(), 2))  # noqa: E731
-        return {"mu_star": mu, "flow_bound": math.exp(T * mu), "euler_bound": euler,
-                "lipschitz_bound": norm(self.head.weight) * euler * norm(self.lift.weight),
-                "exact": self.A.shape[0] <= ENUMERATION_MAX_N}
+        return {
+            "mu_star": mu,
+            "flow_bound": math.exp(T * mu),
+            "euler_bound": euler,
+            "lipschitz_bound": norm(self.head.weight) * euler * norm(self.lift.weight),
+            "exact": self.A.shape[0] <= ENUMERATION_MAX_N,
+        }
 
 
 def stabilize_model(model: ODEClassifier, delta: float, **options) -> StabilizeResult:
@@ -983,5 +1115,12 @@ class StabilizeEachEpoch:
 
     def __call__(self, model, epoch, history=None):
         res = stabilize_model(model, self.delta, **self.options)
-        self.history.append({"epoch": epoch + 1, "mu_before": res.mu_before, "mu_after": res.mu_after,
-                             "norm": res.norm, "converged": res.converged})
+        self.history.append(
+            {
+                "epoch": epoch + 1,
+                "mu_before": res.mu_before,
+                "mu_after": res.mu_after,
+                "norm": res.norm,
+                "converged": res.converged,
+            }
+        )

@@ -4,6 +4,7 @@ A residual block ``x ← x + h f(t, x)`` is one explicit Euler step of the ODE `
 a stack of ``n`` blocks with ``h = T / n`` approximates the flow ``φ_T`` of the ODE, which a
 :class:`NeuralODE` computes with an adaptive solver from torchdiffeq.
 """
+
 from __future__ import annotations
 
 import torch
@@ -55,8 +56,17 @@ class NeuralODE(nn.Module):
     method can find its parameters.
     """
 
-    def __init__(self, func: nn.Module, T: float = 1.0, *, method: str = "dopri5",
-                 rtol: float = 1e-6, atol: float = 1e-8, adjoint: bool = False, options=None):
+    def __init__(
+        self,
+        func: nn.Module,
+        T: float = 1.0,
+        *,
+        method: str = "dopri5",
+        rtol: float = 1e-6,
+        atol: float = 1e-8,
+        adjoint: bool = False,
+        options=None,
+    ):
         super().__init__()
         if not isinstance(func, nn.Module):
             raise TypeError("func must be an nn.Module f(t, x).")

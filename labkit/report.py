@@ -72,18 +72,31 @@ def banner(record, *, command: str, missing: str | None = None) -> Table:
         return Table(text + (f" {missing}" if missing else ""))
     minutes = float(record.get("seconds", 0.0)) / 60
     duration = f"{minutes / 60:.1f} h" if minutes >= 120 else f"{minutes:.0f} min"
-    line = (f"Full mode: {record.get('device')} ({record.get('device_name')}), {str(record.get('created'))[:10]}, "
-            f"{duration}, torch {record.get('torch')}, commit {str(record.get('commit'))[:10]}"
-            f"{' (with local changes)' if record.get('dirty') else ''}")
+    line = (
+        f"Full mode: {record.get('device')} ({record.get('device_name')}), {str(record.get('created'))[:10]}, "
+        f"{duration}, torch {record.get('torch')}, commit {str(record.get('commit'))[:10]}"
+        f"{' (with local changes)' if record.get('dirty') else ''}"
+    )
     resumed = record.get("resumed")
     if resumed:
-        line += (f"; resumed after an interruption, {len(resumed.get('runs', []))} run(s) from commit "
-                 f"{str(resumed.get('commit'))[:10]}")
+        line += (
+            f"; resumed after an interruption, {len(resumed.get('runs', []))} run(s) from commit "
+            f"{str(resumed.get('commit'))[:10]}"
+        )
     return Table(line + ".")
 
 
-_GREEK = {"α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "ε": "eps", "λ": "lambda", "μ": "mu",
-          "σ": "sigma", "τ": "tau"}
+_GREEK = {
+    "α": "alpha",
+    "β": "beta",
+    "γ": "gamma",
+    "δ": "delta",
+    "ε": "eps",
+    "λ": "lambda",
+    "μ": "mu",
+    "σ": "sigma",
+    "τ": "tau",
+}
 
 
 def glue_name(*parts) -> str:

@@ -5,6 +5,7 @@
 with the same weights as an uninterrupted run. Checkpoints are written atomically (temporary
 file, then rename) and read with ``torch.load(..., weights_only=True)``.
 """
+
 from __future__ import annotations
 
 import os
@@ -91,10 +92,25 @@ def evaluate(model, data: Dataset, *, batch_size: int = 512, device=None, loss_f
     return {"loss": loss_sum / total, "accuracy": correct / total}
 
 
-def fit(model, train_data: Dataset, epochs: int, *, batch_size: int = 128, lr: float = 1e-3,
-        optimizer=None, loss_fn=None, val_data: Dataset | None = None, device=None,
-        seed: int = 0, checkpoint=None, progress: bool | None = None,
-        step_fn=None, after_step=None, after_epoch=None, desc: str = "epoch") -> History:
+def fit(
+    model,
+    train_data: Dataset,
+    epochs: int,
+    *,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    optimizer=None,
+    loss_fn=None,
+    val_data: Dataset | None = None,
+    device=None,
+    seed: int = 0,
+    checkpoint=None,
+    progress: bool | None = None,
+    step_fn=None,
+    after_step=None,
+    after_epoch=None,
+    desc: str = "epoch",
+) -> History:
     """Train ``model`` on ``train_data`` for ``epochs`` epochs; return a :class:`History`.
 
     Defaults: Adam with learning rate ``lr``, cross-entropy loss. Each mini-batch runs
@@ -164,7 +180,13 @@ def fit(model, train_data: Dataset, epochs: int, *, batch_size: int = 128, lr: f
             history.val_loss.append(metrics["loss"])
             history.val_accuracy.append(metrics["accuracy"])
         if checkpoint is not None:
-            save_checkpoint(checkpoint, {"model": model.state_dict(),
-                                         "optimizer": optimizer.state_dict(),
-                                         "epoch": epoch + 1, "history": history.as_dict()})
+            save_checkpoint(
+                checkpoint,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                    "history": history.as_dict(),
+                },
+            )
     return history

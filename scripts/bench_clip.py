@@ -11,10 +11,10 @@ times include the validation the paper's recipe runs after every epoch (clean ac
 (LABKIT_DATA, see the README). With --json the rows are saved as a record
 (labkit.experiment.save_record).
 """
+
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -35,23 +35,48 @@ def main(argv=None) -> int:
     env = environment(args.device)
     tr, val = clip.split(data.load("mnist"), 6000)
     rows, t_all = [], time.perf_counter()
-    print(f"MNIST paper setting, {len(tr)} training images, batch 128, device {args.device}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"MNIST paper setting, {len(tr)} training images, batch 128, device {args.device}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"{'run':>10} {'epochs':>6} {'seconds':>8} {'images/s':>9} {'per epoch s':>11}")
     for label, lam in (("CLIP", 0.1), ("no CLIP", 0.0)):
         seed_everything(0)
         model = clip.mlp(last_activation=True)
-        run = clip.fit(model, tr, val, setting="paper", epochs=args.epochs, lam=lam, target=None, warmup=0,
-                         device=args.device, progress=False)
-        row = {"run": label, "epochs": args.epochs, "seconds": run.seconds,
-               "images_per_second": args.epochs * len(tr) / run.seconds, "per_epoch": run.seconds / args.epochs}
+        run = clip.fit(
+            model,
+            tr,
+            val,
+            setting="paper",
+            epochs=args.epochs,
+            lam=lam,
+            target=None,
+            warmup=0,
+            device=args.device,
+            progress=False,
+        )
+        row = {
+            "run": label,
+            "epochs": args.epochs,
+            "seconds": run.seconds,
+            "images_per_second": args.epochs * len(tr) / run.seconds,
+            "per_epoch": run.seconds / args.epochs,
+        }
         rows.append(row)
-        print(f"{label:>10} {args.epochs:>6} {run.seconds:>8.1f} {row['images_per_second']:>9.0f} "
-              f"{row['per_epoch']:>11.2f}")
+        print(
+            f"{label:>10} {args.epochs:>6} {run.seconds:>8.1f} {row['images_per_second']:>9.0f} "
+            f"{row['per_epoch']:>11.2f}"
+        )
     print("(the times include the per-epoch validation: clean accuracy and the 7-step sphere attack)")
     if args.json:
-        save_record(args.json, rows, mode="benchmark", seconds=time.perf_counter() - t_all,
-                    sizes={"epochs": args.epochs}, env=env)
+        save_record(
+            args.json,
+            rows,
+            mode="benchmark",
+            seconds=time.perf_counter() - t_all,
+            sizes={"epochs": args.epochs},
+            env=env,
+        )
         print(f"wrote {args.json}")
     return 0
 

@@ -9,10 +9,10 @@ per layer), the margin loss, backward and an Adam step. One warm-up step is not 
 seconds per step and images per second; also the evaluation-mode forward (norm bounds cached)
 for comparison. With --json the rows are saved as a record (labkit.experiment.save_record).
 """
+
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -46,8 +46,10 @@ def main(argv=None) -> int:
     y = torch.randint(0, 10, (args.batch,), device=device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{args.preset}: {n_params / 1e6:.1f} M parameters, batch {args.batch}, device {device}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"{args.preset}: {n_params / 1e6:.1f} M parameters, batch {args.batch}, device {device}, "
+        f"{torch.get_num_threads()} threads"
+    )
     model.train()
     times = []
     for k in range(args.steps + 1):
@@ -63,24 +65,37 @@ def main(argv=None) -> int:
     train_s = sum(times) / len(times)
     model.eval()
     with torch.no_grad():
-        model(x)   # computes and caches the norm bounds
+        model(x)  # computes and caches the norm bounds
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(args.steps):
             model(x)
         _sync(device)
         eval_s = (time.perf_counter() - t0) / args.steps
-    rows = [{"what": "train step (forward + backward + Adam)", "seconds": train_s,
-             "images_per_second": args.batch / train_s},
-            {"what": "evaluation forward", "seconds": eval_s, "images_per_second": args.batch / eval_s}]
+    rows = [
+        {
+            "what": "train step (forward + backward + Adam)",
+            "seconds": train_s,
+            "images_per_second": args.batch / train_s,
+        },
+        {"what": "evaluation forward", "seconds": eval_s, "images_per_second": args.batch / eval_s},
+    ]
     for r in rows:
         print(f"{r['what']:>40}: {r['seconds']:8.3f} s per batch, {r['images_per_second']:8.1f} images/s")
     epoch = 50000 / rows[0]["images_per_second"]
-    print(f"one CIFAR-10 epoch (50 000 images) at this speed: {epoch / 60:.1f} min; 200 epochs: {epoch * 200 / 3600:.1f} h")
+    print(
+        f"one CIFAR-10 epoch (50 000 images) at this speed: {epoch / 60:.1f} min; "
+        f"200 epochs: {epoch * 200 / 3600:.1f} h"
+    )
     if args.json:
-        save_record(args.json, rows, mode="benchmark", seconds=sum(times), env=env,
-                    sizes={"preset": args.preset, "batch": args.batch, "steps": args.steps,
-                           "parameters": n_params})
+        save_record(
+            args.json,
+            rows,
+            mode="benchmark",
+            seconds=sum(times),
+            env=env,
+            sizes={"preset": args.preset, "batch": args.batch, "steps": args.steps, "parameters": n_params},
+        )
         print(f"wrote {args.json}")
     return 0
 

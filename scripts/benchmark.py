@@ -7,6 +7,7 @@ page and lab executed alone in each mode, and of the whole book build in the las
 ``--json`` the page and lab times are also written, with the machine, versions, date and commit,
 to PATH (the book's page *For instructors* shows ``book/data/lab_times.json``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,10 +37,12 @@ def execute(page: Path, mode: str) -> tuple[float, str | None]:
     """Execute one page or lab in a fresh kernel in its own folder, as the book build does, from
     a child process of its own (one nbclient session per process: reusing one hung on lab 1), stopped
     after 15 minutes (a fresh one still hung once, on lab 0 in book mode, idle kernel; unexplained)."""
-    code = ("import sys, jupytext, nbformat; from nbclient import NotebookClient; p = sys.argv[1]; "
-            "nb = jupytext.read(p) if p.endswith('.md') else nbformat.read(p, as_version=4); "
-            "NotebookClient(nb, timeout=3600, kernel_name='python3', "
-            "resources={'metadata': {'path': sys.argv[2]}}).execute()")
+    code = (
+        "import sys, jupytext, nbformat; from nbclient import NotebookClient; p = sys.argv[1]; "
+        "nb = jupytext.read(p) if p.endswith('.md') else nbformat.read(p, as_version=4); "
+        "NotebookClient(nb, timeout=3600, kernel_name='python3', "
+        "resources={'metadata': {'path': sys.argv[2]}}).execute()"
+    )
     env = dict(os.environ, LABKIT_MODE=mode)
     secs, proc = timed([str(BIN / "python"), "-c", code, str(page), str(page.parent)], env, timeout=900)
     return secs, None if proc.returncode == 0 else proc.stderr.strip()[-300:]
@@ -61,17 +64,39 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
-    record = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "commit": commit,
-              "machine": f"{os.cpu_count()} cores, {platform.machine()}, "
-                         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}",
-              "python": platform.python_version(), "torch": torch.__version__, "seconds": {}}
+    commit = (
+        subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        or "unknown"
+    )
+    record = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit,
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, "
+        f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only'}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "seconds": {},
+    }
     print(f"machine: {record['machine']}; python {record['python']}; torch {record['torch']}; commit {commit}")
     if not args.skip_tests:
         env = dict(os.environ, LABKIT_MODE="smoke")
-        secs, proc = timed([str(BIN / "python"), "-m", "pytest", "-n", "2", "--dist", "loadscope",
-                            "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider", "-q"], env)
+        secs, proc = timed(
+            [
+                str(BIN / "python"),
+                "-m",
+                "pytest",
+                "-n",
+                "2",
+                "--dist",
+                "loadscope",
+                "--nbval-lax",
+                "--nbval-current-env",
+                "-p",
+                "no:cacheprovider",
+                "-q",
+            ],
+            env,
+        )
         summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
         print(f"tests (smoke): {secs:6.1f} s   {summary}")
     for mode in args.modes:

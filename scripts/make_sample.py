@@ -6,10 +6,10 @@ Each sample holds the first examples of the official train and test order (so a 
 ``labkit.data.load(name, limit=k)`` agrees with the real data for k up to the sample size),
 as uint8 arrays ``x_train, y_train, x_test, y_test`` in a compressed ``.npz``.
 """
+
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np

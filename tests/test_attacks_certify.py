@@ -1,10 +1,12 @@
 """labkit.attacks and labkit.certify: balls, boxes, strength, and sound certificates."""
+
 import math
 from functools import partial
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -29,13 +31,13 @@ def linear_setup():
 
 
 @settings(max_examples=25, deadline=None)
-@given(eps=st.floats(0.0, 0.5), norm=st.sampled_from(["linf", "l2"]), steps=st.integers(1, 8),
-       seed=st.integers(0, 1000))
+@given(
+    eps=st.floats(0.0, 0.5), norm=st.sampled_from(["linf", "l2"]), steps=st.integers(1, 8), seed=st.integers(0, 1000)
+)
 def test_pgd_never_leaves_ball_or_box(linear_setup, eps, norm, steps, seed):
     model, x, y = linear_setup
     xb, yb = x[:32], y[:32]
-    adv = attacks.pgd(model, xb, yb, eps, norm=norm, steps=steps,
-                      generator=torch.Generator().manual_seed(seed))
+    adv = attacks.pgd(model, xb, yb, eps, norm=norm, steps=steps, generator=torch.Generator().manual_seed(seed))
     delta = (adv - xb).flatten(1)
     size = delta.abs().max(1).values if norm == "linf" else delta.norm(dim=1)
     assert float(size.max()) <= eps + 1e-6
@@ -79,7 +81,9 @@ def test_fgsm_is_sign_step(linear_setup):
     inner = (x > 0.1) & (x < 0.9) & (grad != 0)
     assert torch.allclose((adv - x)[inner], 0.1 * grad.sign()[inner], atol=1e-6)
     with torch.no_grad():
-        assert float(torch.nn.functional.cross_entropy(model(adv), y)) > float(torch.nn.functional.cross_entropy(model(x), y))
+        assert float(torch.nn.functional.cross_entropy(model(adv), y)) > float(
+            torch.nn.functional.cross_entropy(model(x), y)
+        )
 
 
 def test_attacks_hurt_more_than_noise_and_pgd_beats_fgsm(linear_setup):
@@ -109,15 +113,31 @@ def test_certified_points_survive_pgd_at_099_radius(linear_setup):
     xs, ys, rs = x[ok], y[ok], radius[ok]
     flipped = 0
     for xi, yi, ri in zip(xs, ys, rs):
-        adv = attacks.pgd(model, xi[None], yi[None], 0.99 * float(ri), norm="l2", steps=50,
-                          clamp=(-10.0, 10.0), generator=torch.Generator().manual_seed(0))
+        adv = attacks.pgd(
+            model,
+            xi[None],
+            yi[None],
+            0.99 * float(ri),
+            norm="l2",
+            steps=50,
+            clamp=(-10.0, 10.0),
+            generator=torch.Generator().manual_seed(0),
+        )
         flipped += int(model(adv).argmax(1) != yi)
     assert flipped == 0
     # ... and the certificate is nearly tight for a linear model: PGD at 1.5× radius wins often
     wins = 0
     for xi, yi, ri in list(zip(xs, ys, rs))[:40]:
-        adv = attacks.pgd(model, xi[None], yi[None], 1.5 * math.sqrt(2) * float(ri), norm="l2",
-                          steps=50, clamp=(-10.0, 10.0), generator=torch.Generator().manual_seed(0))
+        adv = attacks.pgd(
+            model,
+            xi[None],
+            yi[None],
+            1.5 * math.sqrt(2) * float(ri),
+            norm="l2",
+            steps=50,
+            clamp=(-10.0, 10.0),
+            generator=torch.Generator().manual_seed(0),
+        )
         wins += int(model(adv).argmax(1) != yi)
     assert wins > 0
 
@@ -176,8 +196,7 @@ def test_attack_does_not_touch_model(linear_setup):
     before = [p.clone() for p in model.parameters()]
     attacks.pgd(model, x[:8], y[:8], 0.1)
     assert model.training
-    assert all(torch.equal(a, b) and b.grad is None and b.requires_grad
-               for a, b in zip(before, model.parameters()))
+    assert all(torch.equal(a, b) and b.grad is None and b.requires_grad for a, b in zip(before, model.parameters()))
 
 
 def test_robust_accuracy_rejects_bad_input(linear_setup):

@@ -40,8 +40,7 @@ def execute_lab(path: Path, out: Path) -> nbformat.NotebookNode:
     from nbclient.exceptions import CellExecutionError
 
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
     code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     exercises = 0
     with client.setup_kernel():
@@ -49,15 +48,17 @@ def execute_lab(path: Path, out: Path) -> nbformat.NotebookNode:
             cell = nb.cells[i]
             if course.has_solution(cell.source):
                 exercises += 1
-                assert k + 1 < len(code) and _is_check(nb.cells[code[k + 1]].source), \
+                assert k + 1 < len(code) and _is_check(nb.cells[code[k + 1]].source), (
                     f"{path.name}: exercise cell {i} is not followed by a check cell"
+                )
                 stub = nbformat.v4.new_code_cell(course.stub_source(cell.source))
                 client.execute_cell(stub, i, store_history=False)
                 check = copy.deepcopy(nb.cells[code[k + 1]])
                 with pytest.raises(CellExecutionError) as err:
                     client.execute_cell(check, code[k + 1], store_history=False)
-                assert err.value.ename == "NotImplementedError", \
+                assert err.value.ename == "NotImplementedError", (
                     f"{path.name}: the check after cell {i} did not fail on the stub with NotImplementedError"
+                )
             client.execute_cell(cell, i)
     assert exercises >= 1, f"{path.name} has no exercise"
     nbformat.write(nb, out)
@@ -83,8 +84,13 @@ def test_book_and_student_edition_build_in_smoke_mode(tmp_path):
 
     book = course.build_book(tmp_path / "book", labs=labs, execute_labs=False, cache=cache)
     pages = {p.relative_to(book).as_posix(): _visible_text(p) for p in book.rglob("*.html")}
-    for page in ("book/ch00_foundations.html", "book/ch01_lognorm.html", "book/ch02_clip.html",
-                 "book/ch04_convex.html", "labs/lab00_foundations.html"):
+    for page in (
+        "book/ch00_foundations.html",
+        "book/ch01_lognorm.html",
+        "book/ch02_clip.html",
+        "book/ch04_convex.html",
+        "labs/lab00_foundations.html",
+    ):
         assert page in pages, f"{page} was not built"
     for name, text in pages.items():  # every glued number and every table came out of a run
         assert "{glue" not in text and "glue:text" not in text, f"{name} shows an unresolved glue reference"
@@ -108,8 +114,11 @@ def test_book_and_student_edition_build_in_smoke_mode(tmp_path):
     for path in LABS:
         nb = nbformat.read(path, as_version=4)
         shared = "\n".join(course.stub_source(c.source) for c in nb.cells)
-        distinctive += [l for l in _significant(l for c in nb.cells for l in course.solution_lines(c.source))
-                        if len(l) >= 12 and l not in shared]
+        distinctive += [
+            l
+            for l in _significant(l for c in nb.cells for l in course.solution_lines(c.source))
+            if len(l) >= 12 and l not in shared
+        ]
     # chapter exercises: the first line of each {solution} block
     for md in (ROOT / "book").glob("*.md"):
         for block in re.findall(r"```\{solution\}[^\n]*\n(?::[^\n]*\n)*\n?(.*?)```", md.read_text(), re.S):

@@ -1,4 +1,5 @@
 """labkit.check: every check rejects a stub and typical wrong answers, and accepts right ones."""
+
 import math
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labkit import attacks, certify, check, lipschitz
+from labkit import certify, check, lipschitz
 from labkit import lognorm as ln
 
 
@@ -16,6 +17,7 @@ def stub(*args):
 
 def _inner_ok(E, G, h, value, theta):
     from labkit.lognorm import inner_step
+
     mu = value(E)[0]
     while True:
         cand = inner_step(E, G, h)
@@ -37,8 +39,11 @@ def _pair_update(f, u, v, step, growth, ascent=1.0, rule="increase"):
     tu, tv = u + ascent * step[:, None] * gu, v + ascent * step[:, None] * gv
     new = lipschitz.quotient(f, tu, tv).detach()
     ok = new > q if rule == "increase" else torch.ones_like(new, dtype=torch.bool)
-    return (torch.where(ok[:, None], tu, u), torch.where(ok[:, None], tv, v),
-            torch.where(ok, step * growth, step / growth))
+    return (
+        torch.where(ok[:, None], tu, u),
+        torch.where(ok[:, None], tv, v),
+        torch.where(ok, step * growth, step / growth),
+    )
 
 
 def _lognorm_2(A):  # from the definition: the largest eigenvalue of the symmetric part, by NumPy
@@ -46,8 +51,9 @@ def _lognorm_2(A):  # from the definition: the largest eigenvalue of the symmetr
 
 
 def _lognorm_inf(A):  # the largest row sum a_ii + Σ_{j≠i} |a_ij|, written out
-    return max(float(A[i, i]) + sum(abs(float(A[i, j])) for j in range(A.shape[1]) if j != i)
-               for i in range(A.shape[0]))
+    return max(
+        float(A[i, i]) + sum(abs(float(A[i, j])) for j in range(A.shape[1]) if j != i) for i in range(A.shape[0])
+    )
 
 
 def _rank_one(D, M):  # d λ_max(sym(DM)) / dM = D v vᵀ with v the top eigenvector (NumPy)
@@ -111,63 +117,97 @@ def _lln(lo, y, W_hat):  # min over j ≠ y of (f_y − f_j) / ‖ŵ_y − ŵ_j�
     out = []
     for row, label in zip(lo, y):
         k = int(label)
-        out.append(max(min(float(row[k] - row[j]) / float((W_hat[k] - W_hat[j]).norm())
-                           for j in range(row.shape[0]) if j != k), 0.0))
+        out.append(
+            max(
+                min(
+                    float(row[k] - row[j]) / float((W_hat[k] - W_hat[j]).norm()) for j in range(row.shape[0]) if j != k
+                ),
+                0.0,
+            )
+        )
     return torch.tensor(out, dtype=lo.dtype)
 
 
-RIGHT.update({
-    "euler_step_norm": lambda Q, h: torch.linalg.matrix_norm(torch.eye(Q.shape[0], dtype=Q.dtype) - h * Q, ord=2),
-    "cpl_step": lambda x, W, b: x - 2 / torch.linalg.matrix_norm(W, 2) ** 2 * torch.relu(x @ W.T + b) @ W,
-    "power_iteration": _power,
-    "lln_radius": _lln,
-})
+RIGHT.update(
+    {
+        "euler_step_norm": lambda Q, h: torch.linalg.matrix_norm(torch.eye(Q.shape[0], dtype=Q.dtype) - h * Q, ord=2),
+        "cpl_step": lambda x, W, b: x - 2 / torch.linalg.matrix_norm(W, 2) ** 2 * torch.relu(x @ W.T + b) @ W,
+        "power_iteration": _power,
+        "lln_radius": _lln,
+    }
+)
 
 WRONG = {
-    "euler_step_norm": [lambda Q, h: 1 - h * torch.linalg.eigvalsh(Q)[-1],                # signed, one end
-                        lambda Q, h: torch.linalg.matrix_norm(torch.eye(Q.shape[0], dtype=Q.dtype) + h * Q, ord=2),
-                        lambda Q, h: torch.ones((), dtype=Q.dtype)],
-    "cpl_step": [lambda x, W, b: x - 1 / torch.linalg.matrix_norm(W, 2) ** 2 * torch.relu(x @ W.T + b) @ W,  # h = 1/‖W‖²
-                 lambda x, W, b: x - 2 / torch.linalg.matrix_norm(W) ** 2 * torch.relu(x @ W.T + b) @ W,     # Frobenius
-                 lambda x, W, b: x - 2 / torch.linalg.matrix_norm(W, 2) ** 2 * (x @ W.T + b) @ W],           # no ReLU
-    "power_iteration": [lambda W, u, k: ((W.T @ W @ _power(W, u, k)[1]).norm(), _power(W, u, k)[1]),   # σ²
-                        lambda W, u, k: ((W @ u).norm(), u),                                           # no steps
-                        lambda W, u, k: (_power(W, u, k)[0] * 1.001, _power(W, u, k)[1])],             # above
-    "lln_radius": [lambda lo, y, W_hat: _lln(lo, y, W_hat) / math.sqrt(2),
-                   lambda lo, y, W_hat: certify.certified_radius(lo, y, 1.0),                  # √2 rule
-                   lambda lo, y, W_hat: -_lln(-lo, y, W_hat)],
-
-    "quotient_gradient": [_sq_grad,                                                   # gradient of q²
-                          lambda f, u, v: (_quotient_grad(f, u, v)[0] ** 2, *_quotient_grad(f, u, v)[1:]),
-                          lambda f, u, v: (_quotient_grad(f, u, v)[0], _quotient_grad(f, u, v)[1],
-                                           _quotient_grad(f, u, v)[1])],             # gv = gu
-    "pair_update": [lambda *a: _pair_update(*a, ascent=-1.0),                          # descent
-                    lambda *a: _pair_update(*a, rule="always"),                        # no rejection
-                    lambda f, u, v, step, growth: (*_pair_update(f, u, v, step, growth)[:2], step)],
-    "lambda_rule": [lambda lam, acc, target, inc: lam - inc if acc > target else lam + inc,  # reversed
-                    lambda lam, acc, target, inc: lam + inc if acc > target else lam - inc,  # can go negative
-                    lambda lam, acc, target, inc: lam + inc if acc >= target else max(lam - inc, 0.0)],
-    "lognorm_inf": [lambda A: torch.linalg.matrix_norm(A, float("inf")),      # the norm itself
-                    lambda A: lipschitz.mu(A, 1),                              # columns, not rows
-                    lambda A: lipschitz.mu(A, 2)],
-    "rank_one_gradient": [lambda D, M: ln.lognorm_gradient(D, M)[1].T,        # transposed
-                          lambda D, M: torch.outer(*[torch.linalg.eigh(0.5 * (D @ M + (D @ M).T))[1][:, -1]] * 2),
-                          lambda D, M: D @ M],
-    "controlled_inner_step": [lambda E, G, h, value, theta: (E - h * G, theta * h),      # not renormalised
-                              lambda E, G, h, value, theta: (ln.inner_step(E, G, h), theta * h),  # no control
-                              lambda E, G, h, value, theta: (_inner_ok(E, G, h, value, theta)[0], h)],
-    "lognorm_2": [lambda A: torch.linalg.matrix_norm(A, 2),            # a norm, not a log norm
-                  lambda A: torch.linalg.eigvals(A).real.max(),         # the spectral abscissa
-                  lambda A: torch.zeros(())],
-    "certified_radius": [lambda lo, y, L: certify.margin(lo, y) / L,                # forgets √2
-                         lambda lo, y, L: certify.margin(lo, y) / (math.sqrt(2) * L),  # negative radii
-                         lambda lo, y, L: torch.zeros(lo.shape[0])],
-    "fgsm_step": [_fgsm_no_clamp,
-                  lambda m, x, y, eps: (x - eps * torch.ones_like(x)).clamp(0, 1),
-                  lambda m, x, y, eps: x.clone()],
-    "euler_resnet": [lambda f, x0, T, n: _euler(f, x0, T, n, advance=False),
-                     lambda f, x0, T, n: x0 + T * f(0.0, x0),
-                     lambda f, x0, T, n: x0],
+    "euler_step_norm": [
+        lambda Q, h: 1 - h * torch.linalg.eigvalsh(Q)[-1],  # signed, one end
+        lambda Q, h: torch.linalg.matrix_norm(torch.eye(Q.shape[0], dtype=Q.dtype) + h * Q, ord=2),
+        lambda Q, h: torch.ones((), dtype=Q.dtype),
+    ],
+    "cpl_step": [
+        lambda x, W, b: x - 1 / torch.linalg.matrix_norm(W, 2) ** 2 * torch.relu(x @ W.T + b) @ W,  # h = 1/‖W‖²
+        lambda x, W, b: x - 2 / torch.linalg.matrix_norm(W) ** 2 * torch.relu(x @ W.T + b) @ W,  # Frobenius
+        lambda x, W, b: x - 2 / torch.linalg.matrix_norm(W, 2) ** 2 * (x @ W.T + b) @ W,
+    ],  # no ReLU
+    "power_iteration": [
+        lambda W, u, k: ((W.T @ W @ _power(W, u, k)[1]).norm(), _power(W, u, k)[1]),  # σ²
+        lambda W, u, k: ((W @ u).norm(), u),  # no steps
+        lambda W, u, k: (_power(W, u, k)[0] * 1.001, _power(W, u, k)[1]),
+    ],  # above
+    "lln_radius": [
+        lambda lo, y, W_hat: _lln(lo, y, W_hat) / math.sqrt(2),
+        lambda lo, y, W_hat: certify.certified_radius(lo, y, 1.0),  # √2 rule
+        lambda lo, y, W_hat: -_lln(-lo, y, W_hat),
+    ],
+    "quotient_gradient": [
+        _sq_grad,  # gradient of q²
+        lambda f, u, v: (_quotient_grad(f, u, v)[0] ** 2, *_quotient_grad(f, u, v)[1:]),
+        lambda f, u, v: (_quotient_grad(f, u, v)[0], _quotient_grad(f, u, v)[1], _quotient_grad(f, u, v)[1]),
+    ],  # gv = gu
+    "pair_update": [
+        lambda *a: _pair_update(*a, ascent=-1.0),  # descent
+        lambda *a: _pair_update(*a, rule="always"),  # no rejection
+        lambda f, u, v, step, growth: (*_pair_update(f, u, v, step, growth)[:2], step),
+    ],
+    "lambda_rule": [
+        lambda lam, acc, target, inc: lam - inc if acc > target else lam + inc,  # reversed
+        lambda lam, acc, target, inc: lam + inc if acc > target else lam - inc,  # can go negative
+        lambda lam, acc, target, inc: lam + inc if acc >= target else max(lam - inc, 0.0),
+    ],
+    "lognorm_inf": [
+        lambda A: torch.linalg.matrix_norm(A, float("inf")),  # the norm itself
+        lambda A: lipschitz.mu(A, 1),  # columns, not rows
+        lambda A: lipschitz.mu(A, 2),
+    ],
+    "rank_one_gradient": [
+        lambda D, M: ln.lognorm_gradient(D, M)[1].T,  # transposed
+        lambda D, M: torch.outer(*[torch.linalg.eigh(0.5 * (D @ M + (D @ M).T))[1][:, -1]] * 2),
+        lambda D, M: D @ M,
+    ],
+    "controlled_inner_step": [
+        lambda E, G, h, value, theta: (E - h * G, theta * h),  # not renormalised
+        lambda E, G, h, value, theta: (ln.inner_step(E, G, h), theta * h),  # no control
+        lambda E, G, h, value, theta: (_inner_ok(E, G, h, value, theta)[0], h),
+    ],
+    "lognorm_2": [
+        lambda A: torch.linalg.matrix_norm(A, 2),  # a norm, not a log norm
+        lambda A: torch.linalg.eigvals(A).real.max(),  # the spectral abscissa
+        lambda A: torch.zeros(()),
+    ],
+    "certified_radius": [
+        lambda lo, y, L: certify.margin(lo, y) / L,  # forgets √2
+        lambda lo, y, L: certify.margin(lo, y) / (math.sqrt(2) * L),  # negative radii
+        lambda lo, y, L: torch.zeros(lo.shape[0]),
+    ],
+    "fgsm_step": [
+        _fgsm_no_clamp,
+        lambda m, x, y, eps: (x - eps * torch.ones_like(x)).clamp(0, 1),
+        lambda m, x, y, eps: x.clone(),
+    ],
+    "euler_resnet": [
+        lambda f, x0, T, n: _euler(f, x0, T, n, advance=False),
+        lambda f, x0, T, n: x0 + T * f(0.0, x0),
+        lambda f, x0, T, n: x0,
+    ],
 }
 
 

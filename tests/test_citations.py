@@ -35,14 +35,17 @@ def sections() -> set:
         for hashes, _ in re.findall(r"^(#{2,3}) (.+)$", _prose(page.read_text(encoding="utf-8")), flags=re.M):
             level = len(hashes) - 2
             counts[level] += 1
-            counts[level + 1:] = [0] * (1 - level)
+            counts[level + 1 :] = [0] * (1 - level)
             out.add(".".join(str(n) for n in [chapter, *counts[: level + 1]]))
     return out
 
 
 def labels() -> set:
-    return {m for page in (ROOT / "book").glob("*.md")
-            for m in re.findall(r"^:label: ([\w-]+)\s*$", page.read_text(encoding="utf-8"), flags=re.M)}
+    return {
+        m
+        for page in (ROOT / "book").glob("*.md")
+        for m in re.findall(r"^:label: ([\w-]+)\s*$", page.read_text(encoding="utf-8"), flags=re.M)
+    }
 
 
 def preface_headings() -> set:
@@ -73,8 +76,12 @@ def test_every_pointer_of_the_code_resolves(path):
 
 def test_every_section_pointer_of_the_prose_resolves():
     numbers = sections()
-    bad = [(page.name, s) for page in sorted((ROOT / "book").glob("*.md"))
-           for s in SECTION.findall(_prose(page.read_text(encoding="utf-8"))) if s not in numbers]
+    bad = [
+        (page.name, s)
+        for page in sorted((ROOT / "book").glob("*.md"))
+        for s in SECTION.findall(_prose(page.read_text(encoding="utf-8")))
+        if s not in numbers
+    ]
     assert not bad, f"§ pointers in the prose that match no heading: {bad}"
 
 

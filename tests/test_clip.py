@@ -1,4 +1,5 @@
 """labkit.clip (Chapter 2): difference quotients, the adversarial pair update, the λ rule."""
+
 import math
 
 import pytest
@@ -20,7 +21,7 @@ def test_quotient_matches_definition_and_its_gradient_finite_differences():
     u, v = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, 6, generator=g, dtype=torch.float64)
     q = clip.quotient(f, u, v)
     assert torch.allclose(q, (f(u) - f(v)).norm(dim=1) / (u - v).norm(dim=1))
-    assert torch.allclose(clip.quotient(f, u, v, squared=True), q ** 2)
+    assert torch.allclose(clip.quotient(f, u, v, squared=True), q**2)
     assert float(clip.quotient(f, u, u.clone()).detach().abs().max()) == 0.0  # equal points: 0, not NaN
     uu = u.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(clip.quotient(f, uu, v).sum(), uu)
@@ -35,8 +36,9 @@ def test_quotient_matches_definition_and_its_gradient_finite_differences():
 def test_pair_update_never_decreases_a_quotient(squared):
     f = _mlp(2)
     x = torch.rand(40, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    pairs = clip.PairSet.from_batch(x, mode="partial_random", step_size=10.0, squared=squared,
-                                    generator=torch.Generator().manual_seed(4))
+    pairs = clip.PairSet.from_batch(
+        x, mode="partial_random", step_size=10.0, squared=squared, generator=torch.Generator().manual_seed(4)
+    )
     before = clip.quotient(f, pairs.u, pairs.v, squared=squared).detach()
     history = [before]
     for _ in range(15):
@@ -99,15 +101,15 @@ def test_pairset_rejects_bad_input():
 def test_lambda_schedule_follows_the_target_accuracy():
     s = clip.LambdaSchedule(0.1, target=0.9, increment=0.05, warmup=2, cooldown=1)
     assert s.lam == 0.0
-    assert s.step(0.99) == 0.0          # epoch 1: still warm-up
-    assert s.step(0.99) == 0.1          # epoch 2: warm-up over, base value
-    assert s.step(0.99) == 0.1          # cooldown: the rule acts every second epoch
+    assert s.step(0.99) == 0.0  # epoch 1: still warm-up
+    assert s.step(0.99) == 0.1  # epoch 2: warm-up over, base value
+    assert s.step(0.99) == 0.1  # cooldown: the rule acts every second epoch
     assert s.step(0.99) == pytest.approx(0.15)  # above target: more regularisation
     s.step(0.5)
-    assert s.step(0.5) == pytest.approx(0.10)   # below target: less
+    assert s.step(0.5) == pytest.approx(0.10)  # below target: less
     for _ in range(10):
         s.step(0.0)
-    assert s.lam == 0.0                 # never negative
+    assert s.lam == 0.0  # never negative
     with pytest.raises(ValueError):
         clip.LambdaSchedule(0.1, target=1.5, increment=0.1)
 
@@ -123,8 +125,11 @@ def test_paper_loss_equals_a_hand_computation_on_a_tiny_batch():
     f = lambda z: torch.sigmoid(W2 @ torch.sigmoid(W1 @ z + b1) + b2)  # noqa: E731
     g = torch.Generator().manual_seed(1)
     x, y = torch.rand(3, 4, generator=g, dtype=torch.float64), torch.tensor([0, 1, 1])
-    pairs = clip.PairSet(torch.rand(5, 4, generator=g, dtype=torch.float64),
-                         torch.rand(5, 4, generator=g, dtype=torch.float64), squared=s.squared)
+    pairs = clip.PairSet(
+        torch.rand(5, 4, generator=g, dtype=torch.float64),
+        torch.rand(5, 4, generator=g, dtype=torch.float64),
+        squared=s.squared,
+    )
     pairs.update(net)
     lam = 0.3
     ce = -sum(float(torch.log_softmax(f(x[i]), 0)[y[i]]) for i in range(3)) / 3
@@ -144,7 +149,15 @@ def test_paper_loss_equals_a_hand_computation_on_a_tiny_batch():
 
 def test_mlp_matches_the_authors_layout():
     paper = clip.mlp(last_activation=True)
-    assert [type(m).__name__ for m in paper] == ["Flatten", "Linear", "Sigmoid", "Linear", "Sigmoid", "Linear", "Sigmoid"]
+    assert [type(m).__name__ for m in paper] == [
+        "Flatten",
+        "Linear",
+        "Sigmoid",
+        "Linear",
+        "Sigmoid",
+        "Linear",
+        "Sigmoid",
+    ]
     assert [m.out_features for m in paper if isinstance(m, nn.Linear)] == [200, 80, 10]
     assert type(clip.mlp()[-1]) is nn.Linear
     with pytest.raises(ValueError):
@@ -189,8 +202,19 @@ def test_train_runs_both_settings_and_records_its_history(name):
     s = clip.SETTINGS[name]
     torch.manual_seed(0)
     model = clip.mlp((16, 12, 3), last_activation=s.last_activation)
-    run = clip.fit(model, tr, val, setting=name, epochs=4, lam=0.1, target=0.5, increment=0.05, warmup=1,
-                     progress=False, trace_every=1)
+    run = clip.fit(
+        model,
+        tr,
+        val,
+        setting=name,
+        epochs=4,
+        lam=0.1,
+        target=0.5,
+        increment=0.05,
+        warmup=1,
+        progress=False,
+        trace_every=1,
+    )
     h = run.history
     assert all(len(v) == 4 for v in h.values())
     assert h["lam"][0] == 0.0 and h["lam"][1] == 0.1  # one warm-up epoch, then λ
@@ -200,8 +224,16 @@ def test_train_runs_both_settings_and_records_its_history(name):
         assert run.best_epoch == 3
     # the first epoch is the warm-up (λ = 0): a one-epoch run from the same start repeats it exactly
     torch.manual_seed(0)
-    again = clip.fit(clip.mlp((16, 12, 3), last_activation=s.last_activation), tr, val, setting=name, epochs=1,
-                     lam=0.1, warmup=1, progress=False)
+    again = clip.fit(
+        clip.mlp((16, 12, 3), last_activation=s.last_activation),
+        tr,
+        val,
+        setting=name,
+        epochs=1,
+        lam=0.1,
+        warmup=1,
+        progress=False,
+    )
     assert again.history["lam"] == [0.0]
     assert again.history["loss"] == h["loss"][:1] and again.history["accuracy"] == h["accuracy"][:1]
 

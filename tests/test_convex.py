@@ -1,4 +1,5 @@
 """Convex potential layers (Chapter 4): 1-Lipschitz by construction, and the tests can fail."""
+
 import math
 
 import pytest
@@ -6,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit import attacks, certify, convex as cv, data, lipschitz
+from labkit import attacks, certify, data, lipschitz
+from labkit import convex as cv
 
 TOL = 1e-5
 
@@ -37,7 +39,7 @@ def _max_jacobian_norm(layer, shape, n=8):
 @pytest.mark.parametrize("index", range(6))
 def test_every_layer_is_1_lipschitz(index):
     layer, shape = _layers()[index]
-    layer(torch.randn((2, *shape)))   # a training-mode pass first (moves the power vector)
+    layer(torch.randn((2, *shape)))  # a training-mode pass first (moves the power vector)
     assert cv.all_active_norm(layer, shape) <= 1 + TOL
     assert _max_jacobian_norm(layer, shape) <= 1 + TOL
 
@@ -46,14 +48,14 @@ def test_every_layer_is_1_lipschitz(index):
 def test_a_too_long_cpl_step_is_caught(index):
     layer, shape = _layers(step=2.2)[index]
     if index == 2:
-        shape = (3, 16, 16)   # on 8×8 the torus bound is ~4 % loose and hides the violation (see Chapter 4)
+        shape = (3, 16, 16)  # on 8×8 the torus bound is ~4 % loose and hides the violation (see Chapter 4)
     layer(torch.randn((2, *shape)))
     assert cv.all_active_norm(layer, shape) > 1 + 0.05
 
 
 def test_too_long_sll_step_is_caught_where_gershgorin_is_tight():
     layer = cv.SLLLayer(10, 6, step=2.2)
-    with torch.no_grad():   # orthogonal rows: WWᵀ is diagonal and the Gershgorin scaling is exact
+    with torch.no_grad():  # orthogonal rows: WWᵀ is diagonal and the Gershgorin scaling is exact
         layer.weight.copy_(torch.linalg.qr(torch.randn(10, 6))[0].T * torch.linspace(0.5, 2, 6)[:, None])
     assert cv.all_active_norm(layer, (10,)) == pytest.approx(1.2, abs=1e-6)
     layer.step = 2.0
@@ -82,7 +84,7 @@ def test_conv_power_iteration_matches_the_svd_of_the_unrolled_convolution():
     assert estimate <= exact * (1 + 1e-10)
     assert estimate == pytest.approx(exact, rel=1e-8)
     layer.eval()
-    assert exact <= layer.norm_bound() * (1 + 1e-12)          # the evaluation norm is an upper bound
+    assert exact <= layer.norm_bound() * (1 + 1e-12)  # the evaluation norm is an upper bound
     assert layer.norm_bound() <= 1.2 * exact
 
 
@@ -105,7 +107,7 @@ def test_power_iteration_approaches_from_below():
     exact = float(torch.linalg.matrix_norm(W, 2))
     values = [float(layer.power_norm(1).detach()) for _ in range(30)]
     assert all(v <= exact * (1 + 1e-12) for v in values)
-    assert all(b >= a - 1e-12 for a, b in zip(values, values[1:]))     # monotone
+    assert all(b >= a - 1e-12 for a, b in zip(values, values[1:]))  # monotone
     assert values[-1] == pytest.approx(exact, rel=1e-4)
 
 
@@ -119,7 +121,7 @@ def test_eval_norm_is_cached_and_invalidated_when_the_weight_changes():
     conv = cv.ConvexPotentialConv2d(2, 3).eval()
     conv(torch.randn(1, 2, 6, 6))
     small = conv.norm_bound()
-    conv(torch.randn(1, 2, 12, 12))   # a new input size: new power vector, new bound
+    conv(torch.randn(1, 2, 12, 12))  # a new input size: new power vector, new bound
     assert conv.u.shape == (1, 2, 12, 12) and conv.norm_bound() != small
 
 
@@ -138,7 +140,7 @@ def test_sll_scaling_satisfies_the_sdp_condition():
     W, t = dense.weight.detach(), dense.scaling().detach()
     assert float(torch.linalg.eigvalsh(W.T @ torch.diag(t) @ W)[-1]) <= 1 + 1e-12
     conv = cv.SLLConv2d(3, 4).double()
-    M = cv.conv_matrix(lambda z: conv._op(z, bias=False), (3, 6, 6))     # (4·36) × (3·36)
+    M = cv.conv_matrix(lambda z: conv._op(z, bias=False), (3, 6, 6))  # (4·36) × (3·36)
     T = conv.scaling().detach().repeat_interleave(36)
     assert float(torch.linalg.eigvalsh(M.T @ torch.diag(T) @ M)[-1]) <= 1 + 1e-12
 
@@ -153,9 +155,16 @@ def test_cpl_is_sll_with_t_equal_to_one_over_norm_squared():
     assert torch.allclose(sll(x), cpl(x), atol=1e-12)
 
 
-@pytest.mark.parametrize("module,shape", [(cv.SumPool2d(4), (2, 8, 8)), (cv.SumPool2d(2), (1, 6, 6)),
-                                          (cv.ChannelPad(5), (3, 4, 4)), (cv.FeaturePad(20), (1, 3, 4)),
-                                          (cv.FirstK(3), (7,))])
+@pytest.mark.parametrize(
+    "module,shape",
+    [
+        (cv.SumPool2d(4), (2, 8, 8)),
+        (cv.SumPool2d(2), (1, 6, 6)),
+        (cv.ChannelPad(5), (3, 4, 4)),
+        (cv.FeaturePad(20), (1, 3, 4)),
+        (cv.FirstK(3), (7,)),
+    ],
+)
 def test_norm_preserving_pieces_have_norm_one(module, shape):
     M = cv.conv_matrix(module, shape)
     assert float(torch.linalg.matrix_norm(M, 2)) == pytest.approx(1.0, abs=1e-12)
@@ -174,8 +183,7 @@ def test_lln_certificate_agrees_with_brute_force():
     radius = certify.lln_radius(logits, y, head.pair_norms(), 2.0)
     What = head.normalized_weight().detach()
     for i in range(40):
-        ratios = [(logits[i, y[i]] - logits[i, j]) / (What[y[i]] - What[j]).norm()
-                  for j in range(5) if j != y[i]]
+        ratios = [(logits[i, y[i]] - logits[i, j]) / (What[y[i]] - What[j]).norm() for j in range(5) if j != y[i]]
         assert float(radius[i]) == pytest.approx(max(0.0, float(min(ratios))) / 2.0, rel=1e-6, abs=1e-9)
 
 

@@ -1,4 +1,5 @@
 """labkit.setup, by_mode, device and the data loader."""
+
 import os
 import shutil
 from pathlib import Path
@@ -62,11 +63,14 @@ def test_device_override(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- data
-@pytest.mark.parametrize("name,shape,first_labels", [
-    ("mnist", (1, 28, 28), [5, 0, 4, 1, 9]),          # the official first training labels
-    ("fashion_mnist", (1, 28, 28), [9, 0, 0, 3, 0]),
-    ("cifar10", (3, 32, 32), [6, 9, 9, 4, 1]),
-])
+@pytest.mark.parametrize(
+    "name,shape,first_labels",
+    [
+        ("mnist", (1, 28, 28), [5, 0, 4, 1, 9]),  # the official first training labels
+        ("fashion_mnist", (1, 28, 28), [9, 0, 0, 3, 0]),
+        ("cifar10", (3, 32, 32), [6, 9, 9, 4, 1]),
+    ],
+)
 def test_sample_in_smoke_mode(monkeypatch, tmp_path, name, shape, first_labels):
     monkeypatch.setenv("LABKIT_MODE", "smoke")
     monkeypatch.delenv("LABKIT_DATA", raising=False)
@@ -74,7 +78,7 @@ def test_sample_in_smoke_mode(monkeypatch, tmp_path, name, shape, first_labels):
     ds = data.load(name, limit=20)
     x, y = ds.tensors
     assert x.shape == (20, *shape) and x.dtype == torch.float32 and y.dtype == torch.int64
-    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0 and float(x.max()) > 0.5
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0 and float(x.max()) > 0.5
     assert y[:5].tolist() == first_labels
     test = data.load(name, train=False)
     assert len(test) >= 50
@@ -161,6 +165,7 @@ def test_bad_npz_is_named(monkeypatch, tmp_path):
 def _write_idx(path, array):
     import gzip
     import struct
+
     header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     with gzip.open(path, "wb") as fh:
         fh.write(header + array.astype(np.uint8).tobytes())
@@ -188,6 +193,7 @@ def test_truncated_idx_is_a_clear_error(monkeypatch, tmp_path):
     _write_idx(raw / "t10k-images-idx3-ubyte.gz", np.zeros((3, 28, 28)))
     _write_idx(raw / "t10k-labels-idx1-ubyte.gz", np.zeros(3))
     import gzip
+
     with gzip.open(raw / "t10k-images-idx3-ubyte.gz", "rb") as fh:
         content = fh.read()
     with gzip.open(raw / "t10k-images-idx3-ubyte.gz", "wb") as fh:

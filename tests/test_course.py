@@ -1,4 +1,5 @@
 """labkit.course: student and solution editions, manifest, bad markers, the student book."""
+
 import json
 import shutil
 from pathlib import Path
@@ -68,13 +69,17 @@ def test_student_edition_stops_at_first_exercise_with_not_implemented(editions, 
     out, manifest = editions
     nb = nbformat.read(out / "student" / path.name, as_version=4)
     first = next(lab for lab in manifest["labs"] if lab["file"] == path.name)["exercises"][0]
-    client = NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(ROOT / "labs")}})
+    client = NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "labs")}}
+    )
     with pytest.raises(CellExecutionError) as err:
         client.execute()
     assert err.value.ename == "NotImplementedError"
-    failed = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
-              and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    failed = [
+        i
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code" and any(o.get("output_type") == "error" for o in c.get("outputs", []))
+    ]
     assert len(failed) == 1
     # the failure is the check right after the first exercise: everything before it ran cleanly
     next_code = next(i for i in range(first["cell"] + 1, len(nb.cells)) if nb.cells[i].cell_type == "code")
@@ -85,19 +90,26 @@ def _bad_lab(tmp_path, source, name="broken.ipynb"):
     labs = tmp_path / "labs"
     labs.mkdir(exist_ok=True)
     shutil.copy(LABS[0], labs / LABS[0].name)
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Broken"),
-                                         nbformat.v4.new_code_cell("import labkit"),
-                                         nbformat.v4.new_code_cell(source),
-                                         nbformat.v4.new_code_cell("labkit.check.lognorm_2(f)")])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell("# Broken"),
+            nbformat.v4.new_code_cell("import labkit"),
+            nbformat.v4.new_code_cell(source),
+            nbformat.v4.new_code_cell("labkit.check.lognorm_2(f)"),
+        ]
+    )
     nbformat.write(nb, labs / name)
     return labs
 
 
-@pytest.mark.parametrize("source,message", [
-    ("def f(A):\n    ### BEGIN SOLUTION\n    return A\n", "never closed"),
-    ("### BEGIN SOLUTION\n### BEGIN SOLUTION\nx = 1\n### END SOLUTION\n", "nested"),
-    ("x = 1\n### END SOLUTION\n", "without"),
-])
+@pytest.mark.parametrize(
+    "source,message",
+    [
+        ("def f(A):\n    ### BEGIN SOLUTION\n    return A\n", "never closed"),
+        ("### BEGIN SOLUTION\n### BEGIN SOLUTION\nx = 1\n### END SOLUTION\n", "nested"),
+        ("x = 1\n### END SOLUTION\n", "without"),
+    ],
+)
 def test_bad_markers_stop_with_notebook_and_cell_and_write_nothing(tmp_path, capsys, source, message):
     labs = _bad_lab(tmp_path, source)
     out = tmp_path / "out"
@@ -120,9 +132,12 @@ def test_bad_markers_do_not_touch_earlier_editions(tmp_path):
 def test_exercise_without_check_is_an_error(tmp_path):
     labs = tmp_path / "labs"
     labs.mkdir()
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-        "def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION\n"),
-        nbformat.v4.new_code_cell("print(f())")])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION\n"),
+            nbformat.v4.new_code_cell("print(f())"),
+        ]
+    )
     nbformat.write(nb, labs / "nocheck.ipynb")
     with pytest.raises(course.MarkerError, match="nocheck.ipynb, cell 0.*check"):
         course.write_editions(tmp_path / "out", labs)
@@ -131,5 +146,3 @@ def test_exercise_without_check_is_an_error(tmp_path):
 def test_markdown_answers_get_a_placeholder():
     md = "Why?\n\n### BEGIN SOLUTION\nBecause the margin is 1.1.\n### END SOLUTION\n"
     assert course.stub_source(md, markdown=True) == "Why?\n\n*Write your answer here.*"
-
-

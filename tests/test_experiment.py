@@ -1,4 +1,5 @@
 """labkit.experiment: robustness curves and full-mode records."""
+
 import json
 import sys
 
@@ -37,8 +38,16 @@ def test_robustness_curves_start_at_clean_accuracy_and_pgd_is_strongest():
 
 
 def test_result_schema_refuses_misaligned_curves_and_at_names_what_exists():
-    r = experiment.result(radii=[0.5, 1.0], clean=0.9, empirical={"pgd": [0.5, 0.25]}, certified=[0.4, 0.1],
-                          lipschitz={"upper": 1.0}, norm="l2", seconds=3.0, history=[1])
+    r = experiment.result(
+        radii=[0.5, 1.0],
+        clean=0.9,
+        empirical={"pgd": [0.5, 0.25]},
+        certified=[0.4, 0.1],
+        lipschitz={"upper": 1.0},
+        norm="l2",
+        seconds=3.0,
+        history=[1],
+    )
     assert r["lipschitz"] == {"lower": None, "upper": 1.0, "map": "network"} and r["history"] == [1]
     assert experiment.at(r, "certified", 1.0) == 0.1 and experiment.at(r, "pgd", 0.5) == 0.5
     with pytest.raises(KeyError, match="pgd"):

@@ -1,6 +1,7 @@
 """The labs' shape. That each exercise's check fails on the stub and passes on the solution is
 tested where every lab is executed once, in ``test_book.py``; wrong answers (not stubs) are tested
 against each check in ``test_check.py``."""
+
 from pathlib import Path
 
 import matplotlib

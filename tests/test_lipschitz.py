@@ -1,10 +1,12 @@
 """labkit.lipschitz: log norms, spectral norms, power iteration, lower and upper bounds."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torch import nn
 
@@ -13,8 +15,10 @@ from labkit import lipschitz as lip
 # entries below 1e-100 in size become 0: LAPACK's eigvals (the test's own reference for the
 # spectral abscissa) fails to converge on matrices mixing 1 with entries like 1e-258
 matrices = st.integers(1, 6).flatmap(
-    lambda n: arrays(np.float64, (n, n), elements=st.floats(-10, 10, allow_nan=False).map(
-        lambda x: x if abs(x) > 1e-100 else 0.0)))
+    lambda n: arrays(
+        np.float64, (n, n), elements=st.floats(-10, 10, allow_nan=False).map(lambda x: x if abs(x) > 1e-100 else 0.0)
+    )
+)
 
 
 def _lognorm_by_limit(A, p, h=1e-7):
@@ -107,8 +111,9 @@ def test_power_iteration_on_an_operator(seed):
     conv = nn.Conv2d(2, 3, 3, padding=1, bias=False).double()
     op = lambda x: conv(x)  # noqa: E731
     adj = lambda y: torch.nn.functional.conv_transpose2d(y, conv.weight, padding=1)  # noqa: E731
-    pi = lip.PowerIteration(op, adj, shape=(1, 2, 6, 6), dtype=torch.float64,
-                            generator=torch.Generator().manual_seed(seed))
+    pi = lip.PowerIteration(
+        op, adj, shape=(1, 2, 6, 6), dtype=torch.float64, generator=torch.Generator().manual_seed(seed)
+    )
     report = pi.run(max_iter=20000, tol=1e-13)
     sigma = report.sigma
     # the exact operator norm from the dense matrix of the convolution
@@ -132,8 +137,9 @@ def test_power_iteration_bad_input():
 
 def _mlp(seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 8), nn.Tanh(),
-                         nn.Sequential(nn.Linear(8, 3)))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 8), nn.Tanh(), nn.Sequential(nn.Linear(8, 3))
+    )
 
 
 def test_upper_bound_is_product_and_dominates_lower_bounds():

@@ -1,4 +1,5 @@
 """labkit.lognorm (Chapter 1): worst-case log norm, gradients, stabilize, the classifier and its training."""
+
 import math
 
 import pytest
@@ -12,8 +13,16 @@ def _A(n, seed):
     return torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-@pytest.mark.parametrize("activation,bounds", [("tanh", (0, 1)), ("relu", (0, 1)), ("sigmoid", (0, 0.25)),
-                                               ("leaky_relu:0.1", (0.1, 1)), ((0.2, 0.5), (0.2, 0.5))])
+@pytest.mark.parametrize(
+    "activation,bounds",
+    [
+        ("tanh", (0, 1)),
+        ("relu", (0, 1)),
+        ("sigmoid", (0, 0.25)),
+        ("leaky_relu:0.1", (0.1, 1)),
+        ((0.2, 0.5), (0.2, 0.5)),
+    ],
+)
 def test_slope_bounds(activation, bounds):
     assert ln.slope_bounds(activation) == pytest.approx(bounds)
 
@@ -92,8 +101,17 @@ def test_inner_step_stays_on_sphere_and_descends():
     assert ln.lognorm_gradient(D, A + 0.5 * E1)[0] < mu
 
 
-@pytest.mark.parametrize("n,activation,seed,track", [(8, "tanh", 0, 0), (8, "relu", 1, 0), (10, "tanh", 2, 0),
-                                                     (10, "relu", 3, 0), (10, "tanh", 2, 2), (10, "relu", 4, 1)])
+@pytest.mark.parametrize(
+    "n,activation,seed,track",
+    [
+        (8, "tanh", 0, 0),
+        (8, "relu", 1, 0),
+        (10, "tanh", 2, 0),
+        (10, "relu", 3, 0),
+        (10, "tanh", 2, 2),
+        (10, "relu", 4, 1),
+    ],
+)
 def test_stabilize_reaches_the_target_minimally(n, activation, seed, track):
     """Enumeration confirms the bound; ‖Δ‖_F is within 1 % of SLSQP's best (all vertices as constraints),
     with exact inner evaluations and with tracked eigenvectors (the default above n = 16).
@@ -304,7 +322,7 @@ def test_partial_eigensolver_matches_a_full_decomposition():
     w, V = ln._eigs_above(S, delta, 2)
     above = (w_full > delta).sum(1)
     assert w.shape[1] > int(above.max()) and bool((w[:, 0] <= delta).all())
-    assert torch.allclose(w, w_full[:, -w.shape[1]:], atol=1e-12)
+    assert torch.allclose(w, w_full[:, -w.shape[1] :], atol=1e-12)
 
 
 def test_hinge_beyond_n16_equals_the_dense_hinge():
@@ -318,7 +336,7 @@ def test_hinge_beyond_n16_equals_the_dense_hinge():
     S = ds[:, :, None] * (A + 0.3 * E)
     w, V = torch.linalg.eigh(0.5 * (S + S.mT))
     r = (w - 0.4).clamp(min=0)
-    assert F == pytest.approx(0.5 * float((r ** 2).sum()), rel=1e-10) and F > 0
+    assert pytest.approx(0.5 * float((r**2).sum()), rel=1e-10) == F and F > 0
     assert torch.allclose(G, torch.einsum("ki,kij,klj->il", ds, V * r[:, None, :], V), atol=1e-10)
     assert fmax == pytest.approx(float(w[:, -1].max()), abs=1e-12)
     b = Vb.shape[2]
@@ -376,8 +394,10 @@ def test_euler_step_bound_tends_to_the_flow_bound():
             assert step <= ln.euler_step_bound(mu_star, A_norm, h) + 1e-12
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a GPU"))])
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"))],
+)
 def test_classifier_certificate_and_stabilized_training(device):
     """Training with the hook keeps the block at the target, on the CPU and on a GPU (stabilize works
     on a float64 CPU copy of A; the correction goes back to A's device)."""
@@ -391,8 +411,9 @@ def test_classifier_certificate_and_stabilized_training(device):
     torch.manual_seed(0)
     model = ln.ODEClassifier(in_features=16, width=6, classes=2, T=1.0, steps=5)
     hook = ln.StabilizeEachEpoch(0.2)
-    train.fit(model, TensorDataset(x, y), epochs=2, batch_size=32, lr=0.05, after_epoch=hook, progress=False,
-              device=device)
+    train.fit(
+        model, TensorDataset(x, y), epochs=2, batch_size=32, lr=0.05, after_epoch=hook, progress=False, device=device
+    )
     assert model.A.device.type == device
     assert [h["epoch"] for h in hook.history] == [1, 2] and all(h["converged"] for h in hook.history)
     cert = model.certificate()

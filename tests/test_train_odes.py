@@ -1,4 +1,5 @@
 """labkit.train (fit, evaluate, checkpoints, resume) and labkit.odes (neural ODE, Euler ResNet)."""
+
 import pytest
 import torch
 from torch import nn
@@ -74,8 +75,10 @@ def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
         train.fit(other, _data(), epochs=2, checkpoint=ckpt, progress=False)
 
 
-@pytest.mark.parametrize("kwargs,match", [({"epochs": 0}, "epochs"), ({"epochs": 1, "batch_size": 0}, "batch_size"),
-                                          ({"epochs": 1, "lr": -1.0}, "lr")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"epochs": 0}, "epochs"), ({"epochs": 1, "batch_size": 0}, "batch_size"), ({"epochs": 1, "lr": -1.0}, "lr")],
+)
 def test_fit_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         train.fit(_model(), _data(), **kwargs)

@@ -17,8 +17,19 @@ from torch import nn
 from .. import attacks, certify, data, experiment, lipschitz, report, train
 from . import DATA, pick
 
-__all__ = ["SIZES", "RECORD", "DATA", "EPS_INF", "EPS_L2", "sizes", "mlp", "train_model", "run", "estimates_table",
-           "values"]
+__all__ = [
+    "SIZES",
+    "RECORD",
+    "DATA",
+    "EPS_INF",
+    "EPS_L2",
+    "sizes",
+    "mlp",
+    "train_model",
+    "run",
+    "estimates_table",
+    "values",
+]
 
 #: The ℓ∞ radii of the chapter's curves.
 EPS_INF = [0.0, 0.02, 0.05, 0.1, 0.15, 0.2]
@@ -40,8 +51,9 @@ def sizes(mode: str | None = None) -> dict:
 
 def mlp() -> nn.Sequential:
     """The chapter's classifier: 784-256-256-10 with ReLU."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
-                         nn.Linear(256, 10))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+    )
 
 
 def train_model(*, n_train, n_test, epochs, seed=0, device=None, **_):
@@ -66,50 +78,87 @@ def run(model, test_set, *, pgd_steps, n_lower, lower_steps, seed=0, **_) -> dic
     times, and the upper bound."""
     linf = experiment.robustness(model, test_set, EPS_INF, pgd_steps=pgd_steps, seed=seed, device="cpu")
     gen = torch.Generator().manual_seed(seed)
-    pgd_l2 = attacks.robust_accuracy(model, test_set, partial(attacks.pgd_l2, steps=pgd_steps, generator=gen),
-                                     EPS_L2, device="cpu")
+    pgd_l2 = attacks.robust_accuracy(
+        model, test_set, partial(attacks.pgd_l2, steps=pgd_steps, generator=gen), EPS_L2, device="cpu"
+    )
     upper = lipschitz.upper_bound(model)
     cert = certify.certified_accuracy(model, test_set, EPS_L2, upper, device="cpu")
-    l2 = experiment.result(radii=EPS_L2, clean=linf["clean"], norm="l2", empirical={"pgd": list(pgd_l2.values())},
-                           certified=list(cert.values()), lipschitz={"upper": upper, "map": "network"},
-                           attack={"pgd": {"steps": pgd_steps, "restarts": 1, "points": len(test_set)}})
+    l2 = experiment.result(
+        radii=EPS_L2,
+        clean=linf["clean"],
+        norm="l2",
+        empirical={"pgd": list(pgd_l2.values())},
+        certified=list(cert.values()),
+        lipschitz={"upper": upper, "map": "network"},
+        attack={"pgd": {"steps": pgd_steps, "restarts": 1, "points": len(test_set)}},
+    )
     xs = test_set.tensors[0][:n_lower]
     t0 = time.perf_counter()
-    pairs = lipschitz.lower_bound(model, xs, method="pairs", steps=lower_steps,
-                                  generator=torch.Generator().manual_seed(seed))
+    pairs = lipschitz.lower_bound(
+        model, xs, method="pairs", steps=lower_steps, generator=torch.Generator().manual_seed(seed)
+    )
     t_pairs = time.perf_counter() - t0
     t0 = time.perf_counter()
     jac = lipschitz.lower_bound(model, xs, method="jacobian")
     t_jac = time.perf_counter() - t0
-    others = test_set.tensors[0][n_lower:2 * n_lower] if len(test_set) >= 2 * n_lower else xs.flip(0)
+    others = test_set.tensors[0][n_lower : 2 * n_lower] if len(test_set) >= 2 * n_lower else xs.flip(0)
     with torch.no_grad():
         rand = float(lipschitz.quotient(model, xs, others).max())
     l2["lipschitz"]["lower"] = max(pairs, jac)
-    return {"linf": linf, "l2": l2,
-            "estimates": {"random": rand, "pairs": pairs, "pairs_seconds": t_pairs, "jacobian": jac,
-                          "jacobian_seconds": t_jac, "upper": upper, "n_lower": n_lower}}
+    return {
+        "linf": linf,
+        "l2": l2,
+        "estimates": {
+            "random": rand,
+            "pairs": pairs,
+            "pairs_seconds": t_pairs,
+            "jacobian": jac,
+            "jacobian_seconds": t_jac,
+            "upper": upper,
+            "n_lower": n_lower,
+        },
+    }
 
 
 def estimates_table(results: dict) -> report.Table:
     """§0.3's table: the three lower bounds and the upper bound of the constant."""
     e = results["estimates"]
     n = e["n_lower"]
-    rows = [{"name": "random pairs of test images", "kind": "lower", "value": e["random"], "time": None},
-            {"name": f"gradient ascent on pairs ({n} starts)", "kind": "lower", "value": e["pairs"],
-             "time": e["pairs_seconds"]},
-            {"name": f"largest Jacobian norm ({n} images)", "kind": "lower", "value": e["jacobian"],
-             "time": e["jacobian_seconds"]},
-            {"name": "product of layer norms", "kind": "upper", "value": e["upper"], "time": None}]
-    return report.table(rows, [("estimate", "name"), ("kind", "kind"), ("value", "value", "{:.2f}"),
-                               ("time", "time", "{:.1f} s")])
+    rows = [
+        {"name": "random pairs of test images", "kind": "lower", "value": e["random"], "time": None},
+        {
+            "name": f"gradient ascent on pairs ({n} starts)",
+            "kind": "lower",
+            "value": e["pairs"],
+            "time": e["pairs_seconds"],
+        },
+        {
+            "name": f"largest Jacobian norm ({n} images)",
+            "kind": "lower",
+            "value": e["jacobian"],
+            "time": e["jacobian_seconds"],
+        },
+        {"name": "product of layer norms", "kind": "upper", "value": e["upper"], "time": None},
+    ]
+    return report.table(
+        rows, [("estimate", "name"), ("kind", "kind"), ("value", "value", "{:.2f}"), ("time", "time", "{:.1f} s")]
+    )
 
 
 def values(results: dict) -> dict:
     """The numbers the prose quotes."""
     linf, l2, e = results["linf"], results["l2"], results["estimates"]
-    return {"acc_fgsm_01": experiment.at(linf, "fgsm", 0.1), "acc_pgd_01": experiment.at(linf, "pgd", 0.1),
-            "acc_noise_01": experiment.at(linf, "noise", 0.1), "pgd_steps": linf["attack"]["pgd"]["steps"],
-            "L_upper": e["upper"], "cert_05": experiment.at(l2, "certified", 0.5),
-            "pgd_l2_05": experiment.at(l2, "pgd", 0.5), "lb_pairs": e["pairs"], "lb_jac": e["jacobian"],
-            "lb_random": e["random"], "gap_factor": e["upper"] / max(e["pairs"], e["jacobian"]),
-            "random_share": e["random"] / e["pairs"]}
+    return {
+        "acc_fgsm_01": experiment.at(linf, "fgsm", 0.1),
+        "acc_pgd_01": experiment.at(linf, "pgd", 0.1),
+        "acc_noise_01": experiment.at(linf, "noise", 0.1),
+        "pgd_steps": linf["attack"]["pgd"]["steps"],
+        "L_upper": e["upper"],
+        "cert_05": experiment.at(l2, "certified", 0.5),
+        "pgd_l2_05": experiment.at(l2, "pgd", 0.5),
+        "lb_pairs": e["pairs"],
+        "lb_jac": e["jacobian"],
+        "lb_random": e["random"],
+        "gap_factor": e["upper"] / max(e["pairs"], e["jacobian"]),
+        "random_share": e["random"] / e["pairs"],
+    }

@@ -16,11 +16,34 @@ import torch
 from .. import data, experiment, lipschitz, lognorm, report, train
 from . import DATA, pick
 
-__all__ = ["SIZES", "RECORD", "DATA", "sizes", "label", "run", "verify", "table", "values", "DEMOS", "demos",
-           "motivating_matrix", "sweep", "sweep_table", "against_slsqp", "slsqp_table", "bench_table", "bench_growth"]
+__all__ = [
+    "SIZES",
+    "RECORD",
+    "DATA",
+    "sizes",
+    "label",
+    "run",
+    "verify",
+    "table",
+    "values",
+    "DEMOS",
+    "demos",
+    "motivating_matrix",
+    "sweep",
+    "sweep_table",
+    "against_slsqp",
+    "slsqp_table",
+    "bench_table",
+    "bench_growth",
+]
 
-_COMMON = {"datasets": ["mnist", "fashion_mnist"], "targets": [None, 0.5, 0.2],
-           "eps": [0.0, 0.05, 0.1, 0.15, 0.2], "steps": 10, "lr": 3e-3}
+_COMMON = {
+    "datasets": ["mnist", "fashion_mnist"],
+    "targets": [None, 0.5, 0.2],
+    "eps": [0.0, 0.05, 0.1, 0.15, 0.2],
+    "steps": 10,
+    "lr": 3e-3,
+}
 #: The sizes per mode (in full mode all 60 000 / 10 000 images, width 16, 15 epochs, PGD with 50 steps).
 SIZES = {
     "smoke": {**_COMMON, "n_train": 300, "n_test": 100, "epochs": 1, "width": 6, "pgd_steps": 5},
@@ -41,8 +64,7 @@ def label(target) -> str:
     return "classical" if target is None else f"δ = {target:g}"
 
 
-def run(*, datasets, targets, n_train, n_test, epochs, width, steps, pgd_steps, eps, lr, seed=0,
-        device=None) -> dict:
+def run(*, datasets, targets, n_train, n_test, epochs, width, steps, pgd_steps, eps, lr, seed=0, device=None) -> dict:
     """Train and evaluate every (data set, target); results keyed ``"<data set>/<label>"``, each a
     :func:`labkit.experiment.result` with the block's bounds (``map: "block"``: the pair-ascent
     lower bound and the Euler bound), the ``certificate`` and the stabilisation ``history``."""
@@ -58,8 +80,17 @@ def run(*, datasets, targets, n_train, n_test, epochs, width, steps, pgd_steps, 
             train.fit(model, tr, epochs=epochs, lr=lr, seed=seed, after_epoch=hook, device=device)
             seconds = time.perf_counter() - t0
             model.eval()
-            r = experiment.robustness(model, te, eps, pgd_steps=pgd_steps, seed=seed, device=device,
-                                      seconds=seconds, history=hook.history if hook else [], target=delta)
+            r = experiment.robustness(
+                model,
+                te,
+                eps,
+                pgd_steps=pgd_steps,
+                seed=seed,
+                device=device,
+                seconds=seconds,
+                history=hook.history if hook else [],
+                target=delta,
+            )
             dev = next(model.parameters()).device
             z = model._linear(model.lift, te.tensors[0][:64].to(dev).flatten(1)).detach()
             lower = lipschitz.lower_bound(model.block, z, steps=100, generator=torch.Generator().manual_seed(seed))
@@ -81,12 +112,20 @@ def table(results: dict) -> report.Table:
     """§1.4's table: accuracy, PGD at ε = 0.1, μ* and the bounds of each run."""
     rows = [{"key": k, **r} for k, r in results.items()]
     cert = lambda field: lambda r: r["certificate"][field]  # noqa: E731
-    return report.table(rows, [
-        ("data", lambda r: r["key"].split("/")[0]), ("training", lambda r: r["key"].split("/")[1]),
-        ("clean", "clean", "{:.3f}"), ("PGD ε=0.1", lambda r: experiment.at(r, "pgd", 0.1), "{:.3f}"),
-        ("μ*", cert("mu_star"), "{:.3f}"), ("flow e^{Tμ*}", cert("flow_bound"), "{:.3f}"),
-        ("Euler bound", cert("euler_bound"), "{:.3f}"), ("block lower bound", lambda r: r["lipschitz"]["lower"], "{:.3f}"),
-        ("classifier bound", cert("lipschitz_bound"), "{:.1f}")])
+    return report.table(
+        rows,
+        [
+            ("data", lambda r: r["key"].split("/")[0]),
+            ("training", lambda r: r["key"].split("/")[1]),
+            ("clean", "clean", "{:.3f}"),
+            ("PGD ε=0.1", lambda r: experiment.at(r, "pgd", 0.1), "{:.3f}"),
+            ("μ*", cert("mu_star"), "{:.3f}"),
+            ("flow e^{Tμ*}", cert("flow_bound"), "{:.3f}"),
+            ("Euler bound", cert("euler_bound"), "{:.3f}"),
+            ("block lower bound", lambda r: r["lipschitz"]["lower"], "{:.3f}"),
+            ("classifier bound", cert("lipschitz_bound"), "{:.1f}"),
+        ],
+    )
 
 
 def values(results: dict) -> dict:
@@ -95,8 +134,15 @@ def values(results: dict) -> dict:
     out = {}
     for key, r in results.items():
         c = r["certificate"]
-        out.update({f"{key}/clean": r["clean"], f"{key}/pgd": experiment.at(r, "pgd", 0.1),
-                    f"{key}/mu": c["mu_star"], f"{key}/flow": c["flow_bound"], f"{key}/clf": c["lipschitz_bound"]})
+        out.update(
+            {
+                f"{key}/clean": r["clean"],
+                f"{key}/pgd": experiment.at(r, "pgd", 0.1),
+                f"{key}/mu": c["mu_star"],
+                f"{key}/flow": c["flow_bound"],
+                f"{key}/clf": c["lipschitz_bound"],
+            }
+        )
     return out
 
 
@@ -137,10 +183,17 @@ def sweep(A, targets, activation: str = "tanh") -> list:
 def sweep_table(rows) -> report.Table:
     """The table of :func:`sweep`."""
     res = lambda field: lambda r: getattr(r["result"], field)  # noqa: E731
-    return report.table(rows, [
-        ("target δ", "target", "{:g}"), ("‖Δ‖_F", res("norm"), "{:.4f}"),
-        ("μ*(A+Δ) by enumeration", "mu_checked", "{:.6f}"), ("rounds", res("rounds")),
-        ("working set", res("working_set")), ("time", res("seconds"), "{:.1f} s")])
+    return report.table(
+        rows,
+        [
+            ("target δ", "target", "{:g}"),
+            ("‖Δ‖_F", res("norm"), "{:.4f}"),
+            ("μ*(A+Δ) by enumeration", "mu_checked", "{:.6f}"),
+            ("rounds", res("rounds")),
+            ("working set", res("working_set")),
+            ("time", res("seconds"), "{:.1f} s"),
+        ],
+    )
 
 
 def against_slsqp(sizes, delta: float = 0.5, activation: str = "tanh") -> list:
@@ -154,17 +207,32 @@ def against_slsqp(sizes, delta: float = 0.5, activation: str = "tanh") -> list:
         ours = lognorm.stabilize(M, delta, activation)
         t0 = time.perf_counter()
         _, ref = lognorm.stabilize_slsqp(M, delta, activation, restarts=2)
-        rows.append({"n": n, "ours": ours.norm, "ours_seconds": ours.seconds, "slsqp": ref,
-                     "slsqp_seconds": time.perf_counter() - t0, "gap": 100 * (ours.norm / ref - 1)})
+        rows.append(
+            {
+                "n": n,
+                "ours": ours.norm,
+                "ours_seconds": ours.seconds,
+                "slsqp": ref,
+                "slsqp_seconds": time.perf_counter() - t0,
+                "gap": 100 * (ours.norm / ref - 1),
+            }
+        )
     return rows
 
 
 def slsqp_table(rows) -> report.Table:
     """The table of :func:`against_slsqp`."""
-    return report.table(rows, [
-        ("n", "n"), ("‖Δ‖_F two-level", "ours", "{:.4f}"), ("time", "ours_seconds", "{:.1f} s"),
-        ("‖Δ‖_F SLSQP (all vertices)", "slsqp", "{:.4f}"), ("time", "slsqp_seconds", "{:.1f} s"),
-        ("difference", "gap", "{:+.2f} %")])
+    return report.table(
+        rows,
+        [
+            ("n", "n"),
+            ("‖Δ‖_F two-level", "ours", "{:.4f}"),
+            ("time", "ours_seconds", "{:.1f} s"),
+            ("‖Δ‖_F SLSQP (all vertices)", "slsqp", "{:.4f}"),
+            ("time", "slsqp_seconds", "{:.1f} s"),
+            ("difference", "gap", "{:+.2f} %"),
+        ],
+    )
 
 
 def bench_table(bench: dict) -> report.Table:
@@ -179,13 +247,23 @@ def bench_table(bench: dict) -> report.Table:
         if ours is None and part is None:
             return {**out, "time": f"not finished in {res['stabilize_budget']:.0f} s"}
         if ours is None:  # stopped by the budget; its checkpoint says how far it got
-            return {**out, "time": f"not finished: {part['seconds']:.0f} s so far",
-                    "norm": f"{part['upper']:.4f} (feasible for W only)", "lower": f"{part['lower_bound']:.4f}",
-                    "rounds": part["rounds"], "W": part["working_set"]}
+            return {
+                **out,
+                "time": f"not finished: {part['seconds']:.0f} s so far",
+                "norm": f"{part['upper']:.4f} (feasible for W only)",
+                "lower": f"{part['lower_bound']:.4f}",
+                "rounds": part["rounds"],
+                "W": part["working_set"],
+            }
         resumed = f" (resumed at round {ours['resumed_from_round']})" if ours.get("resumed_from_round") else ""
-        out.update(time=f"{ours['seconds']:.1f} s{resumed}", norm=f"{ours['norm']:.4f}",
-                   lower=f"{ours['lower_bound']:.4f}", rounds=ours["rounds"], W=ours["working_set"],
-                   end="repair" if ours.get("repaired") else "clean")
+        out.update(
+            time=f"{ours['seconds']:.1f} s{resumed}",
+            norm=f"{ours['norm']:.4f}",
+            lower=f"{ours['lower_bound']:.4f}",
+            rounds=ours["rounds"],
+            W=ours["working_set"],
+            end="repair" if ours.get("repaired") else "clean",
+        )
         if ref is None:
             out["ref_time"] = f"not finished in {res['budget']:.0f} s"
         else:
@@ -194,12 +272,24 @@ def bench_table(bench: dict) -> report.Table:
 
     rows = [row(r) for r in res["rows"]]
     get = lambda key: lambda r: r.get(key, "")  # noqa: E731
-    return report.table(rows, [
-        ("n", "n"), ("rel_tol", "rel_tol"), ("stabilize", get("time")), ("‖Δ‖_F", get("norm")),
-        ("certified lower bound", get("lower")), ("rounds", get("rounds")), ("\\|W\\|", get("W")),
-        ("end", get("end")), ("SLSQP on W", get("ref_time")), ("‖Δ‖_F", get("ref_norm")), ("μ*", get("ref_mu"))],
+    return report.table(
+        rows,
+        [
+            ("n", "n"),
+            ("rel_tol", "rel_tol"),
+            ("stabilize", get("time")),
+            ("‖Δ‖_F", get("norm")),
+            ("certified lower bound", get("lower")),
+            ("rounds", get("rounds")),
+            ("\\|W\\|", get("W")),
+            ("end", get("end")),
+            ("SLSQP on W", get("ref_time")),
+            ("‖Δ‖_F", get("ref_norm")),
+            ("μ*", get("ref_mu")),
+        ],
         caption=f"{bench['device_name']}, {bench['threads']} threads, {bench['created'][:10]}, commit "
-                f"{str(bench['commit'])[:10]}")
+        f"{str(bench['commit'])[:10]}",
+    )
 
 
 def bench_growth(bench: dict) -> str:
@@ -207,14 +297,24 @@ def bench_growth(bench: dict) -> str:
     between successive sizes at rel_tol = 10⁻³, and the working set and rounds per unit of n."""
     import math
 
-    done = [(r["n"], r["stabilize"]) for r in bench["results"]["rows"]
-            if r["stabilize"] is not None and r.get("rel_tol", 1e-3) == 1e-3]  # one tolerance for the growth
-    growth = [f"{math.log(b['seconds'] / a['seconds']) / math.log(m / n):.1f} (n = {n} → {m})"
-              for (n, a), (m, b) in zip(done, done[1:]) if m != n]
+    done = [
+        (r["n"], r["stabilize"])
+        for r in bench["results"]["rows"]
+        if r["stabilize"] is not None and r.get("rel_tol", 1e-3) == 1e-3
+    ]  # one tolerance for the growth
+    growth = [
+        f"{math.log(b['seconds'] / a['seconds']) / math.log(m / n):.1f} (n = {n} → {m})"
+        for (n, a), (m, b) in zip(done, done[1:])
+        if m != n
+    ]
     if not growth:
         return ""
-    return ("Measured growth of the time as a power of $n$ between successive sizes: " + ", ".join(growth)
-            + ". Per unit of $n$, the final working set holds "
-            + ", ".join(f"{r['working_set'] / n:.1f}" for n, r in done) + " vertices and the rounds number "
-            + ", ".join(f"{r['rounds'] / n:.1f}" for n, r in done)
-            + f" (n = {', '.join(str(n) for n, _ in done)}; rel_tol = 10⁻³).")
+    return (
+        "Measured growth of the time as a power of $n$ between successive sizes: "
+        + ", ".join(growth)
+        + ". Per unit of $n$, the final working set holds "
+        + ", ".join(f"{r['working_set'] / n:.1f}" for n, r in done)
+        + " vertices and the rounds number "
+        + ", ".join(f"{r['rounds'] / n:.1f}" for n, r in done)
+        + f" (n = {', '.join(str(n) for n, _ in done)}; rel_tol = 10⁻³)."
+    )

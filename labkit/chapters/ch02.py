@@ -6,11 +6,28 @@ from __future__ import annotations
 
 import torch
 
-from .. import clip, data, experiment, report
+from .. import clip, data, report
 from . import DATA, pick
 
-__all__ = ["SIZES", "RECORD", "DATA", "TARGETS", "CONFIGS", "PUBLISHED", "TAGS", "DEMOS", "demos", "settings_table", "reproduction_checks", "sizes", "run", "verify", "table", "values",
-           "comparison"]
+__all__ = [
+    "SIZES",
+    "RECORD",
+    "DATA",
+    "TARGETS",
+    "CONFIGS",
+    "PUBLISHED",
+    "TAGS",
+    "DEMOS",
+    "demos",
+    "settings_table",
+    "reproduction_checks",
+    "sizes",
+    "run",
+    "verify",
+    "table",
+    "values",
+    "comparison",
+]
 
 #: The targets of "CLIP low" and "CLIP high" per data set (MNIST's are the README's CLIP95/97).
 TARGETS = {"mnist": (0.95, 0.97), "fashion_mnist": (0.85, 0.88)}
@@ -20,19 +37,51 @@ CONFIGS = ("none", "weight decay", "CLIP low", "CLIP high")
 #: accuracy under noise and under the sphere attack at ε = 2.
 PUBLISHED = {"none": (0.971, 0.345, 0.312), "CLIP low": (0.964, 0.298, 0.714), "CLIP high": (0.970, 0.346, 0.724)}
 
-_COMMON = {"datasets": ["mnist", "fashion_mnist"], "settings": ["paper", "standard"], "configs": list(CONFIGS),
-           "lam": 0.1, "increment": 0.01, "weight_decay": 5e-4, "eps": 2.0, "noise": 1.0}
+_COMMON = {
+    "datasets": ["mnist", "fashion_mnist"],
+    "settings": ["paper", "standard"],
+    "configs": list(CONFIGS),
+    "lam": 0.1,
+    "increment": 0.01,
+    "weight_decay": 5e-4,
+    "eps": 2.0,
+    "noise": 1.0,
+}
 #: The sizes per mode. In full mode all of MNIST (54 000 / 6 000 / 10 000, the authors' split), their
 #: 100 epochs (6 at λ = 0) in their setting and 30 in ours; Fashion-MNIST is left out, since on a
 #: 2-core CPU it would double the run's hour.
 SIZES = {
-    "smoke": {**_COMMON, "n_train": 300, "n_val": 100, "n_test": 100, "epochs": 2, "warmup": 1,
-              "attack_steps": 5, "ascent_steps": 10},
-    "book": {**_COMMON, "n_train": 4000, "n_val": 1000, "n_test": 1000, "epochs": 6, "warmup": 2,
-             "attack_steps": 30, "ascent_steps": 50},
-    "full": {**_COMMON, "datasets": ["mnist"], "n_train": None, "n_val": 6000, "n_test": None,
-             "epochs": {"paper": 100, "standard": 30}, "warmup": {"paper": 6, "standard": 2},
-             "attack_steps": 100, "ascent_steps": 200},
+    "smoke": {
+        **_COMMON,
+        "n_train": 300,
+        "n_val": 100,
+        "n_test": 100,
+        "epochs": 2,
+        "warmup": 1,
+        "attack_steps": 5,
+        "ascent_steps": 10,
+    },
+    "book": {
+        **_COMMON,
+        "n_train": 4000,
+        "n_val": 1000,
+        "n_test": 1000,
+        "epochs": 6,
+        "warmup": 2,
+        "attack_steps": 30,
+        "ascent_steps": 50,
+    },
+    "full": {
+        **_COMMON,
+        "datasets": ["mnist"],
+        "n_train": None,
+        "n_val": 6000,
+        "n_test": None,
+        "epochs": {"paper": 100, "standard": 30},
+        "warmup": {"paper": 6, "standard": 2},
+        "attack_steps": 100,
+        "ascent_steps": 200,
+    },
 }
 RECORD = "ch02_full.json"
 
@@ -42,9 +91,29 @@ def sizes(mode: str | None = None) -> dict:
     return pick(SIZES, mode)
 
 
-def run(*, datasets, settings, configs, n_train, n_val, n_test, epochs, warmup, lam, increment, weight_decay,
-        eps, noise, attack_steps, ascent_steps, targets=None, seed=0, device=None, done=None,
-        on_result=None) -> dict:
+def run(
+    *,
+    datasets,
+    settings,
+    configs,
+    n_train,
+    n_val,
+    n_test,
+    epochs,
+    warmup,
+    lam,
+    increment,
+    weight_decay,
+    eps,
+    noise,
+    attack_steps,
+    ascent_steps,
+    targets=None,
+    seed=0,
+    device=None,
+    done=None,
+    on_result=None,
+) -> dict:
     """For each data set and setting, train the ``configs`` (no regularisation, SGD weight decay,
     CLIP with the low and the high target of :data:`TARGETS`) and evaluate each with
     :func:`labkit.clip.evaluate_robustness`. ``epochs`` and ``warmup`` are numbers or
@@ -74,14 +143,36 @@ def run(*, datasets, settings, configs, n_train, n_val, n_test, epochs, warmup, 
                 target = {"CLIP low": lo, "CLIP high": hi}.get(config)
                 torch.manual_seed(seed)
                 model = clip.mlp(s.sizes, s.activation, last_activation=s.last_activation)
-                fitted = clip.fit(model, tr, val, setting=s, epochs=pick_(epochs, sname), warmup=pick_(warmup, sname),
-                                  lam=lam if target is not None else 0.0, target=target, increment=increment,
-                                  weight_decay=weight_decay if config == "weight decay" else 0.0, seed=seed,
-                                  device=device)
+                fitted = clip.fit(
+                    model,
+                    tr,
+                    val,
+                    setting=s,
+                    epochs=pick_(epochs, sname),
+                    warmup=pick_(warmup, sname),
+                    lam=lam if target is not None else 0.0,
+                    target=target,
+                    increment=increment,
+                    weight_decay=weight_decay if config == "weight decay" else 0.0,
+                    seed=seed,
+                    device=device,
+                )
                 out[key] = clip.evaluate_robustness(
-                    fitted.model, te, eps=eps, noise=noise, attack_steps=attack_steps, ascent_steps=ascent_steps,
-                    pairs_from=val, seed=seed, device=device, seconds=fitted.seconds, target=target,
-                    history=fitted.history, trace=fitted.trace, best_epoch=fitted.best_epoch)
+                    fitted.model,
+                    te,
+                    eps=eps,
+                    noise=noise,
+                    attack_steps=attack_steps,
+                    ascent_steps=ascent_steps,
+                    pairs_from=val,
+                    seed=seed,
+                    device=device,
+                    seconds=fitted.seconds,
+                    target=target,
+                    history=fitted.history,
+                    trace=fitted.trace,
+                    best_epoch=fitted.best_epoch,
+                )
                 if on_result is not None:
                     on_result(key, out[key])
     return out
@@ -103,13 +194,22 @@ def table(results: dict) -> report.Table:
     """§2.5's table: accuracies, the three Lipschitz numbers and the kept epoch of each run."""
     rows = [{"key": k, **r} for k, r in results.items()]
     part = lambda i: lambda r: r["key"].split("/")[i]  # noqa: E731
-    return report.table(rows, [
-        ("data", part(0)), ("setting", part(1)), ("training", part(2)), ("clean", "clean", "{:.3f}"),
-        ("noise σ=1", lambda r: r["noise"]["accuracy"], "{:.3f}"), ("PGD ℓ2 ε=2", _at("pgd_l2"), "{:.3f}"),
-        ("paper's attack ε=2", _at("pgd_sphere"), "{:.3f}"), ("pair ascent", "pair_ascent", "{:.3f}"),
-        ("lower_bound", lambda r: r["lipschitz"]["lower"], "{:.3f}"),
-        ("product of norms", lambda r: r["lipschitz"]["upper"], "{:.3g}"),
-        ("kept epoch", lambda r: r["best_epoch"] + 1)])
+    return report.table(
+        rows,
+        [
+            ("data", part(0)),
+            ("setting", part(1)),
+            ("training", part(2)),
+            ("clean", "clean", "{:.3f}"),
+            ("noise σ=1", lambda r: r["noise"]["accuracy"], "{:.3f}"),
+            ("PGD ℓ2 ε=2", _at("pgd_l2"), "{:.3f}"),
+            ("paper's attack ε=2", _at("pgd_sphere"), "{:.3f}"),
+            ("pair ascent", "pair_ascent", "{:.3f}"),
+            ("lower_bound", lambda r: r["lipschitz"]["lower"], "{:.3f}"),
+            ("product of norms", lambda r: r["lipschitz"]["upper"], "{:.3g}"),
+            ("kept epoch", lambda r: r["best_epoch"] + 1),
+        ],
+    )
 
 
 #: The short names of :data:`CONFIGS` in glue names.
@@ -123,9 +223,16 @@ def values(results: dict) -> dict:
     for key, r in results.items():
         name, setting, config = key.split("/")
         tag = f"{name}/{setting}/{TAGS[config]}"
-        out.update({f"{tag}/clean": r["clean"], f"{tag}/noise": r["noise"]["accuracy"], f"{tag}/pgd_l2": _at("pgd_l2")(r),
-                    f"{tag}/pgd_sphere": _at("pgd_sphere")(r), f"{tag}/pair_ascent": r["pair_ascent"],
-                    f"{tag}/upper_bound": r["lipschitz"]["upper"]})
+        out.update(
+            {
+                f"{tag}/clean": r["clean"],
+                f"{tag}/noise": r["noise"]["accuracy"],
+                f"{tag}/pgd_l2": _at("pgd_l2")(r),
+                f"{tag}/pgd_sphere": _at("pgd_sphere")(r),
+                f"{tag}/pair_ascent": r["pair_ascent"],
+                f"{tag}/upper_bound": r["lipschitz"]["upper"],
+            }
+        )
     return out
 
 
@@ -134,14 +241,26 @@ def comparison(results: dict) -> report.Table:
     rows = []
     for config, published in PUBLISHED.items():
         r = results.get(f"mnist/paper/{config}")
-        ours = [None] * 4 if r is None else [r["clean"], r["noise"]["accuracy"], _at("pgd_sphere")(r),
-                                             _at("pgd_l2")(r)]
+        ours = [None] * 4 if r is None else [r["clean"], r["noise"]["accuracy"], _at("pgd_sphere")(r), _at("pgd_l2")(r)]
         show = lambda v: "not run" if v is None else f"{v:.3f}"  # noqa: E731
-        rows.append({"training": config, **{f"c{i}": f"{published[i]:.3f} / {show(ours[i])}" for i in range(3)},
-                     "l2": show(ours[3])})
-    return report.table(rows, [("training", "training"), ("clean", "c0"), ("noise", "c1"),
-                               ("paper's attack ε=2", "c2"), ("standard PGD ε=2 (ours only)", "l2")],
-                        caption="MNIST, paper setting, published / ours:")
+        rows.append(
+            {
+                "training": config,
+                **{f"c{i}": f"{published[i]:.3f} / {show(ours[i])}" for i in range(3)},
+                "l2": show(ours[3]),
+            }
+        )
+    return report.table(
+        rows,
+        [
+            ("training", "training"),
+            ("clean", "c0"),
+            ("noise", "c1"),
+            ("paper's attack ε=2", "c2"),
+            ("standard PGD ε=2 (ours only)", "l2"),
+        ],
+        caption="MNIST, paper setting, published / ours:",
+    )
 
 
 #: The sizes of the page's demonstrations per mode (Adam steps of each regression fit, §2.4).
@@ -156,8 +275,9 @@ def demos(mode: str | None = None) -> dict:
 def settings_table() -> report.Table:
     """The fields in which the two settings of ``labkit.clip.SETTINGS`` differ, side by side."""
     fields = ["last_activation", "squared", "reg_max", "pair_clamp", "schedule_on", "cooldown", "select"]
-    rows = [{"field": f"`{k}`", **{s: f"`{getattr(clip.SETTINGS[s], k)}`" for s in ("paper", "standard")}}
-            for k in fields]
+    rows = [
+        {"field": f"`{k}`", **{s: f"`{getattr(clip.SETTINGS[s], k)}`" for s in ("paper", "standard")}} for k in fields
+    ]
     return report.table(rows, [("field", "field"), ("paper", "paper"), ("standard", "standard")])
 
 
@@ -172,10 +292,12 @@ def reproduction_checks(results: dict) -> str:
     none = {k.split("/")[-1]: x for k, x in v.items() if "/none/" in k}
     high = {k.split("/")[-1]: x for k, x in v.items() if "/hi/" in k}
     gap = abs(high["clean"] - PUBLISHED["CLIP high"][0])
-    return (f"**The two checks of this reproduction**, computed from the record: CLIP at the high target has "
-            f"{high['clean']:.1%} clean accuracy, {gap * 100:.1f} points from the published "
-            f"97.0 % ({'within' if gap <= 0.01 else 'not within'} one point), and keeps "
-            f"{high['pgd_sphere']:.1%} under the paper's attack at ε = 2, {high['pgd_sphere'] / none['pgd_sphere']:.1f} "
-            f"times the {none['pgd_sphere']:.1%} of the unregularised network (published: 72.4 % against 31.2 %, "
-            f"2.3 times). Under standard ℓ2 PGD at the same radius the two keep {high['pgd_l2']:.1%} and "
-            f"{none['pgd_l2']:.1%}.")
+    return (
+        f"**The two checks of this reproduction**, computed from the record: CLIP at the high target has "
+        f"{high['clean']:.1%} clean accuracy, {gap * 100:.1f} points from the published "
+        f"97.0 % ({'within' if gap <= 0.01 else 'not within'} one point), and keeps "
+        f"{high['pgd_sphere']:.1%} under the paper's attack at ε = 2, {high['pgd_sphere'] / none['pgd_sphere']:.1f} "
+        f"times the {none['pgd_sphere']:.1%} of the unregularised network (published: 72.4 % against 31.2 %, "
+        f"2.3 times). Under standard ℓ2 PGD at the same radius the two keep {high['pgd_l2']:.1%} and "
+        f"{none['pgd_l2']:.1%}."
+    )

@@ -6,25 +6,66 @@ from __future__ import annotations
 import math
 import time
 
-from .. import convex, data, experiment, lipschitz, report
+from .. import convex, data, lipschitz, report
 from ..runtime import seed_everything
 from . import DATA, pick
 
 __all__ = ["SIZES", "RECORD", "DATA", "sizes", "run", "verify", "table", "values", "presets_table"]
 
-_COMMON = {"datasets": ["mnist", "fashion_mnist"], "cifar": True, "cifar_preset": "cifar",
-           "cifar_layers": ["cpl", "sll"], "require_full_cifar": False}
+_COMMON = {
+    "datasets": ["mnist", "fashion_mnist"],
+    "cifar": True,
+    "cifar_preset": "cifar",
+    "cifar_layers": ["cpl", "sll"],
+    "require_full_cifar": False,
+}
 #: The sizes per mode. In book mode the dense ``mnist`` preset on 4 000 MNIST-like images, the ``cifar``
 #: preset on the first 2 000 CIFAR-10 images and 1 000 test images; in full mode CPL-S with the authors'
 #: recipe on all of CIFAR-10 (200 epochs; needs a GPU and the full CIFAR-10, and refuses a subset).
 SIZES = {
-    "smoke": {**_COMMON, "n_train": 300, "n_test": 100, "dense_epochs": 1, "cifar_train": 100, "cifar_test": 50,
-              "cifar_epochs": 1, "pgd_steps": 3, "n_attack": 30, "n_lower": 8, "lower_steps": 10},
-    "book": {**_COMMON, "n_train": 4000, "n_test": 1000, "dense_epochs": 3, "cifar_train": 2000, "cifar_test": 1000,
-             "cifar_epochs": 3, "pgd_steps": 10, "n_attack": 200, "n_lower": 32, "lower_steps": 50},
-    "full": {**_COMMON, "datasets": [], "n_train": None, "n_test": None, "dense_epochs": 3, "cifar_preset": "cpl-s",
-             "cifar_layers": ["cpl"], "require_full_cifar": True, "cifar_train": None, "cifar_test": None,
-             "cifar_epochs": 200, "pgd_steps": 10, "n_attack": None, "n_lower": 64, "lower_steps": 100},
+    "smoke": {
+        **_COMMON,
+        "n_train": 300,
+        "n_test": 100,
+        "dense_epochs": 1,
+        "cifar_train": 100,
+        "cifar_test": 50,
+        "cifar_epochs": 1,
+        "pgd_steps": 3,
+        "n_attack": 30,
+        "n_lower": 8,
+        "lower_steps": 10,
+    },
+    "book": {
+        **_COMMON,
+        "n_train": 4000,
+        "n_test": 1000,
+        "dense_epochs": 3,
+        "cifar_train": 2000,
+        "cifar_test": 1000,
+        "cifar_epochs": 3,
+        "pgd_steps": 10,
+        "n_attack": 200,
+        "n_lower": 32,
+        "lower_steps": 50,
+    },
+    "full": {
+        **_COMMON,
+        "datasets": [],
+        "n_train": None,
+        "n_test": None,
+        "dense_epochs": 3,
+        "cifar_preset": "cpl-s",
+        "cifar_layers": ["cpl"],
+        "require_full_cifar": True,
+        "cifar_train": None,
+        "cifar_test": None,
+        "cifar_epochs": 200,
+        "pgd_steps": 10,
+        "n_attack": None,
+        "n_lower": 64,
+        "lower_steps": 100,
+    },
 }
 RECORD = "ch04_full.json"
 
@@ -34,9 +75,27 @@ def sizes(mode: str | None = None) -> dict:
     return pick(SIZES, mode)
 
 
-def run(*, datasets, n_train, n_test, dense_epochs, cifar, cifar_train, cifar_test, cifar_epochs, cifar_preset,
-        cifar_layers, require_full_cifar, pgd_steps, n_attack, n_lower, lower_steps, seed=0, device=None,
-        progress=None) -> dict:
+def run(
+    *,
+    datasets,
+    n_train,
+    n_test,
+    dense_epochs,
+    cifar,
+    cifar_train,
+    cifar_test,
+    cifar_epochs,
+    cifar_preset,
+    cifar_layers,
+    require_full_cifar,
+    pgd_steps,
+    n_attack,
+    n_lower,
+    lower_steps,
+    seed=0,
+    device=None,
+    progress=None,
+) -> dict:
     """For each MNIST-like data set: the dense ``mnist`` preset (CPL, first-K head) and
     :func:`labkit.convex.baseline_mlp`, evaluated at :data:`labkit.convex.EPS_MNIST`. If ``cifar``:
     the convolutional preset ``cifar_preset`` with each of ``cifar_layers`` (CPL, SLL), evaluated at
@@ -45,8 +104,19 @@ def run(*, datasets, n_train, n_test, dense_epochs, cifar, cifar_train, cifar_te
     :func:`labkit.experiment.result` by :func:`labkit.convex.evaluate_robustness` with the
     training time and history."""
     evaluate = lambda model, te, eps, lipc, seconds, hist: convex.evaluate_robustness(  # noqa: E731
-        model, te, eps, lipschitz=lipc, pgd_steps=pgd_steps, n_attack=n_attack, n_lower=n_lower,
-        lower_steps=lower_steps, device=device, progress=progress, seconds=seconds, history=hist.as_dict())
+        model,
+        te,
+        eps,
+        lipschitz=lipc,
+        pgd_steps=pgd_steps,
+        n_attack=n_attack,
+        n_lower=n_lower,
+        lower_steps=lower_steps,
+        device=device,
+        progress=progress,
+        seconds=seconds,
+        history=hist.as_dict(),
+    )
     if cifar:  # refuse a subset before anything is trained
         cifar_tr = data.load("cifar10", limit=cifar_train)
         cifar_te = data.load("cifar10", train=False, limit=cifar_test)
@@ -55,7 +125,8 @@ def run(*, datasets, n_train, n_test, dense_epochs, cifar, cifar_train, cifar_te
                 f"full mode needs all of CIFAR-10 (50 000 / 10 000 images) but found {len(cifar_tr)} / "
                 f"{len(cifar_te)} (the subset in LABKIT_DATA?). Point LABKIT_DATA at the full cifar-10-batches-py "
                 "folder or a cifar10-full.npz, or run `python -m labkit.data download cifar10` on a machine with "
-                "network access.")
+                "network access."
+            )
     out = {}
     for name in datasets:
         tr = data.load(name, limit=n_train)
@@ -69,8 +140,12 @@ def run(*, datasets, n_train, n_test, dense_epochs, cifar, cifar_train, cifar_te
                 hist = convex.fit(model, tr, dense_epochs, seed=seed, device=device, progress=progress)
                 lipc = None
             else:
-                model = convex.baseline_mlp(in_features, width=convex.PRESETS["mnist"]["width"],
-                                            depth=convex.PRESETS["mnist"]["depth"], seed=seed)
+                model = convex.baseline_mlp(
+                    in_features,
+                    width=convex.PRESETS["mnist"]["width"],
+                    depth=convex.PRESETS["mnist"]["depth"],
+                    seed=seed,
+                )
                 t0 = time.perf_counter()
                 hist = convex.fit(model, tr, dense_epochs, margin=None, seed=seed, device=device, progress=progress)
                 lipc = lipschitz.upper_bound(model.cpu())
@@ -101,13 +176,22 @@ def table(results: dict) -> report.Table:
     """§4.4's table: clean, certified / PGD at the three radii, the bounds, size and training time."""
     rows = [{"key": k, **r} for k, r in results.items()]
     at = lambda i: lambda r: f"{r['certified'][i]:.3f} / {r['empirical']['pgd'][i]:.3f}"  # noqa: E731
-    return report.table(rows, [
-        ("data", lambda r: r["key"].split("/")[0]), ("model", lambda r: r["key"].split("/")[1]),
-        ("clean", "clean", "{:.3f}"), ("certified / PGD at ε₁", at(0)), ("at ε₂", at(1)), ("at ε₃", at(2)),
-        ("Lipschitz lower bound", lambda r: r["lipschitz"]["lower"], "{:.3f}"),
-        ("certified constant", lambda r: r["lipschitz"]["upper"], "{:.3g}"),
-        ("parameters", lambda r: r["parameters"] / 1e6, "{:.2f} M"), ("training", "seconds", "{:.0f} s")],
-        caption="ε = 0.5, 1, 1.58 (MNIST, Fashion-MNIST) and 36/255, 72/255, 108/255 (CIFAR-10):")
+    return report.table(
+        rows,
+        [
+            ("data", lambda r: r["key"].split("/")[0]),
+            ("model", lambda r: r["key"].split("/")[1]),
+            ("clean", "clean", "{:.3f}"),
+            ("certified / PGD at ε₁", at(0)),
+            ("at ε₂", at(1)),
+            ("at ε₃", at(2)),
+            ("Lipschitz lower bound", lambda r: r["lipschitz"]["lower"], "{:.3f}"),
+            ("certified constant", lambda r: r["lipschitz"]["upper"], "{:.3g}"),
+            ("parameters", lambda r: r["parameters"] / 1e6, "{:.2f} M"),
+            ("training", "seconds", "{:.0f} s"),
+        ],
+        caption="ε = 0.5, 1, 1.58 (MNIST, Fashion-MNIST) and 36/255, 72/255, 108/255 (CIFAR-10):",
+    )
 
 
 def values(results: dict) -> dict:
@@ -115,8 +199,13 @@ def values(results: dict) -> dict:
     cert0..2 and pgd0..2 (by radius index), and ``n_attack``."""
     out = {"n_attack": next(iter(results.values()))["n_attack"]} if results else {}
     for key, r in results.items():
-        out.update({f"{key}/clean": r["clean"], f"{key}/lower": r["lipschitz"]["lower"],
-                    f"{key}/constant": r["lipschitz"]["upper"]})
+        out.update(
+            {
+                f"{key}/clean": r["clean"],
+                f"{key}/lower": r["lipschitz"]["lower"],
+                f"{key}/constant": r["lipschitz"]["upper"],
+            }
+        )
         for i in range(len(r["radii"])):
             out[f"{key}/cert{i}"] = r["certified"][i]
             out[f"{key}/pgd{i}"] = r["empirical"]["pgd"][i]
@@ -128,9 +217,23 @@ def presets_table() -> report.Table:
     rows = []
     for name, p in convex.PRESETS.items():
         n = convex.preset_parameters(name, in_shape=(1, 28, 28) if name == "mnist" else (3, 32, 32))
-        rows.append({"preset": name,
-                     "conv": f"{p.get('conv_depth', 0)} × width {p.get('channels', '–')}, hidden {p.get('conv_hidden', '–')}",
-                     "dense": f"{p.get('dense_depth', p.get('depth'))} × hidden {p.get('dense_hidden', p.get('hidden'))}",
-                     "head": p["head"], "parameters": n / 1e6})
-    return report.table(rows, [("preset", "preset"), ("convolutional CPLs", "conv"), ("dense CPLs", "dense"),
-                               ("head", "head"), ("parameters", "parameters", "{:.2f} M")])
+        rows.append(
+            {
+                "preset": name,
+                "conv": f"{p.get('conv_depth', 0)} × width {p.get('channels', '–')}, "
+                f"hidden {p.get('conv_hidden', '–')}",
+                "dense": f"{p.get('dense_depth', p.get('depth'))} × hidden {p.get('dense_hidden', p.get('hidden'))}",
+                "head": p["head"],
+                "parameters": n / 1e6,
+            }
+        )
+    return report.table(
+        rows,
+        [
+            ("preset", "preset"),
+            ("convolutional CPLs", "conv"),
+            ("dense CPLs", "dense"),
+            ("head", "head"),
+            ("parameters", "parameters", "{:.2f} M"),
+        ],
+    )
