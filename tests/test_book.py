@@ -93,6 +93,8 @@ def test_book_and_student_edition_build_in_smoke_mode(tmp_path):
     ):
         assert page in pages, f"{page} was not built"
     for name, text in pages.items():  # every glued number and every table came out of a run
+        if name == "book/api.html":  # report.glue_all's docstring shows the syntax
+            continue
         assert "{glue" not in text and "glue:text" not in text, f"{name} shows an unresolved glue reference"
     assert "Full mode: cpu" in pages["book/ch01_lognorm.html"]  # the committed record is shown
     # numbered by the table of contents, with the chapter numbers of the file names
