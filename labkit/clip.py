@@ -430,19 +430,8 @@ def fit(
         schedule.step(accuracy)
 
     t0 = time.perf_counter()
-    _train.fit(
-        model,
-        train_data,
-        epochs,
-        batch_size=s.batch_size,
-        optimizer=opt,
-        device=dev,
-        seed=seed,
-        progress=progress,
-        step_fn=clip_step,
-        after_epoch=end_of_epoch,
-        desc=s.name,
-    )
+    _train.fit(model, train_data, epochs, batch_size=s.batch_size, optimizer=opt, device=dev, seed=seed,
+               progress=progress, step_fn=clip_step, after_epoch=end_of_epoch, desc=s.name)  # fmt: skip
     if state["best"] is not None:
         model.load_state_dict(state["best"])
     model.eval()

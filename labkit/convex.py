@@ -752,18 +752,9 @@ def fit(
     opt = torch.optim.Adam(model.parameters(), lr=_validate.positive(lr, "lr"))
     steps = epochs * math.ceil(len(data) / batch_size)
     sched = triangular_lr(opt, steps)
-    return _train.fit(
-        model,
-        Augmented(data) if augment else data,
-        epochs,
-        batch_size=batch_size,
-        optimizer=opt,
-        loss_fn=loss_fn,
-        seed=seed,
-        device=device,
-        progress=progress,
-        after_step=lambda m: sched.step(),
-    )
+    data = Augmented(data) if augment else data
+    return _train.fit(model, data, epochs, batch_size=batch_size, optimizer=opt, loss_fn=loss_fn, seed=seed,
+                      device=device, progress=progress, after_step=lambda m: sched.step())  # fmt: skip
 
 
 # -- certificates and evaluation ----------------------------------------------------------------------

@@ -19,10 +19,11 @@ from __future__ import annotations
 import copy
 import importlib
 from pathlib import Path
+from types import SimpleNamespace
 
 from .. import runtime
 
-__all__ = ["CHAPTERS", "DATA", "get", "pick"]
+__all__ = ["CHAPTERS", "DATA", "get", "pick", "per_mode", "given"]
 
 #: The chapters that have an experiment module, in book order.
 CHAPTERS = ("ch00", "ch01", "ch02", "ch04")
@@ -39,6 +40,29 @@ def pick(table: dict, mode: str | None = None) -> dict:
     if set(table) != set(runtime.MODES):
         raise ValueError(f"SIZES must have exactly the modes {runtime.MODES}, got {sorted(table)}.")
     return copy.deepcopy(table[mode])
+
+
+def per_mode(rows: dict, **common) -> dict:
+    """A ``SIZES`` table from ``rows``, ``{size: (smoke, book, full)}``, one row per size (so the
+    three modes read side by side), and the sizes in ``common``, the same in every mode."""
+    for name, values in rows.items():
+        if not isinstance(values, tuple) or len(values) != len(runtime.MODES):
+            raise ValueError(f"size {name!r} needs one value per mode {runtime.MODES}, got {values!r}.")
+    return {
+        mode: {**copy.deepcopy(common), **{name: v[i] for name, v in rows.items()}}
+        for i, mode in enumerate(runtime.MODES)
+    }
+
+
+def given(sizes: dict, table: dict) -> SimpleNamespace:
+    """The ``sizes`` a chapter's ``run`` was called with, as attributes, after checking that they are
+    exactly the sizes of its ``table`` (``SIZES``): a missing or misspelt size raises ``TypeError``
+    naming it before anything runs."""
+    expected = set(next(iter(table.values())))
+    missing, unknown = sorted(expected - set(sizes)), sorted(set(sizes) - expected)
+    if missing or unknown:
+        raise TypeError(f"sizes do not match the chapter's SIZES: missing {missing}, unknown {unknown}.")
+    return SimpleNamespace(**sizes)
 
 
 def get(name: str):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .. import attacks, certify, data, experiment, lipschitz, report, train
-from . import DATA, pick
+from . import DATA, given, pick
 
 __all__ = [
     "SIZES",
@@ -56,26 +56,30 @@ def mlp() -> nn.Sequential:
     )
 
 
-def train_model(*, n_train, n_test, epochs, seed=0, device=None, **_):
-    """Load MNIST (``n_train`` / ``n_test`` images) and train :func:`mlp` for ``epochs`` epochs
-    (Adam 1e-3, batch 128). Returns ``(model, train_set, test_set)``, the model on the CPU in eval
-    mode. Other sizes are ignored, so ``train_model(**sizes())`` works."""
-    train_set = data.load("mnist", train=True, limit=n_train)
-    test_set = data.load("mnist", train=False, limit=n_test)
+def train_model(*, seed=0, device=None, **sizes):
+    """With the :data:`SIZES` given, load MNIST (``n_train`` / ``n_test`` images) and train
+    :func:`mlp` for ``epochs`` epochs (Adam 1e-3, batch 128). Returns ``(model, train_set,
+    test_set)``, the model on the CPU in eval mode."""
+    s = given(sizes, SIZES)
+    train_set = data.load("mnist", train=True, limit=s.n_train)
+    test_set = data.load("mnist", train=False, limit=s.n_test)
     torch.manual_seed(seed)
     model = mlp()
-    train.fit(model, train_set, epochs=epochs, lr=1e-3, batch_size=128, seed=seed, device=device)
+    train.fit(model, train_set, epochs=s.epochs, lr=1e-3, batch_size=128, seed=seed, device=device)
     return model.cpu().eval(), train_set, test_set
 
 
-def run(model, test_set, *, pgd_steps, n_lower, lower_steps, seed=0, **_) -> dict:
+def run(model, test_set, *, seed=0, **sizes) -> dict:
     """Attack and bound ``model`` on ``test_set``: ``{"linf": result, "l2": result, "estimates": {...}}``.
 
     ``linf``: :func:`labkit.experiment.robustness` at :data:`EPS_INF`; ``l2``: PGD-ℓ2 and the certified
     accuracy at :data:`EPS_L2` with the product of layer norms as the constant; ``estimates``: the
     lower bounds of the constant from random pairs of test images (:func:`labkit.lipschitz.quotient`),
     gradient ascent on pairs and the largest Jacobian norm (``n_lower`` images each), with their
-    times, and the upper bound."""
+    times, and the upper bound. ``sizes`` are the :data:`SIZES` (PGD steps, starts and steps of the
+    pair search)."""
+    s = given(sizes, SIZES)
+    pgd_steps, n_lower, lower_steps = s.pgd_steps, s.n_lower, s.lower_steps
     linf = experiment.robustness(model, test_set, EPS_INF, pgd_steps=pgd_steps, seed=seed, device="cpu")
     gen = torch.Generator().manual_seed(seed)
     pgd_l2 = attacks.robust_accuracy(

@@ -14,7 +14,7 @@ import time
 import torch
 
 from .. import data, experiment, lipschitz, lognorm, report, train
-from . import DATA, pick
+from . import DATA, given, per_mode, pick
 
 __all__ = [
     "SIZES",
@@ -37,19 +37,18 @@ __all__ = [
     "bench_growth",
 ]
 
-_COMMON = {
-    "datasets": ["mnist", "fashion_mnist"],
-    "targets": [None, 0.5, 0.2],
-    "eps": [0.0, 0.05, 0.1, 0.15, 0.2],
-    "steps": 10,
-    "lr": 3e-3,
-}
 #: The sizes per mode (in full mode all 60 000 / 10 000 images, width 16, 15 epochs, PGD with 50 steps).
-SIZES = {
-    "smoke": {**_COMMON, "n_train": 300, "n_test": 100, "epochs": 1, "width": 6, "pgd_steps": 5},
-    "book": {**_COMMON, "n_train": 10_000, "n_test": 1_000, "epochs": 3, "width": 10, "pgd_steps": 20},
-    "full": {**_COMMON, "n_train": None, "n_test": None, "epochs": 15, "width": 16, "pgd_steps": 50},
-}
+# fmt: off
+SIZES = per_mode({
+    #              smoke  book    full
+    "n_train":   (300,   10_000, None),
+    "n_test":    (100,   1_000,  None),
+    "epochs":    (1,     3,      15),
+    "width":     (6,     10,     16),
+    "pgd_steps": (5,     20,     50),
+}, datasets=["mnist", "fashion_mnist"], targets=[None, 0.5, 0.2], eps=[0.0, 0.05, 0.1, 0.15, 0.2], steps=10,
+   lr=3e-3)
+# fmt: on
 #: The full-mode record, in ``book/data``.
 RECORD = "ch01_full.json"
 
@@ -64,33 +63,27 @@ def label(target) -> str:
     return "classical" if target is None else f"δ = {target:g}"
 
 
-def run(*, datasets, targets, n_train, n_test, epochs, width, steps, pgd_steps, eps, lr, seed=0, device=None) -> dict:
-    """Train and evaluate every (data set, target); results keyed ``"<data set>/<label>"``, each a
-    :func:`labkit.experiment.result` with the block's bounds (``map: "block"``: the pair-ascent
-    lower bound and the Euler bound), the ``certificate`` and the stabilisation ``history``."""
+def run(*, seed=0, device=None, **sizes) -> dict:
+    """Train and evaluate every (data set, target) with the :data:`SIZES` given; results keyed
+    ``"<data set>/<label>"``, each a :func:`labkit.experiment.result` with the block's bounds
+    (``map: "block"``: the pair-ascent lower bound and the Euler bound), the ``certificate`` and
+    the stabilisation ``history``."""
+    s = given(sizes, SIZES)
     out = {}
-    for name in datasets:
-        tr = data.load(name, limit=n_train)
-        te = data.load(name, train=False, limit=n_test)
-        for delta in targets:
+    for name in s.datasets:
+        tr = data.load(name, limit=s.n_train)
+        te = data.load(name, train=False, limit=s.n_test)
+        for delta in s.targets:
             torch.manual_seed(seed)
-            model = lognorm.ODEClassifier(width=width, T=1.0, steps=steps, activation="tanh")
+            model = lognorm.ODEClassifier(width=s.width, T=1.0, steps=s.steps, activation="tanh")
             hook = lognorm.StabilizeEachEpoch(delta) if delta is not None else None
             t0 = time.perf_counter()
-            train.fit(model, tr, epochs=epochs, lr=lr, seed=seed, after_epoch=hook, device=device)
+            train.fit(model, tr, epochs=s.epochs, lr=s.lr, seed=seed, after_epoch=hook, device=device)
             seconds = time.perf_counter() - t0
             model.eval()
-            r = experiment.robustness(
-                model,
-                te,
-                eps,
-                pgd_steps=pgd_steps,
-                seed=seed,
-                device=device,
-                seconds=seconds,
-                history=hook.history if hook else [],
-                target=delta,
-            )
+            history = hook.history if hook else []
+            r = experiment.robustness(model, te, s.eps, pgd_steps=s.pgd_steps, seed=seed, device=device,
+                                      seconds=seconds, history=history, target=delta)  # fmt: skip
             dev = next(model.parameters()).device
             z = model._linear(model.lift, te.tensors[0][:64].to(dev).flatten(1)).detach()
             lower = lipschitz.lower_bound(model.block, z, steps=100, generator=torch.Generator().manual_seed(seed))

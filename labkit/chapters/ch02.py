@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from .. import clip, data, report
-from . import DATA, pick
+from . import DATA, given, per_mode, pick
 
 __all__ = [
     "SIZES",
@@ -37,52 +37,23 @@ CONFIGS = ("none", "weight decay", "CLIP low", "CLIP high")
 #: accuracy under noise and under the sphere attack at ε = 2.
 PUBLISHED = {"none": (0.971, 0.345, 0.312), "CLIP low": (0.964, 0.298, 0.714), "CLIP high": (0.970, 0.346, 0.724)}
 
-_COMMON = {
-    "datasets": ["mnist", "fashion_mnist"],
-    "settings": ["paper", "standard"],
-    "configs": list(CONFIGS),
-    "lam": 0.1,
-    "increment": 0.01,
-    "weight_decay": 5e-4,
-    "eps": 2.0,
-    "noise": 1.0,
-}
 #: The sizes per mode. In full mode all of MNIST (54 000 / 6 000 / 10 000, the authors' split), their
 #: 100 epochs (6 at λ = 0) in their setting and 30 in ours; Fashion-MNIST is left out, since on a
 #: 2-core CPU it would double the run's hour.
-SIZES = {
-    "smoke": {
-        **_COMMON,
-        "n_train": 300,
-        "n_val": 100,
-        "n_test": 100,
-        "epochs": 2,
-        "warmup": 1,
-        "attack_steps": 5,
-        "ascent_steps": 10,
-    },
-    "book": {
-        **_COMMON,
-        "n_train": 4000,
-        "n_val": 1000,
-        "n_test": 1000,
-        "epochs": 6,
-        "warmup": 2,
-        "attack_steps": 30,
-        "ascent_steps": 50,
-    },
-    "full": {
-        **_COMMON,
-        "datasets": ["mnist"],
-        "n_train": None,
-        "n_val": 6000,
-        "n_test": None,
-        "epochs": {"paper": 100, "standard": 30},
-        "warmup": {"paper": 6, "standard": 2},
-        "attack_steps": 100,
-        "ascent_steps": 200,
-    },
-}
+# fmt: off
+SIZES = per_mode({
+    #                 smoke                        book                         full
+    "datasets":     (["mnist", "fashion_mnist"],  ["mnist", "fashion_mnist"],  ["mnist"]),
+    "n_train":      (300,                         4000,                        None),
+    "n_val":        (100,                         1000,                        6000),
+    "n_test":       (100,                         1000,                        None),
+    "epochs":       (2,                           6,                           {"paper": 100, "standard": 30}),
+    "warmup":       (1,                           2,                           {"paper": 6, "standard": 2}),
+    "attack_steps": (5,                           30,                          100),
+    "ascent_steps": (10,                          50,                          200),
+}, settings=["paper", "standard"], configs=list(CONFIGS), lam=0.1, increment=0.01, weight_decay=5e-4, eps=2.0,
+   noise=1.0)
+# fmt: on
 RECORD = "ch02_full.json"
 
 
@@ -91,88 +62,49 @@ def sizes(mode: str | None = None) -> dict:
     return pick(SIZES, mode)
 
 
-def run(
-    *,
-    datasets,
-    settings,
-    configs,
-    n_train,
-    n_val,
-    n_test,
-    epochs,
-    warmup,
-    lam,
-    increment,
-    weight_decay,
-    eps,
-    noise,
-    attack_steps,
-    ascent_steps,
-    targets=None,
-    seed=0,
-    device=None,
-    done=None,
-    on_result=None,
-) -> dict:
-    """For each data set and setting, train the ``configs`` (no regularisation, SGD weight decay,
-    CLIP with the low and the high target of :data:`TARGETS`) and evaluate each with
-    :func:`labkit.clip.evaluate_robustness`. ``epochs`` and ``warmup`` are numbers or
-    ``{setting: number}``. ``n_train`` images of the training split (``None``: all) are split into
-    training and ``n_val`` validation images. Results keyed ``"<data set>/<setting>/<config>"``.
+def run(*, seed=0, device=None, targets=None, done=None, on_result=None, **sizes) -> dict:
+    """For each data set and setting of the :data:`SIZES` given, train the ``configs`` (no
+    regularisation, SGD weight decay, CLIP with the low and the high target of :data:`TARGETS`, or
+    of ``targets``) and evaluate each with :func:`labkit.clip.evaluate_robustness`. ``epochs`` and
+    ``warmup`` are numbers or ``{setting: number}``. ``n_train`` images of the training split
+    (``None``: all) are split into training and ``n_val`` validation images. Results keyed
+    ``"<data set>/<setting>/<config>"``.
 
     Every run is seeded on its own, so runs can be resumed: results already in ``done`` are taken
     as they are, and ``on_result(key, result)`` is called after each new run
     (``python -m labkit.experiment`` uses both to keep a partial record)."""
-    pick_ = lambda v, s: v[s] if isinstance(v, dict) else v  # noqa: E731
-    for config in configs:
+    s = given(sizes, SIZES)
+    per_setting = lambda v, name: v[name] if isinstance(v, dict) else v  # noqa: E731
+    for config in s.configs:
         if config not in CONFIGS:
             raise ValueError(f"configs must be among {CONFIGS}, got {config!r}.")
+    evaluation = {"eps": s.eps, "noise": s.noise, "attack_steps": s.attack_steps, "ascent_steps": s.ascent_steps}
     out = {}
-    for name in datasets:
-        whole = data.load(name, limit=None if n_train is None else n_train + n_val)
-        tr, val = clip.split(whole, n_val)
-        te = data.load(name, train=False, limit=n_test)
+    for name in s.datasets:
+        whole = data.load(name, limit=None if s.n_train is None else s.n_train + s.n_val)
+        tr, val = clip.split(whole, s.n_val)
+        te = data.load(name, train=False, limit=s.n_test)
         lo, hi = (targets or TARGETS)[name]
-        for sname in settings:
-            s = clip.get_setting(sname)
-            for config in configs:
+        for sname in s.settings:
+            setting = clip.get_setting(sname)
+            for config in s.configs:
                 key = f"{name}/{sname}/{config}"
                 if done and key in done:
                     out[key] = done[key]
                     continue
                 target = {"CLIP low": lo, "CLIP high": hi}.get(config)
                 torch.manual_seed(seed)
-                model = clip.mlp(s.sizes, s.activation, last_activation=s.last_activation)
-                fitted = clip.fit(
-                    model,
-                    tr,
-                    val,
-                    setting=s,
-                    epochs=pick_(epochs, sname),
-                    warmup=pick_(warmup, sname),
-                    lam=lam if target is not None else 0.0,
-                    target=target,
-                    increment=increment,
-                    weight_decay=weight_decay if config == "weight decay" else 0.0,
-                    seed=seed,
-                    device=device,
-                )
+                model = clip.mlp(setting.sizes, setting.activation, last_activation=setting.last_activation)
+                schedule = {"epochs": per_setting(s.epochs, sname), "warmup": per_setting(s.warmup, sname),
+                            "lam": s.lam if target is not None else 0.0, "target": target,
+                            "increment": s.increment}  # fmt: skip
+                decay = s.weight_decay if config == "weight decay" else 0.0
+                fitted = clip.fit(model, tr, val, setting=setting, **schedule, weight_decay=decay, seed=seed,
+                                  device=device)  # fmt: skip
                 out[key] = clip.evaluate_robustness(
-                    fitted.model,
-                    te,
-                    eps=eps,
-                    noise=noise,
-                    attack_steps=attack_steps,
-                    ascent_steps=ascent_steps,
-                    pairs_from=val,
-                    seed=seed,
-                    device=device,
-                    seconds=fitted.seconds,
-                    target=target,
-                    history=fitted.history,
-                    trace=fitted.trace,
-                    best_epoch=fitted.best_epoch,
-                )
+                    fitted.model, te, **evaluation, pairs_from=val, seed=seed, device=device, seconds=fitted.seconds,
+                    target=target, history=fitted.history, trace=fitted.trace, best_epoch=fitted.best_epoch,
+                )  # fmt: skip
                 if on_result is not None:
                     on_result(key, out[key])
     return out

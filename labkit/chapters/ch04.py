@@ -8,65 +8,32 @@ import time
 
 from .. import convex, data, lipschitz, report
 from ..runtime import seed_everything
-from . import DATA, pick
+from . import DATA, given, per_mode, pick
 
 __all__ = ["SIZES", "RECORD", "DATA", "sizes", "run", "verify", "table", "values", "presets_table"]
 
-_COMMON = {
-    "datasets": ["mnist", "fashion_mnist"],
-    "cifar": True,
-    "cifar_preset": "cifar",
-    "cifar_layers": ["cpl", "sll"],
-    "require_full_cifar": False,
-}
 #: The sizes per mode. In book mode the dense ``mnist`` preset on 4 000 MNIST-like images, the ``cifar``
 #: preset on the first 2 000 CIFAR-10 images and 1 000 test images; in full mode CPL-S with the authors'
 #: recipe on all of CIFAR-10 (200 epochs; needs a GPU and the full CIFAR-10, and refuses a subset).
-SIZES = {
-    "smoke": {
-        **_COMMON,
-        "n_train": 300,
-        "n_test": 100,
-        "dense_epochs": 1,
-        "cifar_train": 100,
-        "cifar_test": 50,
-        "cifar_epochs": 1,
-        "pgd_steps": 3,
-        "n_attack": 30,
-        "n_lower": 8,
-        "lower_steps": 10,
-    },
-    "book": {
-        **_COMMON,
-        "n_train": 4000,
-        "n_test": 1000,
-        "dense_epochs": 3,
-        "cifar_train": 2000,
-        "cifar_test": 1000,
-        "cifar_epochs": 3,
-        "pgd_steps": 10,
-        "n_attack": 200,
-        "n_lower": 32,
-        "lower_steps": 50,
-    },
-    "full": {
-        **_COMMON,
-        "datasets": [],
-        "n_train": None,
-        "n_test": None,
-        "dense_epochs": 3,
-        "cifar_preset": "cpl-s",
-        "cifar_layers": ["cpl"],
-        "require_full_cifar": True,
-        "cifar_train": None,
-        "cifar_test": None,
-        "cifar_epochs": 200,
-        "pgd_steps": 10,
-        "n_attack": None,
-        "n_lower": 64,
-        "lower_steps": 100,
-    },
-}
+# fmt: off
+SIZES = per_mode({
+    #                      smoke                       book                        full
+    "datasets":           (["mnist", "fashion_mnist"], ["mnist", "fashion_mnist"], []),
+    "n_train":            (300,                        4000,                       None),
+    "n_test":             (100,                        1000,                       None),
+    "dense_epochs":       (1,                          3,                          3),
+    "cifar_preset":       ("cifar",                    "cifar",                    "cpl-s"),
+    "cifar_layers":       (["cpl", "sll"],             ["cpl", "sll"],             ["cpl"]),
+    "require_full_cifar": (False,                      False,                      True),
+    "cifar_train":        (100,                        2000,                       None),
+    "cifar_test":         (50,                         1000,                       None),
+    "cifar_epochs":       (1,                          3,                          200),
+    "pgd_steps":          (3,                          10,                         10),
+    "n_attack":           (30,                         200,                        None),
+    "n_lower":            (8,                          32,                         64),
+    "lower_steps":        (10,                         50,                         100),
+}, cifar=True)
+# fmt: on
 RECORD = "ch04_full.json"
 
 
@@ -75,52 +42,25 @@ def sizes(mode: str | None = None) -> dict:
     return pick(SIZES, mode)
 
 
-def run(
-    *,
-    datasets,
-    n_train,
-    n_test,
-    dense_epochs,
-    cifar,
-    cifar_train,
-    cifar_test,
-    cifar_epochs,
-    cifar_preset,
-    cifar_layers,
-    require_full_cifar,
-    pgd_steps,
-    n_attack,
-    n_lower,
-    lower_steps,
-    seed=0,
-    device=None,
-    progress=None,
-) -> dict:
-    """For each MNIST-like data set: the dense ``mnist`` preset (CPL, first-K head) and
-    :func:`labkit.convex.baseline_mlp`, evaluated at :data:`labkit.convex.EPS_MNIST`. If ``cifar``:
-    the convolutional preset ``cifar_preset`` with each of ``cifar_layers`` (CPL, SLL), evaluated at
-    :data:`labkit.convex.EPS_CIFAR`; ``require_full_cifar`` refuses a training set smaller than the
-    official 50 000 images, before any training. Results keyed ``"<data set>/<model>"``, each a
-    :func:`labkit.experiment.result` by :func:`labkit.convex.evaluate_robustness` with the
-    training time and history."""
-    evaluate = lambda model, te, eps, lipc, seconds, hist: convex.evaluate_robustness(  # noqa: E731
-        model,
-        te,
-        eps,
-        lipschitz=lipc,
-        pgd_steps=pgd_steps,
-        n_attack=n_attack,
-        n_lower=n_lower,
-        lower_steps=lower_steps,
-        device=device,
-        progress=progress,
-        seconds=seconds,
-        history=hist.as_dict(),
-    )
-    if cifar:  # refuse a subset before anything is trained
-        cifar_tr = data.load("cifar10", limit=cifar_train)
-        cifar_te = data.load("cifar10", train=False, limit=cifar_test)
-        if require_full_cifar and (len(cifar_tr) < 50000 or len(cifar_te) < 10000):
+def run(*, seed=0, device=None, progress=None, **sizes) -> dict:
+    """With the :data:`SIZES` given: for each MNIST-like data set, the dense ``mnist`` preset (CPL,
+    first-K head) and :func:`labkit.convex.baseline_mlp`, evaluated at
+    :data:`labkit.convex.EPS_MNIST`. If ``cifar``: the convolutional preset ``cifar_preset`` with each
+    of ``cifar_layers`` (CPL, SLL), evaluated at :data:`labkit.convex.EPS_CIFAR`;
+    ``require_full_cifar`` refuses a training set smaller than the official 50 000 images, before
+    any training. Results keyed ``"<data set>/<model>"``, each a :func:`labkit.experiment.result` by
+    :func:`labkit.convex.evaluate_robustness` with the training time and history."""
+    s = given(sizes, SIZES)
+    attack = {"pgd_steps": s.pgd_steps, "n_attack": s.n_attack, "n_lower": s.n_lower, "lower_steps": s.lower_steps}
+
+    def evaluate(model, te, eps, lipc, seconds, hist):
+        return convex.evaluate_robustness(model, te, eps, lipschitz=lipc, **attack, device=device, progress=progress,
+                                          seconds=seconds, history=hist.as_dict())  # fmt: skip
+
+    if s.cifar:  # refuse a subset before anything is trained
+        cifar_tr = data.load("cifar10", limit=s.cifar_train)
+        cifar_te = data.load("cifar10", train=False, limit=s.cifar_test)
+        if s.require_full_cifar and (len(cifar_tr) < 50000 or len(cifar_te) < 10000):
             raise data.DataNotFoundError(
                 f"full mode needs all of CIFAR-10 (50 000 / 10 000 images) but found {len(cifar_tr)} / "
                 f"{len(cifar_te)} (the subset in LABKIT_DATA?). Point LABKIT_DATA at the full cifar-10-batches-py "
@@ -128,36 +68,34 @@ def run(
                 "network access."
             )
     out = {}
-    for name in datasets:
-        tr = data.load(name, limit=n_train)
-        te = data.load(name, train=False, limit=n_test)
+    for name in s.datasets:
+        tr = data.load(name, limit=s.n_train)
+        te = data.load(name, train=False, limit=s.n_test)
         in_features = math.prod(tr.tensors[0].shape[1:])
         for label in ("cpl", "baseline"):
             seed_everything(seed)
             if label == "cpl":
                 model = convex.preset("mnist", seed=seed)
                 t0 = time.perf_counter()
-                hist = convex.fit(model, tr, dense_epochs, seed=seed, device=device, progress=progress)
+                hist = convex.fit(model, tr, s.dense_epochs, seed=seed, device=device, progress=progress)
                 lipc = None
             else:
-                model = convex.baseline_mlp(
-                    in_features,
-                    width=convex.PRESETS["mnist"]["width"],
-                    depth=convex.PRESETS["mnist"]["depth"],
-                    seed=seed,
-                )
+                dense = convex.PRESETS["mnist"]
+                model = convex.baseline_mlp(in_features, width=dense["width"], depth=dense["depth"], seed=seed)
                 t0 = time.perf_counter()
-                hist = convex.fit(model, tr, dense_epochs, margin=None, seed=seed, device=device, progress=progress)
+                hist = convex.fit(model, tr, s.dense_epochs, margin=None, seed=seed, device=device, progress=progress)
                 lipc = lipschitz.upper_bound(model.cpu())
             seconds = time.perf_counter() - t0
             out[f"{name}/{label}"] = evaluate(model, te, convex.EPS_MNIST, lipc, seconds, hist)
-    if cifar:
+    if s.cifar:
         mean = cifar_tr.tensors[0].mean((0, 2, 3))
-        for kind in cifar_layers:
+        for kind in s.cifar_layers:
             seed_everything(seed)
-            model = convex.preset(cifar_preset, layer=kind, mean=mean, seed=seed)
+            model = convex.preset(s.cifar_preset, layer=kind, mean=mean, seed=seed)
             t0 = time.perf_counter()
-            hist = convex.fit(model, cifar_tr, cifar_epochs, augment=True, seed=seed, device=device, progress=progress)
+            hist = convex.fit(
+                model, cifar_tr, s.cifar_epochs, augment=True, seed=seed, device=device, progress=progress
+            )
             seconds = time.perf_counter() - t0
             out[f"cifar10/{kind}"] = evaluate(model, cifar_te, convex.EPS_CIFAR, None, seconds, hist)
     return out

@@ -1,0 +1,153 @@
+"""labkit.chapters and labkit.report: one table of sizes per mode, one report helper."""
+
+import pytest
+import torch
+
+from labkit import chapters, data, report, runtime
+from labkit.chapters import ch00, ch01, ch02, ch04
+
+EXPERIMENTS = [ch00, ch01, ch02, ch04]
+
+
+@pytest.mark.parametrize("chapter", EXPERIMENTS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_every_mode_has_the_same_sizes_and_the_page_reads_the_current_mode(chapter, monkeypatch):
+    keys = [set(chapter.SIZES[m]) for m in runtime.MODES]
+    assert keys[0] == keys[1] == keys[2], "a size missing in one mode would fall back silently"
+    for mode in runtime.MODES:
+        monkeypatch.setenv("LABKIT_MODE", mode)
+        assert chapter.sizes() == chapter.SIZES[mode]  # the page's sizes are the table's
+    assert chapter.sizes("full") is not chapter.SIZES["full"]  # a copy: a page may change it
+
+
+def test_full_mode_of_the_page_and_of_the_command_are_the_same_experiment(monkeypatch):
+    """`LABKIT_MODE=full make book` and `make full CH=chNN` run chNN.run(**chNN.sizes()) with the
+    same sizes: the ones python -m labkit.experiment saves in the record."""
+    seen = {}
+    monkeypatch.setattr(ch01, "run", lambda **kw: seen.setdefault("command", kw) and {})
+    monkeypatch.setattr(chapters, "DATA", None)
+    from labkit import experiment
+
+    monkeypatch.setattr(experiment, "save_record", lambda *a, **kw: seen.setdefault("record", kw))
+    experiment.main(["ch01", "--out", "/tmp/unused-record.json"])
+    monkeypatch.setenv("LABKIT_MODE", "full")
+    assert seen["command"] == ch01.sizes() == seen["record"]["sizes"]
+
+
+def test_given_refuses_missing_and_misspelt_sizes_before_any_work():
+    sizes = ch04.sizes("smoke")
+    sizes["n_trian"] = sizes.pop("n_train")
+    with pytest.raises(TypeError, match=r"missing \['n_train'\], unknown \['n_trian'\]"):
+        ch04.run(**sizes)
+    with pytest.raises(TypeError, match="missing"):
+        ch01.run(n_train=10)
+
+
+def test_per_mode_builds_one_table_per_mode_and_refuses_a_short_row():
+    table = chapters.per_mode({"n": (1, 2, 3), "lists": ([1], [2], [3])}, fixed=[0])
+    assert table == {"smoke": {"fixed": [0], "n": 1, "lists": [1]}, "book": {"fixed": [0], "n": 2, "lists": [2]},
+                     "full": {"fixed": [0], "n": 3, "lists": [3]}}  # fmt: skip
+    table["smoke"]["fixed"].append(1)
+    assert table["book"]["fixed"] == [0]  # the common values are not shared between modes
+    with pytest.raises(ValueError, match="one value per mode"):
+        chapters.per_mode({"n": (1, 2)})
+    with pytest.raises(ValueError, match="mode"):
+        chapters.pick(table, "huge")
+
+
+def test_get_names_the_chapters_that_exist():
+    assert chapters.get("ch02") is ch02
+    with pytest.raises(ValueError, match="ch00, ch01, ch02, ch04"):
+        chapters.get("ch03")
+
+
+def test_ch04_refuses_the_cifar_subset_in_full_mode_before_training(monkeypatch):
+    trained = []
+    monkeypatch.setattr("labkit.convex.fit", lambda *a, **k: trained.append(1))
+    real_load = data.load
+
+    def subset(name, train=True, limit=None, **kw):  # the 5 000 / 1 000 images of the subset
+        ds = real_load(name, train=train, limit=min(limit or 10**9, 50 if train else 20), **kw)
+        return ds
+
+    monkeypatch.setattr(data, "load", subset)
+    with pytest.raises(data.DataNotFoundError, match="50 000"):
+        ch04.run(**ch04.sizes("full"))
+    assert trained == []
+
+
+def test_chapter_tables_and_values_from_a_committed_record():
+    from labkit.experiment import load_record
+
+    record = load_record(chapters.DATA / ch02.RECORD)
+    table = ch02.table(record["results"])
+    assert table.splitlines()[0].startswith("| data | setting | training | clean |")
+    assert len(table.splitlines()) == 2 + len(record["results"])
+    values = ch02.values(record["results"])
+    names = {report.glue_name(k) for k in values}
+    assert "mnist_paper_hi_pgd_sphere" in names and len(names) == len(values)
+    ch02.verify(record["results"])
+    broken = {k: {**r, "pair_ascent": r["lipschitz"]["upper"] * 2} for k, r in record["results"].items()}
+    with pytest.raises(AssertionError, match="bounds crossed"):
+        ch02.verify(broken)
+
+
+# -- report --------------------------------------------------------------------------------------------
+
+
+def test_table_formats_rows_and_names_a_missing_key():
+    rows = [{"name": "a", "x": 0.12345, "y": None}, {"name": "b", "x": 1.0, "y": 2}]
+    t = report.table(rows, [("name", "name"), ("x", "x", "{:.2f}"), ("twice x", lambda r: 2 * r["x"], "{:.1f}"),
+                            ("y", "y")])  # fmt: skip
+    assert t == "| name | x | twice x | y |\n|---|---|---|---|\n| a | 0.12 | 0.2 | – |\n| b | 1.00 | 2.0 | 2 |"
+    assert t._repr_markdown_() == str(t)
+    assert report.table(rows[:1], [("n", "name")], caption="Caption").startswith("Caption\n\n| n |")
+    with pytest.raises(KeyError, match="row 1 has no 'z'"):
+        report.table([{"z": 1}, {}], [("z", "z")])
+    with pytest.raises(ValueError, match="column"):
+        report.table(rows, [("only a header",)])
+    with pytest.raises(ValueError, match="at least one column"):
+        report.table(rows, [])
+
+
+def test_glue_names_are_stable_and_clashes_are_refused(monkeypatch):
+    assert report.glue_name("mnist/δ = 0.5", "clean") == "mnist_delta_0_5_clean"
+    assert report.glue_name("fashion_mnist/CLIP high", "pgd_l2") == "fashion_mnist_clip_high_pgd_l2"
+    assert report.glue_name("L_upper") == "l_upper"
+    with pytest.raises(ValueError):
+        report.glue_name("/", "—")
+    glued = {}
+    import myst_nb
+
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display: glued.update({name: value}))
+    report.glue_all({"a/b": 1, "c": 2}, prefix="full")
+    assert glued == {"full_a_b": 1, "full_c": 2}
+    with pytest.raises(ValueError, match="both glue as 'a_b'"):
+        report.glue_all({"a/b": 1, "a b": 2})
+
+
+def test_banner_says_where_a_record_ran_or_how_to_make_one():
+    assert report.banner(None, command="make full CH=ch09") == "*No full-mode record yet: run `make full CH=ch09`.*"
+    record = {"device": "cuda", "device_name": "H200", "created": "2026-11-30T10:00:00+00:00", "seconds": 9000,
+              "torch": "2.11", "commit": "0123456789abcdef", "dirty": True,
+              "resumed": {"runs": ["a", "b"], "commit": "fedcba9876543210"}}  # fmt: skip
+    line = report.banner(record, command="unused")
+    assert line == ("Full mode: cuda (H200), 2026-11-30, 2.5 h, torch 2.11, commit 0123456789 (with local changes); "
+                    "resumed after an interruption, 2 run(s) from commit fedcba9876.")  # fmt: skip
+    assert "150 min" not in line and "1 min" in report.banner({**record, "seconds": 60, "resumed": None}, command="")
+
+
+def test_runtime_resolve_device_names_the_argument():
+    assert runtime.resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device='gpu0' is not a torch device"):
+        runtime.resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="asks for CUDA"):
+            runtime.resolve_device("cuda")
+
+
+def test_import_labkit_reaches_every_module():
+    import subprocess
+    import sys
+
+    code = "import labkit; [getattr(labkit, m) for m in ('convex', 'clip', 'lognorm', 'chapters', 'report', 'course')]"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
