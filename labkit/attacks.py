@@ -13,6 +13,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from . import _validate
 from .runtime import progress_enabled, resolve_device
@@ -198,8 +199,6 @@ def robust_accuracy(
         raise ValueError("eps_list is empty.")
     dev = resolve_device(device)
     show = progress_enabled() if progress is None else progress
-    from tqdm.auto import tqdm
-
     model = model.to(dev)
     loader = DataLoader(data, batch_size=batch_size, shuffle=False)
     correct = {e: 0 for e in eps_values}

@@ -13,6 +13,13 @@ import math
 
 import torch
 
+from .attacks import fgsm
+from .certify import lln_radius as _lln_radius_reference
+from .clip import PairSet
+from .convex import ConvexPotentialLayer
+from .lipschitz import quotient
+from .lognorm import inner_step, lognorm_gradient
+
 __all__ = [
     "lognorm_2",
     "certified_radius",
@@ -100,8 +107,6 @@ def certified_radius(fn) -> None:
 
 def fgsm_step(fn) -> None:
     """Lab 0, exercise 3: ``fn(model, x, y, eps)`` returns the FGSM image, clamped to [0, 1]."""
-    from .attacks import fgsm
-
     g = torch.Generator().manual_seed(3)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
     with torch.no_grad():
@@ -207,8 +212,6 @@ def controlled_inner_step(fn) -> None:
     ``g = −G + ⟨G, E⟩E``, renormalised; while μ does not decrease it divides ``h`` by ``theta``;
     it returns ``(E_new, h_new)`` with ``h_new = theta · h_accepted``.
     """
-    from .lognorm import inner_step, lognorm_gradient
-
     g = torch.Generator().manual_seed(9)
     A = torch.randn(5, 5, generator=g, dtype=torch.float64)
     D = torch.diag(torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0], dtype=torch.float64))
@@ -257,8 +260,6 @@ def _lab2_net():
 
 
 def _pair_grads(f, u, v):
-    from .lipschitz import quotient
-
     u = u.clone().requires_grad_(True)
     v = v.clone().requires_grad_(True)
     q = quotient(f, u, v)
@@ -300,8 +301,6 @@ def pair_update(fn) -> None:
     pair and returns ``(u, v, step)``: the tentative pair ``u + step_i ∇_u q_i``, ``v + step_i ∇_v q_i``
     is kept, and ``step_i`` multiplied by ``growth``, only if its quotient increased; otherwise the
     pair stays and ``step_i`` is divided by ``growth``."""
-    from .clip import PairSet
-
     net, u, v = _lab2_net()
     step = torch.tensor([0.01, 0.1, 1.0, 10.0, 100.0, 1000.0], dtype=torch.float64)
     ref = PairSet(u, v, growth=1.3)
@@ -378,8 +377,6 @@ def _cpl_reference(x, W, b):
 def cpl_step(fn) -> None:
     """Lab 4, exercise 2: ``fn(x, W, b)`` returns the dense CPL ``x − (2/‖W‖₂²) Wᵀ ReLU(Wx + b)`` for a
     batch ``x`` of shape ``(N, n)``, ``W`` of shape ``(m, n)``."""
-    from .convex import ConvexPotentialLayer
-
     g = torch.Generator().manual_seed(4)
     for n, m in ((6, 9), (8, 3)):
         layer = ConvexPotentialLayer(n, m, generator=g).double().eval()
@@ -437,14 +434,12 @@ def power_iteration(fn) -> None:
 def lln_radius(fn) -> None:
     """Lab 4, exercise 4: ``fn(logits, labels, W_hat)`` returns the pairwise certified radius of an LLN
     head, ``max(0, min_{j≠y} (f_y − f_j)/‖ŵ_y − ŵ_j‖)`` per example (features 1-Lipschitz)."""
-    from .certify import lln_radius as reference
-
     g = torch.Generator().manual_seed(6)
     W = torch.randn(4, 5, generator=g, dtype=torch.float64)
     W_hat = W / W.norm(dim=1, keepdim=True)
     logits = torch.randn(12, 4, generator=g, dtype=torch.float64)
     labels = torch.randint(0, 4, (12,), generator=g)
-    expected = reference(logits, labels, torch.cdist(W_hat, W_hat), 1.0)
+    expected = _lln_radius_reference(logits, labels, torch.cdist(W_hat, W_hat), 1.0)
     _close(
         _call(fn, logits.clone(), labels.clone(), W_hat.clone()),
         expected,

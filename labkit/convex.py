@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from . import _validate, attacks, certify, experiment
 from . import lipschitz as lip
@@ -808,8 +809,6 @@ def evaluate_robustness(
     test images (default all); ``broken`` counts, per radius, the attacked images that were
     certified at that radius and still fooled there (a sound certificate gives 0). ``fields`` go
     to the result."""
-    from tqdm.auto import tqdm
-
     dev = resolve_device(device)
     model = model.to(dev)
     x = torch.stack([test[i][0] for i in range(len(test))]).to(dev)

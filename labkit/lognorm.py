@@ -789,6 +789,56 @@ def _end_game(
     return None
 
 
+def _round(problem: StabilizeProblem, options: StabilizeOptions, state: StabilizeState, rnd: int, generator):
+    """One cutting-plane round (:prf:ref:`alg-stabilize`, step 3): make the bracket's upper end
+    feasible for the enlarged working set, close the bracket, look for violated vertices (the cut
+    search, then the final check if it finds none), and try the end game when its repair is cheap.
+    Records the round in ``state.history``; returns the fresh violated vertices and the end game's
+    repaired ``(‖Δ‖, Δ)`` (or ``None``)."""
+    p, o, s = problem, options, state
+    _, _, fmax = _hinge(s.E_hi, s.eps_hi, p.A, s.ds, p.target)
+    if fmax > p.target + o.tol:
+        up = p.upper(s.eps_hi, s.E_hi, fmax)
+        feasible = p.feasible
+        eps_max = float(feasible.norm())
+        s.eps_hi, s.E_hi = (eps_max, feasible / eps_max) if up is None else (up[0], up[1] / up[0])
+    _close_bracket(p, o, s, s.rtol)
+    M = p.A + s.eps_hi * s.E_hi
+    mus, found = _find_cuts(p, o, s, M, generator)
+    fresh, s.mu_after, checked = _violated(p, o, s, mus, found), float(mus.max()), False
+    if not fresh:  # nothing violated that the cut search sees: the final check
+        mus, found = _final_check(p, o, M, generator=generator)
+        fresh, s.mu_after, checked = _violated(p, o, s, mus, found), float(mus.max()), True
+    repaired = None
+    cheap = fresh and p.can_repair and rnd >= s.next_try
+    if cheap and p.upper(s.eps_hi, s.E_hi, s.mu_after)[0] <= (1 + o.rel_tol / 2) * s.eps_hi:
+        repaired = _end_game(p, o, s, rnd, M, mus, found, checked)
+        if repaired is not None:
+            fresh = []
+    s.history.append({"round": rnd, "eps": s.eps_hi, "norm_lower_bound": s.certified, "mu": s.mu_after,
+                      "working_set": int(s.ds.shape[0])})  # fmt: skip
+    return fresh, repaired
+
+
+def _problem(A, target, activation, options: dict) -> tuple[StabilizeProblem, StabilizeOptions]:
+    """The checked problem and options of a call to :func:`stabilize`."""
+    A = _matrix(A)
+    lo, hi = slope_bounds(activation)
+    delta = float(target)
+    if not math.isfinite(delta):
+        raise ValueError(f"target must be finite, got {target!r}.")
+    if lo == 0 and delta < 0:
+        raise ValueError(
+            f"target δ={delta} is unreachable for {activation!r}: its slopes include 0, "
+            "so D = 0 is admissible and max_D μ₂(D(A+Δ)) ≥ 0 for every Δ. Use δ ≥ 0, "
+            "or an activation with slopes bounded below (leaky ReLU)."
+        )
+    n = A.shape[0]
+    opts = StabilizeOptions(**options).resolved(n)
+    exact = (opts.method == "enumerate") or (opts.method == "auto" and n <= ENUMERATION_MAX_N)
+    return StabilizeProblem(A, delta, lo, hi, exact, KRYLOV_STEPS if opts.track else 0), opts
+
+
 def stabilize(
     A, target, activation="tanh", *, generator=None, progress: bool | None = None, checkpoint=None, **options
 ) -> StabilizeResult:
@@ -840,43 +890,18 @@ def stabilize(
     for an unknown option.
     """
     t_start = time.perf_counter()
-    A = _matrix(A)
-    n = A.shape[0]
-    lo, hi = slope_bounds(activation)
-    delta = float(target)
-    if not math.isfinite(delta):
-        raise ValueError(f"target must be finite, got {target!r}.")
-    if lo == 0 and delta < 0:
-        raise ValueError(
-            f"target δ={delta} is unreachable for {activation!r}: its slopes include 0, "
-            "so D = 0 is admissible and max_D μ₂(D(A+Δ)) ≥ 0 for every Δ. Use δ ≥ 0, "
-            "or an activation with slopes bounded below (leaky ReLU)."
-        )
-    opts = StabilizeOptions(**options).resolved(n)
-    exact = (opts.method == "enumerate") or (opts.method == "auto" and n <= ENUMERATION_MAX_N)
-    problem = StabilizeProblem(A, delta, lo, hi, exact, KRYLOV_STEPS if opts.track else 0)
-    mu0, D0 = worst_case_lognorm(A, (lo, hi), method=opts.method, restarts=opts.restarts, generator=generator)
-    done = lambda Delta, mu_after, lower: StabilizeResult(  # noqa: E731
-        perturbation=Delta,
-        norm=float(Delta.norm()),
-        mu_before=mu0,
-        mu_after=mu_after,
-        target=delta,
-        iterations=0,
-        rounds=0,
-        converged=True,
-        working_set=0,
-        exact=exact,
-        norm_lower_bound=lower,
-        vertices=torch.diagonal(D0)[None],
-        seconds=time.perf_counter() - t_start,
-    )
-    if mu0 <= delta:
-        return done(torch.zeros_like(A), mu0, 0.0)
-    if lo == 0 and delta == 0:  # closed form: the feasible set is {diagonal, ≤ 0} (:prf:ref:`prop-zero`)
-        Delta = torch.diag(torch.diagonal(A).clamp(max=0)) - A
-        return done(Delta, 0.0, float(Delta.norm()))
-
+    problem, opts = _problem(A, target, activation, options)
+    A, delta, n = problem.A, problem.target, problem.n
+    mu0, D0 = worst_case_lognorm(A, (problem.lo, problem.hi), method=opts.method, restarts=opts.restarts,
+                                 generator=generator)  # fmt: skip
+    if mu0 <= delta or (problem.lo == 0 and delta == 0):
+        # nothing to do; or the closed form: the feasible set is {diagonal, ≤ 0} (:prf:ref:`prop-zero`)
+        Delta = torch.zeros_like(A) if mu0 <= delta else torch.diag(torch.diagonal(A).clamp(max=0)) - A
+        mu_after, lower = (mu0, 0.0) if mu0 <= delta else (0.0, float(Delta.norm()))
+        return StabilizeResult(perturbation=Delta, norm=float(Delta.norm()), mu_before=mu0, mu_after=mu_after,
+                               target=delta, iterations=0, rounds=0, converged=True, working_set=0,
+                               exact=problem.exact, norm_lower_bound=lower, vertices=torch.diagonal(D0)[None],
+                               seconds=time.perf_counter() - t_start)  # fmt: skip
     if checkpoint is not None and Path(checkpoint).exists():
         state = StabilizeState.load(checkpoint, problem, opts)
         if generator is not None and state.generator is not None:
@@ -888,83 +913,35 @@ def stabilize(
     bar = tqdm(desc=f"stabilize n={n} δ={delta:g}", unit="round", disable=not show, leave=False, initial=state.round)
     converged, repaired = False, None
     for rnd in range(state.round + 1, opts.max_rounds + 1):
-        s = state
-        # the upper end must still be feasible for the enlarged working set
-        _, _, fmax = _hinge(s.E_hi, s.eps_hi, A, s.ds, delta)
-        if fmax > delta + opts.tol:
-            up = problem.upper(s.eps_hi, s.E_hi, fmax)
-            feasible = problem.feasible
-            eps_max = float(feasible.norm())
-            s.eps_hi, s.E_hi = (eps_max, feasible / eps_max) if up is None else (up[0], up[1] / up[0])
-        _close_bracket(problem, opts, s, s.rtol)
-        M = A + s.eps_hi * s.E_hi
-        mus, found = _find_cuts(problem, opts, s, M, generator)
-        fresh, s.mu_after, checked = _violated(problem, opts, s, mus, found), float(mus.max()), False
-        if not fresh:  # nothing violated that the cut search sees: the final check
-            mus, found = _final_check(problem, opts, M, generator=generator)
-            fresh, s.mu_after, checked = _violated(problem, opts, s, mus, found), float(mus.max()), True
-        if (
-            fresh
-            and problem.can_repair
-            and rnd >= s.next_try
-            and problem.upper(s.eps_hi, s.E_hi, s.mu_after)[0] <= (1 + opts.rel_tol / 2) * s.eps_hi
-        ):
-            repaired = _end_game(problem, opts, s, rnd, M, mus, found, checked)
-            if repaired is not None:
-                fresh = []
-        s.history.append(
-            {
-                "round": rnd,
-                "eps": s.eps_hi,
-                "norm_lower_bound": s.certified,
-                "mu": s.mu_after,
-                "working_set": int(s.ds.shape[0]),
-            }
-        )
+        fresh, repaired = _round(problem, opts, state, rnd, generator)
         bar.update(1)
-        bar.set_postfix_str(
-            f"‖Δ‖ {s.eps_hi:.4f} ≥ {s.certified:.4f}, |W| {int(s.ds.shape[0]) + len(fresh)}, "
-            f"μ* {s.mu_after:.4f}, tol {s.rtol:g}",
-            refresh=False,
-        )
-        s.E = s.E_hi.clone()
-        s.round = rnd
+        size = int(state.ds.shape[0]) + len(fresh)
+        bar.set_postfix_str(f"‖Δ‖ {state.eps_hi:.4f} ≥ {state.certified:.4f}, |W| {size}, μ* {state.mu_after:.4f}, "
+                            f"tol {state.rtol:g}", refresh=False)  # fmt: skip
+        state.E, state.round = state.E_hi.clone(), rnd
         if repaired is not None:
             converged = True
             break
         if fresh:
-            s.ds = torch.cat([s.ds, torch.stack(fresh)])
-        elif s.rtol > opts.rel_tol:  # feasible at the coarse tolerance: refine, then check again
-            s.rtol = opts.rel_tol
+            state.ds = torch.cat([state.ds, torch.stack(fresh)])
+        elif state.rtol > opts.rel_tol:  # feasible at the coarse tolerance: refine, then check again
+            state.rtol = opts.rel_tol
         else:
             converged = True
             break
         if checkpoint is not None:
-            s.save(
-                checkpoint, problem, opts, seconds=seconds_before + time.perf_counter() - t_start, generator=generator
-            )
+            seconds = seconds_before + time.perf_counter() - t_start
+            state.save(checkpoint, problem, opts, seconds=seconds, generator=generator)
     bar.refresh()  # the final state, whatever tqdm's refresh interval skipped
     bar.close()
     if converged and checkpoint is not None and Path(checkpoint).exists():
         Path(checkpoint).unlink()
-    Delta = state.eps_hi * state.E_hi
-    return StabilizeResult(
-        perturbation=Delta,
-        norm=float(Delta.norm()),
-        mu_before=mu0,
-        mu_after=state.mu_after,
-        target=delta,
-        iterations=state.iterations,
-        rounds=state.round,
-        converged=converged,
-        working_set=int(state.ds.shape[0]),
-        exact=exact,
-        norm_lower_bound=state.certified,
-        history=state.history,
-        vertices=state.ds,
-        seconds=seconds_before + time.perf_counter() - t_start,
-        repaired=repaired is not None,
-    )
+    s, Delta = state, state.eps_hi * state.E_hi
+    return StabilizeResult(perturbation=Delta, norm=float(Delta.norm()), mu_before=mu0, mu_after=s.mu_after,
+                           target=delta, iterations=s.iterations, rounds=s.round, converged=converged,
+                           working_set=int(s.ds.shape[0]), exact=problem.exact, norm_lower_bound=s.certified,
+                           history=s.history, vertices=s.ds, repaired=repaired is not None,
+                           seconds=seconds_before + time.perf_counter() - t_start)  # fmt: skip
 
 
 def euler_step_bound(mu_star: float, A_norm: float, h: float, hi: float = 1.0) -> float:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from . import _validate
 from .runtime import progress_enabled, resolve_device
@@ -122,10 +123,9 @@ def fit(
     them to project or stabilise weights, to schedule or to select models).
     With ``checkpoint=path`` the state is saved after every epoch and, if the file exists when
     ``fit`` starts, training resumes from it, giving the same final weights as a run that was
-    never interrupted. Progress bars are shown except in smoke mode.
+    never interrupted, provided the hooks keep no state of their own: a learning-rate schedule's
+    position, for one, is not in the checkpoint. Progress bars are shown except in smoke mode.
     """
-    from tqdm.auto import tqdm
-
     epochs = _validate.positive_int(epochs, "epochs")
     batch_size = _validate.positive_int(batch_size, "batch_size")
     if len(train_data) == 0:

@@ -37,8 +37,8 @@ __all__ = [
     "bench_growth",
 ]
 
-#: The sizes per mode (in full mode all 60 000 / 10 000 images, width 16, 15 epochs, PGD with 50 steps).
 # fmt: off
+#: The sizes per mode (in full mode all 60 000 / 10 000 images, width 16, 15 epochs, PGD with 50 steps).
 SIZES = per_mode({
     #              smoke  book    full
     "n_train":   (300,   10_000, None),

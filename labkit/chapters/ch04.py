@@ -12,10 +12,10 @@ from . import DATA, given, per_mode, pick
 
 __all__ = ["SIZES", "RECORD", "DATA", "sizes", "run", "verify", "table", "values", "presets_table"]
 
+# fmt: off
 #: The sizes per mode. In book mode the dense ``mnist`` preset on 4 000 MNIST-like images, the ``cifar``
 #: preset on the first 2 000 CIFAR-10 images and 1 000 test images; in full mode CPL-S with the authors'
 #: recipe on all of CIFAR-10 (200 epochs; needs a GPU and the full CIFAR-10, and refuses a subset).
-# fmt: off
 SIZES = per_mode({
     #                      smoke                       book                        full
     "datasets":           (["mnist", "fashion_mnist"], ["mnist", "fashion_mnist"], []),
