@@ -83,7 +83,7 @@ def run(*, seed=0, device=None, **sizes) -> dict:
             model.eval()
             history = hook.history if hook else []
             r = experiment.robustness(model, te, s.eps, pgd_steps=s.pgd_steps, seed=seed, device=device,
-                                      seconds=seconds, history=history, target=delta)  # fmt: skip
+                                      seconds=seconds, sizes=sizes, history=history, target=delta)  # fmt: skip
             dev = next(model.parameters()).device
             z = model._linear(model.lift, te.tensors[0][:64].to(dev).flatten(1)).detach()
             lower = lipschitz.lower_bound(model.block, z, steps=100, generator=torch.Generator().manual_seed(seed))

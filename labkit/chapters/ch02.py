@@ -101,9 +101,10 @@ def run(*, seed=0, device=None, targets=None, done=None, on_result=None, **sizes
                 decay = s.weight_decay if config == "weight decay" else 0.0
                 fitted = clip.fit(model, tr, val, setting=setting, **schedule, weight_decay=decay, seed=seed,
                                   device=device)  # fmt: skip
+                kept = {"history": fitted.history, "trace": fitted.trace, "best_epoch": fitted.best_epoch}
                 out[key] = clip.evaluate_robustness(
                     fitted.model, te, **evaluation, pairs_from=val, seed=seed, device=device, seconds=fitted.seconds,
-                    target=target, history=fitted.history, trace=fitted.trace, best_epoch=fitted.best_epoch,
+                    sizes=sizes, target=target, **kept,
                 )  # fmt: skip
                 if on_result is not None:
                     on_result(key, out[key])

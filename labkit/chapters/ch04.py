@@ -55,7 +55,7 @@ def run(*, seed=0, device=None, progress=None, **sizes) -> dict:
 
     def evaluate(model, te, eps, lipc, seconds, hist):
         return convex.evaluate_robustness(model, te, eps, lipschitz=lipc, **attack, device=device, progress=progress,
-                                          seconds=seconds, history=hist.as_dict())  # fmt: skip
+                                          seconds=seconds, sizes=sizes, history=hist.as_dict())  # fmt: skip
 
     if s.cifar:  # refuse a subset before anything is trained
         cifar_tr = data.load("cifar10", limit=s.cifar_train)
