@@ -24,6 +24,10 @@ def _check_logits(logits, labels):
         raise TypeError("logits must be a floating torch.Tensor of shape (N, K).")
     if logits.ndim != 2 or logits.shape[1] < 2:
         raise ValueError(f"logits must have shape (N, K) with K >= 2, got {tuple(logits.shape)}.")
+    bad = ~torch.isfinite(logits).all(1)
+    if bool(bad.any()):  # an inf logit would certify an infinite radius, a NaN one a NaN radius
+        rows = bad.nonzero().flatten()[:5].tolist()
+        raise ValueError(f"logits must be finite; rows {rows} hold NaN or inf: no certificate rests on them.")
     _validate.labels(labels, n=logits.shape[0], classes=logits.shape[1])
 
 
@@ -74,6 +78,8 @@ def certified_accuracy(model, data: Dataset, eps, lipschitz: float, *, batch_siz
     """
     scalar = not hasattr(eps, "__iter__")
     eps_values = [_validate.nonneg(e, "eps") for e in ([eps] if scalar else eps)]
+    if not eps_values:
+        raise ValueError("eps is an empty list: give at least one radius.")
     _validate.positive(lipschitz, "lipschitz")
     dev = resolve_device(device)
     was_training = model.training

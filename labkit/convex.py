@@ -110,7 +110,7 @@ class CPLBase(nn.Module):
         self.activation = _activation(activation)
         self.step = _validate.positive(step, "step")
         self.train_iters = _validate.positive_int(train_iters, "train_iters")
-        self._bound_cache = None  # (key, value) of the certified norm
+        self._bound_cache = None  # (weight copy, input shape, value) of the certified norm
 
     # -- the norm -------------------------------------------------------------------------------
     def _u_shape(self, x):
@@ -139,12 +139,17 @@ class CPLBase(nn.Module):
         return self._op(self.u.to(self.weight.dtype), bias=False).norm()
 
     def norm_bound(self) -> float:
-        """An upper bound of ``‖W‖₂`` in float64 (exact for a matrix), cached until the weight
-        changes; used by the evaluation-mode step, so the certificate is sound."""
-        key = (self.weight._version, self.weight.data_ptr(), tuple(self.u.shape))
-        if self._bound_cache is None or self._bound_cache[0] != key:
-            self._bound_cache = (key, self._compute_bound())
-        return self._bound_cache[1]
+        """An upper bound of ``‖W‖₂`` in float64 (exact for a matrix), used by the evaluation-mode
+        step, so the certificate is sound. It is cached with a copy of the weight it was computed
+        from and recomputed whenever the weight's *values* differ from that copy: an in-place edit
+        (``layer.weight.data.mul_(1.5)``, pruning, weight averaging) changes neither the tensor's
+        version counter nor its storage, so a cache keyed on those would certify a stale bound."""
+        weight, shape = self.weight.detach(), tuple(self.u.shape)
+        cached = self._bound_cache
+        if (cached is None or cached[1] != shape or cached[0].shape != weight.shape
+                or cached[0].device != weight.device or not torch.equal(cached[0], weight)):  # fmt: skip
+            self._bound_cache = (weight.clone(), shape, self._compute_bound())
+        return self._bound_cache[2]
 
     def step_size(self, x=None) -> torch.Tensor | float:
         """The step ``h``: ``step/(σ̂² + 10⁻⁴)`` from the power iteration in training mode (with its

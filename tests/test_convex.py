@@ -301,3 +301,43 @@ def test_training_lowers_the_loss_and_repeats(monkeypatch):
         runs.append((hist.loss, [p.detach().clone() for p in model.parameters()]))
     assert runs[0][0][-1] < runs[0][0][0]
     assert runs[0][0] == runs[1][0] and all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+
+def test_an_in_place_weight_edit_is_followed_by_the_certificate():
+    """Reliability issue, §1: edit a weight in place after an evaluation (``.data.mul_``, which
+    changes neither the version counter nor the storage). The evaluation-mode step must use the
+    bound of the edited weight, so every layer stays 1-Lipschitz and no certified point falls to
+    an attack at 0.99 of its radius."""
+    torch.manual_seed(0)
+    model = cv.cpl_dense(16, width=16, depth=2, hidden=24, classes=3, seed=1).eval()
+    x = torch.rand(300, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = model(x).argmax(1)  # labels the model gets right: every point has a positive radius
+    cv.certified_radii(model, x, y)  # fills the cached norm bounds
+    layer = next(m for m in model.modules() if isinstance(m, cv.ConvexPotentialLayer))
+    before = layer.norm_bound()
+    with torch.no_grad():
+        layer.weight.data.mul_(1.5)
+    assert layer.norm_bound() == pytest.approx(1.5 * before, rel=1e-6)  # recomputed (float32 weights), not cached
+    assert cv.all_active_norm(layer, (16,)) <= 1 + 1e-5
+    r = cv.certified_radii(model, x, y)
+    keep = r > 0
+    assert int(keep.sum()) >= 50
+    x, y, r = x[keep], y[keep], r[keep]
+    adv = attacks.pgd(model, x, y, 0.99 * r, norm="l2", steps=50, clamp=(-10.0, 10.0),
+                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    with torch.no_grad():
+        assert bool((model(adv).argmax(1) == y).all())
+        flipped = attacks.pgd(model, x, y, 4 * r, norm="l2", steps=50, clamp=(-10.0, 10.0),
+                              generator=torch.Generator().manual_seed(0))  # fmt: skip
+        assert bool((model(flipped).argmax(1) != y).any())  # the attack can flip points beyond the radius
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_certificates_refuse_non_finite_logits(bad):
+    logits = torch.tensor([[2.0, 0.0], [1.0, bad]])
+    labels = torch.tensor([0, 0])
+    with pytest.raises(ValueError, match=r"rows \[1\] hold NaN or inf"):
+        certify.certified_radius(logits, labels, 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        certify.lln_radius(logits, labels, torch.ones(2, 2) - torch.eye(2), 1.0)
