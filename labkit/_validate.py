@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -53,3 +55,20 @@ def positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     return value
+
+
+def writable(path, what: str) -> Path:
+    """``path`` as a ``Path`` after checking that a file can be written there (its folder is made
+    if missing), so that a run of hours does not end on a path it cannot write; ``OSError`` naming
+    ``what`` and the path otherwise. Temporary files that a killed atomic write left beside it
+    (``.<name>.*.tmp``) are removed."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as err:
+        raise OSError(f"cannot write the {what} {path}: {err.strerror or err}.") from None
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    return path

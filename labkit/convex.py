@@ -760,7 +760,7 @@ def fit(
     sched = triangular_lr(opt, steps)
     data = Augmented(data) if augment else data
     return _train.fit(model, data, epochs, batch_size=batch_size, optimizer=opt, loss_fn=loss_fn, seed=seed,
-                      device=device, progress=progress, after_step=lambda m: sched.step())  # fmt: skip
+                      device=device, progress=progress, after_step=_train.every_step(sched))  # fmt: skip
 
 
 # -- certificates and evaluation ----------------------------------------------------------------------

@@ -172,7 +172,7 @@ def save_record(
     text = json.dumps(record, indent=1, allow_nan=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text + "\n")
@@ -200,17 +200,6 @@ def partial_path(out) -> Path:
     return out.with_name(out.stem + ".partial.json")
 
 
-def _writable(path: Path) -> None:
-    """Raise ``OSError`` naming ``path`` unless a file can be written there (checked before a run
-    of hours, not after it)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
-            pass
-    except OSError as err:
-        raise OSError(f"cannot write the record {path}: {err.strerror or err}.") from None
-
-
 def main(argv=None) -> int:
     """``python -m labkit.experiment CHAPTER [--out FILE] [--restart]``: run a chapter's experiment
     (:mod:`labkit.chapters`) at its full-mode sizes on the default device and write its record
@@ -232,7 +221,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     chapter = chapters.get(args.chapter)
     out_path = args.out or chapters.DATA / chapter.RECORD
-    _writable(out_path)
+    _validate.writable(out_path, "record")
     sizes = chapter.sizes("full")
     env = environment()
     seed_everything(0)

@@ -1090,6 +1090,13 @@ class StabilizeEachEpoch:
     def __init__(self, delta: float, **options):
         self.delta, self.options, self.history = float(delta), {"rel_tol": 1e-4, **options}, []
 
+    def state_dict(self) -> dict:
+        """The corrections so far, so that :func:`labkit.train.fit` can resume with them."""
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state["history"])
+
     def __call__(self, model, epoch, history=None):
         res = stabilize_model(model, self.delta, **self.options)
         self.history.append(

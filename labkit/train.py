@@ -8,6 +8,7 @@ file, then rename) and read with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from . import _validate
 from .runtime import progress_enabled, resolve_device
 
-__all__ = ["History", "fit", "evaluate", "save_checkpoint", "load_checkpoint"]
+__all__ = ["History", "fit", "every_step", "evaluate", "save_checkpoint", "load_checkpoint"]
 
 
 @dataclass
@@ -71,6 +72,73 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not isinstance(state, dict):
         raise ValueError(f"{path} is not a checkpoint: it holds a {type(state).__name__}, not a dict.")
     return state
+
+
+class every_step:  # noqa: N801  (used like a function: fit(after_step=every_step(scheduler)))
+    """An ``after_step`` hook that steps a learning-rate ``scheduler`` after every optimiser step and
+    carries its state, so that :func:`fit` saves the schedule's position in its checkpoint and a
+    resumed run follows the same learning rates (§0.1)."""
+
+    def __init__(self, scheduler):
+        if not (hasattr(scheduler, "step") and hasattr(scheduler, "state_dict")):
+            raise TypeError(
+                f"every_step needs a scheduler with step() and state_dict(), got {type(scheduler).__name__}."
+            )
+        self.scheduler = scheduler
+
+    def __call__(self, model):
+        self.scheduler.step()
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scheduler.load_state_dict(state)
+
+
+def _stateful_hooks(hooks: dict, checkpoint) -> dict:
+    """The hooks whose state a checkpoint carries: objects with ``state_dict``/``load_state_dict``
+    (or bound methods of such objects). With a checkpoint, a hook that may hold state the
+    checkpoint cannot see (a closure, a callable object without ``state_dict``) is refused, since a
+    resumed run would silently differ."""
+    stateful = {}
+    for name, hook in hooks.items():
+        if hook is None:
+            continue
+        owner = getattr(hook, "__self__", hook)
+        if hasattr(owner, "state_dict") and hasattr(owner, "load_state_dict"):
+            stateful[name] = owner
+        elif checkpoint is not None and not (inspect.isfunction(hook) and not hook.__closure__):
+            raise ValueError(
+                f"fit cannot save the state of {name}={hook!r} in the checkpoint, so a resumed run could differ "
+                "from an uninterrupted one: give an object with state_dict() and load_state_dict() (for a "
+                "learning-rate schedule, labkit.train.every_step(scheduler)), or train without checkpoint."
+            )
+    return stateful
+
+
+def _check_resume(state: dict, path, model, optimizer, stateful: dict) -> None:
+    """Refuse a checkpoint that does not belong to this model, optimiser and hooks, before anything
+    is loaded (loading is all or nothing): ``ValueError`` naming the file and the difference."""
+    missing = {"model", "optimizer", "epoch", "history"} - set(state)
+    if missing:
+        raise ValueError(f"{path} is not a fit checkpoint: it lacks {sorted(missing)}.")
+    own, saved = model.state_dict(), state["model"]
+    if set(own) != set(saved):
+        raise ValueError(f"{path} was written for another model: missing {sorted(set(own) - set(saved))[:5]}, "
+                         f"unexpected {sorted(set(saved) - set(own))[:5]}.")  # fmt: skip
+    for key, value in own.items():
+        if tuple(saved[key].shape) != tuple(value.shape):
+            raise ValueError(f"{path} was written for another model: {key} has shape {tuple(saved[key].shape)}, "
+                             f"this model's {tuple(value.shape)}.")  # fmt: skip
+    kind = state.get("optimizer_type")
+    groups = [len(g["params"]) for g in state["optimizer"].get("param_groups", [])]
+    if kind != type(optimizer).__name__ or groups != [len(g["params"]) for g in optimizer.param_groups]:
+        raise ValueError(f"{path} was written with another optimiser ({kind}, parameter groups {groups}); "
+                         f"this run uses {type(optimizer).__name__}.")  # fmt: skip
+    if set(state.get("hooks", {})) != set(stateful):
+        raise ValueError(f"{path} carries the state of the hooks {sorted(state.get('hooks', {}))}; this run has "
+                         f"{sorted(stateful)}.")  # fmt: skip
 
 
 @torch.no_grad()
@@ -123,8 +191,12 @@ def fit(
     them to project or stabilise weights, to schedule or to select models).
     With ``checkpoint=path`` the state is saved after every epoch and, if the file exists when
     ``fit`` starts, training resumes from it, giving the same final weights as a run that was
-    never interrupted, provided the hooks keep no state of their own: a learning-rate schedule's
-    position, for one, is not in the checkpoint. Progress bars are shown except in smoke mode.
+    never interrupted. A hook with state of its own must say so: an object with ``state_dict()`` and
+    ``load_state_dict()`` (a schedule: ``after_step=every_step(scheduler)``) has its state saved
+    and restored with the rest; with a checkpoint, a hook that could hide state (a closure) is
+    refused. A checkpoint of another model, optimiser or set of hooks is refused before anything
+    is loaded, and an unwritable checkpoint path before the first epoch. Progress bars are shown
+    except in smoke mode.
     """
     epochs = _validate.positive_int(epochs, "epochs")
     batch_size = _validate.positive_int(batch_size, "batch_size")
@@ -136,17 +208,20 @@ def fit(
     loss_fn = loss_fn or F.cross_entropy
     history = History()
     start = 0
-    if checkpoint is not None and Path(checkpoint).exists():
+    stateful = _stateful_hooks({"step_fn": step_fn, "after_step": after_step, "after_epoch": after_epoch}, checkpoint)
+    if checkpoint is not None:
+        checkpoint = _validate.writable(checkpoint, "checkpoint")
+    if checkpoint is not None and checkpoint.exists():
         state = load_checkpoint(checkpoint, map_location=dev)
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise ValueError(f"checkpoint {checkpoint} does not match this model/optimizer: {err}") from None
-        history = History(**state["history"])
+        _check_resume(state, checkpoint, model, optimizer, stateful)
         start = int(state["epoch"])
         if start > epochs:
             raise ValueError(f"checkpoint {checkpoint} is at epoch {start}, beyond epochs={epochs}.")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        for name, owner in stateful.items():
+            owner.load_state_dict(state["hooks"][name])
+        history = History(**state["history"])
     show = progress_enabled() if progress is None else progress
     for epoch in range(start, epochs):
         gen = torch.Generator().manual_seed(seed + epoch)
@@ -185,6 +260,8 @@ def fit(
                 {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
+                    "optimizer_type": type(optimizer).__name__,
+                    "hooks": {name: owner.state_dict() for name, owner in stateful.items()},
                     "epoch": epoch + 1,
                     "history": history.as_dict(),
                 },

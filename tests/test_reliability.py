@@ -1,0 +1,129 @@
+"""Bad input, corrupt files and faults: each ends in one clear error that names the argument or the
+file, and leaves the model's weights and the files on disk as they were (reliability issue)."""
+
+import os
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from labkit import convex, experiment, train
+
+
+def _data(n=120, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 6, generator=g)
+    return TensorDataset(x, (x[:, 0] + x[:, 1] > 1).long())
+
+
+def _model(seed=0, head=2):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, head))
+
+
+def _weights(model):
+    return [p.detach().clone() for p in model.state_dict().values()]
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    path = tmp_path / "fit.pt"
+    train.fit(_model(), _data(), epochs=1, checkpoint=path, progress=False)
+    return path
+
+
+def test_a_checkpoint_of_another_head_loads_nothing(checkpoint):
+    model = _model(seed=3, head=3)
+    before, on_disk = _weights(model), checkpoint.read_bytes()
+    with pytest.raises(ValueError, match=r"fit\.pt was written for another model: 2\.weight has shape"):
+        train.fit(model, _data(), epochs=2, checkpoint=checkpoint, progress=False)
+    assert _same(before, _weights(model)) and checkpoint.read_bytes() == on_disk  # all or nothing
+
+
+def test_a_checkpoint_of_another_optimiser_is_refused_by_name(checkpoint):
+    model = _model(seed=3)
+    before = _weights(model)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"fit\.pt was written with another optimiser \(Adam.*this run uses SGD"):
+        train.fit(model, _data(), epochs=2, optimizer=sgd, checkpoint=checkpoint, progress=False)
+    assert _same(before, _weights(model))
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04truncated zip"])
+def test_an_empty_truncated_or_foreign_checkpoint_names_the_file(tmp_path, content):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    model = _model()
+    before = _weights(model)
+    with pytest.raises(ValueError, match=r"bad\.pt is not a checkpoint"):
+        train.fit(model, _data(), epochs=1, checkpoint=path, progress=False)
+    assert _same(before, _weights(model)) and path.read_bytes() == content
+
+
+def test_a_checkpoint_that_is_not_a_dict_or_lacks_fields_is_refused(tmp_path):
+    listed, partial = tmp_path / "list.pt", tmp_path / "partial.pt"
+    torch.save([1, 2], listed)
+    torch.save({"model": {}}, partial)
+    with pytest.raises(ValueError, match=r"list\.pt is not a checkpoint: it holds a list"):
+        train.load_checkpoint(listed)
+    with pytest.raises(ValueError, match=r"partial\.pt is not a fit checkpoint: it lacks"):
+        train.fit(_model(), _data(), epochs=1, checkpoint=partial, progress=False)
+
+
+def test_an_unwritable_checkpoint_path_is_refused_before_the_first_epoch(tmp_path):
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    model = _model()
+    before = _weights(model)
+    with pytest.raises(OSError, match=r"cannot write the checkpoint .*a file"):
+        train.fit(model, _data(), epochs=1, checkpoint=blocker / "fit.pt", progress=False)
+    assert _same(before, _weights(model))
+
+
+def test_leftovers_of_a_killed_write_are_removed_on_the_next_start(tmp_path):
+    path = tmp_path / "fit.pt"
+    stale = tmp_path / ".fit.pt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    train.fit(_model(), _data(), epochs=1, checkpoint=path, progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["fit.pt"]
+
+
+def test_resume_is_exact_with_a_learning_rate_schedule(tmp_path):
+    """Killed after epoch 1 and resumed: the schedule's position comes back with the checkpoint, so
+    the weights are bit-identical to an uninterrupted run's."""
+
+    def run(epochs, path=None):
+        model = _model()
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        schedule = train.every_step(convex.triangular_lr(opt, 3 * 4))  # 3 epochs of 4 batches
+        train.fit(model, _data(), epochs=epochs, batch_size=32, optimizer=opt, after_step=schedule,
+                  checkpoint=path, progress=False)  # fmt: skip
+        return _weights(model), opt.param_groups[0]["lr"]
+
+    whole, lr_whole = run(3)
+    path = tmp_path / "fit.pt"
+    run(1, path)  # "killed" after the first epoch: its checkpoint is all that is left
+    resumed, lr_resumed = run(3, path)
+    assert _same(whole, resumed) and lr_whole == lr_resumed
+
+
+def test_a_hook_that_could_hide_state_is_refused_with_a_checkpoint(tmp_path):
+    calls = []
+    with pytest.raises(ValueError, match="cannot save the state of after_step"):
+        train.fit(_model(), _data(), epochs=1, after_step=lambda m: calls.append(1), checkpoint=tmp_path / "c.pt",
+                  progress=False)  # fmt: skip
+    assert calls == [] and not (tmp_path / "c.pt").exists()
+    train.fit(_model(), _data(), epochs=1, after_step=lambda m: calls.append(1), progress=False)  # no checkpoint
+    assert calls
+
+
+def test_a_corrupt_record_names_its_file(tmp_path):
+    path = tmp_path / "ch09_full.json"
+    path.write_text('{"results": ')
+    with pytest.raises(ValueError, match=r"ch09_full\.json is not valid JSON"):
+        experiment.load_record(path)
