@@ -46,6 +46,12 @@ def _check(x, y, eps, clamp):
     lo, hi = clamp
     if not lo < hi:
         raise ValueError(f"clamp must be (low, high) with low < high, got {clamp!r}.")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x holds NaN or inf: an attack on it would return NaN images.")
+    below, above = float(x.min()), float(x.max())
+    if below < lo - 1e-6 or above > hi + 1e-6:  # clamping them into the box would move them far
+        raise ValueError(f"x lies in [{below:g}, {above:g}], outside the attack's box clamp={clamp!r} "
+                         "(images in 0..255? divide by 255, or pass the box of your inputs as clamp).")  # fmt: skip
     return eps
 
 

@@ -202,6 +202,9 @@ def fit(
     batch_size = _validate.positive_int(batch_size, "batch_size")
     if len(train_data) == 0:
         raise ValueError("train_data is empty.")
+    for tensor in getattr(train_data, "tensors", ()):  # a TensorDataset is checked whole, before any step
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError("train_data holds NaN or inf values: training on them gives a NaN loss.")
     dev = resolve_device(device)
     model.to(dev)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=_validate.positive(lr, "lr"))

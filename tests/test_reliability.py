@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from labkit import convex, experiment, train
+from labkit import attacks, certify, convex, experiment, train
 
 
 def _data(n=120, seed=0):
@@ -127,3 +127,31 @@ def test_a_corrupt_record_names_its_file(tmp_path):
     path.write_text('{"results": ')
     with pytest.raises(ValueError, match=r"ch09_full\.json is not valid JSON"):
         experiment.load_record(path)
+
+
+def test_nan_training_data_is_refused_before_any_step():
+    x, y = _data().tensors
+    x = x.clone()
+    x[3, 2] = float("nan")
+    model = _model()
+    before = _weights(model)
+    with pytest.raises(ValueError, match="train_data holds NaN"):
+        train.fit(model, TensorDataset(x, y), epochs=1, progress=False)
+    assert _same(before, _weights(model))
+
+
+@pytest.mark.parametrize("attack", [attacks.fgsm, attacks.pgd, attacks.pgd_l2_sphere, attacks.gaussian_noise])
+def test_attacks_refuse_nan_images_and_images_outside_their_box(attack):
+    model = _model()
+    x, y = _data(8).tensors
+    nan = x.clone()
+    nan[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="x holds NaN"):
+        attack(model, nan, y, 0.1)
+    with pytest.raises(ValueError, match=r"outside the attack's box .*divide by 255"):
+        attack(model, 255 * x, y, 1.0)  # images in 0..255 would be clamped into [0, 1], far from x
+
+
+def test_certified_accuracy_refuses_an_empty_list_of_radii():
+    with pytest.raises(ValueError, match="empty list"):
+        certify.certified_accuracy(_model(), _data(), [], 1.0)
