@@ -34,6 +34,8 @@ def _square(A, name="A") -> torch.Tensor:
         A = A.double()
     if A.ndim != 2 or A.shape[0] != A.shape[1]:
         raise ValueError(f"{name} must be a square matrix, got shape {tuple(A.shape)}.")
+    if A.shape[0] == 0:
+        raise ValueError(f"{name} is an empty 0×0 matrix; its log norm is not defined.")
     if not torch.isfinite(A).all():
         raise ValueError(f"{name} has non-finite entries.")
     return A
@@ -71,6 +73,8 @@ def spectral_norm(W) -> torch.Tensor:
             f"spectral_norm needs a matrix, got shape {tuple(W.shape)}; for a "
             "convolution use PowerIteration on the operator itself."
         )
+    if W.is_floating_point() and not bool(torch.isfinite(W).all()):
+        raise ValueError("W has NaN or inf entries; its spectral norm is not defined.")
     return torch.linalg.matrix_norm(W if W.is_floating_point() else W.double(), ord=2)
 
 
@@ -120,6 +124,8 @@ class PowerIteration:
         for _ in range(max_iter):
             v = self.op(self.u)
             sigma = float(v.norm())
+            if not math.isfinite(sigma):
+                raise ValueError("the operator returned NaN or inf: check its weights and the start vector.")
             if sigma == 0.0:
                 raise ValueError(
                     "the operator maps the current vector to zero; restart with "
@@ -219,6 +225,8 @@ def lower_bound(
     finds far smaller values (§0.11).
     """
     _validate.batch(x)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x holds NaN or inf: no lower bound can come from such inputs.")
     if method not in ("pairs", "jacobian"):
         raise ValueError(f"method must be 'pairs' or 'jacobian', got {method!r}.")
     was_training = getattr(f, "training", None)

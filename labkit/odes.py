@@ -72,7 +72,8 @@ class NeuralODE(nn.Module):
             raise TypeError("func must be an nn.Module f(t, x).")
         self.func = func
         self.T = _validate.positive(T, "T")
-        self.method, self.rtol, self.atol = method, rtol, atol
+        self.method = method
+        self.rtol, self.atol = _validate.positive(rtol, "rtol"), _validate.positive(atol, "atol")
         self.adjoint = bool(adjoint)
         self.options = options
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from labkit import attacks, certify, convex, experiment, train
+from labkit import attacks, certify, convex, experiment, lipschitz, odes, train
 
 
 def _data(n=120, seed=0):
@@ -155,3 +155,23 @@ def test_attacks_refuse_nan_images_and_images_outside_their_box(attack):
 def test_certified_accuracy_refuses_an_empty_list_of_radii():
     with pytest.raises(ValueError, match="empty list"):
         certify.certified_accuracy(_model(), _data(), [], 1.0)
+
+
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda: lipschitz.mu(torch.zeros(0, 0)), ValueError, "A is an empty 0×0 matrix"),
+        (lambda: lipschitz.spectral_norm(torch.tensor([[1.0, float("nan")]])), ValueError, "W has NaN"),
+        (lambda: lipschitz.lower_bound(_model(), torch.full((4, 6), float("nan"))), ValueError, "x holds NaN"),
+        (
+            lambda: lipschitz.PowerIteration(torch.tensor([[1.0, float("nan")], [0.0, 1.0]])).run(),
+            ValueError,
+            "NaN or inf",
+        ),
+        (lambda: odes.NeuralODE(odes.VectorField(2), 1.0, rtol=-1e-6), ValueError, "rtol must be"),
+        (lambda: odes.NeuralODE(odes.VectorField(2), 1.0, atol=0.0), ValueError, "atol must be positive"),
+    ],
+)
+def test_bad_values_are_refused_with_the_argument_named(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
