@@ -60,6 +60,8 @@ def lln_radius(
     _check_logits(logits, labels)
     L = _validate.positive(lipschitz, "lipschitz")
     K = logits.shape[1]
+    if not isinstance(pair_norms, torch.Tensor):
+        raise TypeError(f"pair_norms must be a torch.Tensor of shape ({K}, {K}), got {type(pair_norms).__name__}.")
     if pair_norms.shape != (K, K):
         raise ValueError(f"pair_norms must be {K}×{K}, got {tuple(pair_norms.shape)}.")
     labels = labels.long()

@@ -816,10 +816,10 @@ def evaluate_robustness(
     to the result."""
     dev = resolve_device(device)
     model = model.to(dev)
+    if len(test) == 0:
+        raise ValueError("test is empty: there is nothing to certify or attack.")
     x = torch.stack([test[i][0] for i in range(len(test))]).to(dev)
     y = torch.as_tensor([int(test[i][1]) for i in range(len(test))], device=dev)
-    if len(y) == 0:
-        raise ValueError("test is empty.")
     radii = torch.cat(
         [certified_radii(model, xb, yb, lipschitz=lipschitz) for xb, yb in zip(x.split(512), y.split(512))]
     )

@@ -130,7 +130,10 @@ def read_lab(path) -> Lab:
     import nbformat
 
     path = Path(path)
-    nb = nbformat.read(path, as_version=4)
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as err:  # nbformat raises JSON, validation and encoding errors alike
+        raise MarkerError(f"{path} is not a readable notebook ({type(err).__name__}: {str(err)[:200]}).") from None
     title, heading = path.stem, None
     lab = Lab(path=path, title=title, notebook=nb)
     for i, cell in enumerate(nb.cells):

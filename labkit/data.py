@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -86,11 +87,16 @@ def _to_dataset(images: np.ndarray | torch.Tensor, labels, shape) -> TensorDatas
 
 def _from_npz(path: Path, train: bool, shape) -> TensorDataset:
     split = "train" if train else "test"
-    with np.load(path) as arrays:
-        missing = {f"x_{split}", f"y_{split}"} - set(arrays.files)
-        if missing:
-            raise ValueError(f"{path} lacks the arrays {sorted(missing)}.")
-        return _to_dataset(arrays[f"x_{split}"], arrays[f"y_{split}"], shape)
+    try:
+        with np.load(path) as arrays:
+            missing = {f"x_{split}", f"y_{split}"} - set(arrays.files)
+            if missing:
+                raise ValueError(f"{path} lacks the arrays {sorted(missing)}.")
+            return _to_dataset(arrays[f"x_{split}"], arrays[f"y_{split}"], shape)
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"{path} is not a readable .npz of CIFAR-10 arrays ({err}).") from None
 
 
 def _idx_file(raw: Path, stem: str) -> Path | None:
@@ -103,11 +109,18 @@ def _idx_file(raw: Path, stem: str) -> Path | None:
 def _read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (the MNIST format), gzip-compressed or not, without writing anything."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as err:  # not gzip, or cut short
+        raise ValueError(
+            f"{path} cannot be read as {'gzip-compressed ' if path.suffix == '.gz' else ''}IDX: {err}."
+        ) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"{path} is not an IDX file of unsigned bytes.")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{path} has a truncated IDX header ({ndim} dimensions announced).")
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):

@@ -1,6 +1,7 @@
 """Bad input, corrupt files and faults: each ends in one clear error that names the argument or the
 file, and leaves the model's weights and the files on disk as they were (reliability issue)."""
 
+import gzip
 import os
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from labkit import attacks, certify, convex, experiment, lipschitz, odes, train
+from labkit import attacks, certify, convex, course, data, experiment, lipschitz, odes, train
 
 
 def _data(n=120, seed=0):
@@ -175,3 +176,55 @@ def test_certified_accuracy_refuses_an_empty_list_of_radii():
 def test_bad_values_are_refused_with_the_argument_named(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def _mnist_root(tmp_path, images: bytes):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"):
+        (raw / f"{name}.gz").write_bytes(images)
+    for name in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / f"{name}.gz").write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 2, 1, 2])))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "images,match",
+    [
+        (b"plain bytes, not gzip", r"train-images-idx3-ubyte\.gz cannot be read as gzip-compressed IDX"),
+        (gzip.compress(bytes([0, 0, 8, 3, 0, 0])), r"train-images-idx3-ubyte\.gz has a truncated IDX header"),
+        (gzip.compress(bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28, 1, 2])), "is truncated"),
+        (gzip.compress(bytes([1, 2, 3, 4, 5])), "is not an IDX file"),
+    ],
+)
+def test_a_broken_mnist_file_is_named(tmp_path, monkeypatch, images, match):
+    monkeypatch.setenv("LABKIT_DATA", str(_mnist_root(tmp_path, images)))
+    with pytest.raises(ValueError, match=match):
+        data.load("mnist", limit=2, download=False)
+
+
+def test_a_truncated_cifar_npz_is_named(tmp_path, monkeypatch):
+    path = tmp_path / "cifar10-test.npz"
+    path.write_bytes(b"PK\x03\x04 cut short")
+    monkeypatch.setenv("LABKIT_DATA", str(path))
+    with pytest.raises(ValueError, match=r"cifar10-test\.npz is not a readable \.npz"):
+        data.load("cifar10", limit=2, download=False)
+
+
+def test_a_notebook_that_is_not_json_is_named(tmp_path):
+    labs = tmp_path / "labs"
+    labs.mkdir()
+    (labs / "lab09_broken.ipynb").write_text("{ not json")
+    out = tmp_path / "out"
+    with pytest.raises(course.MarkerError, match=r"lab09_broken\.ipynb is not a readable notebook"):
+        course.write_editions(out, labs)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_lln_radius_refuses_a_list_and_evaluation_an_empty_test_set():
+    logits, labels = torch.tensor([[2.0, 0.0]]), torch.tensor([0])
+    with pytest.raises(TypeError, match=r"pair_norms must be a torch\.Tensor"):
+        certify.lln_radius(logits, labels, [[0.0, 1.0], [1.0, 0.0]])
+    with pytest.raises(ValueError, match="test is empty"):
+        convex.evaluate_robustness(_model(), TensorDataset(torch.zeros(0, 6), torch.zeros(0).long()), [0.5],
+                                   lipschitz=1.0)  # fmt: skip
