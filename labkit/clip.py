@@ -383,7 +383,7 @@ def fit(
         lam, 0.0 if fixed else target, 0.0 if fixed else increment, warmup=warmup if lam > 0 else 0, cooldown=s.cooldown
     )
     gen = torch.Generator().manual_seed(seed)
-    val_x = val_data.tensors[0]
+    val_x = _train.inputs(val_data)
     keys = ("lam", "loss", "accuracy", "val_accuracy", "val_adv_accuracy", "estimate", "reg")
     run = Run(model=model, setting=s.name, history={k: [] for k in keys})
     state = {
@@ -533,6 +533,8 @@ def split(data, n_val: int, *, seed: int = 42):
     ``len(data) − n_val`` and ``n_val`` (the authors split 0.9/0.1 with seed 42)."""
     from torch.utils.data import TensorDataset
 
+    if not isinstance(getattr(data, "tensors", None), tuple):
+        raise TypeError(f"split needs a TensorDataset (images, labels), got {type(data).__name__}.")
     x, y = data.tensors
     n_val = _validate.positive_int(n_val, "n_val")
     if n_val >= len(y):
@@ -567,8 +569,8 @@ def evaluate_robustness(
     dev = resolve_device(device)
     gen = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
     acc = lambda attack, e: attacks.robust_accuracy(model, test, attack, [e], device=dev, progress=False)[e]  # noqa: E731
-    x = test.tensors[0][:200].to(dev)
-    source = (pairs_from if pairs_from is not None else test).tensors[0][:1000].to(dev)
+    x = _train.inputs(test, 200).to(dev)
+    source = _train.inputs(pairs_from if pairs_from is not None else test, 1000).to(dev)
     pairs = PairSet.from_batch(source, step_size=10.0, generator=gen())
     pairs.update(model, iters=_validate.positive_int(ascent_steps, "ascent_steps"))
     clean = _train.evaluate(model, test, device=dev)["accuracy"]

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from . import _validate
 from .runtime import progress_enabled, resolve_device
 
-__all__ = ["History", "fit", "every_step", "evaluate", "save_checkpoint", "load_checkpoint"]
+__all__ = ["History", "fit", "every_step", "evaluate", "inputs", "save_checkpoint", "load_checkpoint"]
 
 
 @dataclass
@@ -139,6 +139,18 @@ def _check_resume(state: dict, path, model, optimizer, stateful: dict) -> None:
     if set(state.get("hooks", {})) != set(stateful):
         raise ValueError(f"{path} carries the state of the hooks {sorted(state.get('hooks', {}))}; this run has "
                          f"{sorted(stateful)}.")  # fmt: skip
+
+
+def inputs(data: Dataset, limit: int | None = None) -> torch.Tensor:
+    """The first ``limit`` inputs (all by default) of any map-style dataset as one tensor: a
+    ``TensorDataset``'s first tensor, or the stacked first elements of a ``Subset`` or any
+    dataset whose items are ``(x, y)`` pairs (§0.1)."""
+    n = len(data) if limit is None else min(len(data), _validate.positive_int(limit, "limit"))
+    if isinstance(getattr(data, "tensors", None), tuple):
+        return data.tensors[0][:n]
+    if n == 0:
+        raise ValueError("data is empty.")
+    return torch.stack([torch.as_tensor(data[i][0]) for i in range(n)])
 
 
 @torch.no_grad()

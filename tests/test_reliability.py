@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from labkit import attacks, certify, convex, course, data, experiment, lipschitz, odes, train
+from labkit import attacks, certify, clip, convex, course, data, experiment, lipschitz, odes, train
 
 
 def _data(n=120, seed=0):
@@ -228,3 +228,21 @@ def test_lln_radius_refuses_a_list_and_evaluation_an_empty_test_set():
     with pytest.raises(ValueError, match="test is empty"):
         convex.evaluate_robustness(_model(), TensorDataset(torch.zeros(0, 6), torch.zeros(0).long()), [0.5],
                                    lipschitz=1.0)  # fmt: skip
+
+
+def test_clip_trains_on_a_subset_as_on_a_tensor_dataset():
+    from torch.utils.data import Subset
+
+    full = _data(200)
+    x, y = full.tensors
+    runs = []
+    for tr, val in ((Subset(full, range(160)), Subset(full, range(160, 200))),
+                    (TensorDataset(x[:160], y[:160]), TensorDataset(x[160:], y[160:]))):  # fmt: skip
+        torch.manual_seed(0)
+        model = clip.mlp((6, 8, 2))
+        clip.fit(model, tr, val, setting="standard", epochs=1, lam=0.1, progress=False)
+        runs.append(_weights(model))
+    assert _same(*runs)
+    assert torch.equal(train.inputs(Subset(full, range(5))), x[:5])
+    with pytest.raises(TypeError, match="split needs a TensorDataset"):
+        clip.split(Subset(full, range(50)), 10)
