@@ -16,6 +16,7 @@ tables, banners and glue names come from :mod:`labkit.report`.
 
 from . import (  # noqa: E402  (the idea modules, so that ``import labkit`` reaches every one)
     attacks,
+    audit,
     certify,
     chapters,
     check,
@@ -39,6 +40,7 @@ __all__ = [
     "Config",
     "__version__",
     "attacks",
+    "audit",
     "by_mode",
     "certify",
     "chapters",

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit import attacks, certify, data, lipschitz
+from labkit import attacks, audit, certify, data, lipschitz
 from labkit import convex as cv
 
 TOL = 1e-5
@@ -331,6 +331,9 @@ def test_an_in_place_weight_edit_is_followed_by_the_certificate():
         flipped = attacks.pgd(model, x, y, 4 * r, norm="l2", steps=50, clamp=(-10.0, 10.0),
                               generator=torch.Generator().manual_seed(0))  # fmt: skip
         assert bool((model(flipped).argmax(1) != y).any())  # the attack can flip points beyond the radius
+    # and an attack library the project does not write agrees: nothing flips at 0.99 of the radii
+    report = audit.certificates(model, x, y, r, limit=40, steps=30, clamp=(-10.0, 10.0))
+    assert report["points"] == 40 and report["flipped"] == 0, report
 
 
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
@@ -341,3 +344,21 @@ def test_certificates_refuse_non_finite_logits(bad):
         certify.certified_radius(logits, labels, 1.0)
     with pytest.raises(ValueError, match="finite"):
         certify.lln_radius(logits, labels, torch.ones(2, 2) - torch.eye(2), 1.0)
+
+
+def test_the_independent_audit_finds_an_inflated_certificate():
+    """The audit is not toothless: radii three times too large (a wrong Lipschitz constant of 1/3)
+    are broken by ART's AutoPGD, and the report says which points fell."""
+    model = cv.cpl_dense(16, width=16, depth=2, hidden=24, classes=3, seed=1).eval()
+    x = torch.rand(60, 16, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    r = cv.certified_radii(model, x, y)
+    honest = audit.certificates(model, x, y, r, limit=10, steps=20, clamp=(-10.0, 10.0))
+    inflated = audit.certificates(model, x, y, 4 * r, limit=10, steps=20, clamp=(-10.0, 10.0))
+    assert honest["flipped"] == 0 and inflated["flipped"] > 0
+    assert set(inflated["flipped_index"]) <= set(torch.nonzero(r > 0).flatten().tolist())
+    assert inflated["attack"]["library"].startswith("adversarial-robustness-toolbox")
+    assert inflated["attack"]["losses"] == ["cross_entropy", "difference_logits_ratio"]
+    with pytest.raises(ValueError, match="radii must be 60 finite values"):
+        audit.certificates(model, x, y, r[:5])

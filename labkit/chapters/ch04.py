@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 import time
 
-from .. import convex, data, lipschitz, report
+import torch
+
+from .. import audit, convex, data, lipschitz, report, train
 from ..runtime import seed_everything
 from . import DATA, given, per_mode, pick
 
@@ -32,6 +34,8 @@ SIZES = per_mode({
     "n_attack":           (30,                         200,                        None),
     "n_lower":            (8,                          32,                         64),
     "lower_steps":        (10,                         50,                         100),
+    "n_audit":            (4,                          16,                         200),
+    "audit_steps":        (10,                         30,                         100),
 }, cifar=True)
 # fmt: on
 RECORD = "ch04_full.json"
@@ -54,8 +58,13 @@ def run(*, seed=0, device=None, progress=None, **sizes) -> dict:
     attack = {"pgd_steps": s.pgd_steps, "n_attack": s.n_attack, "n_lower": s.n_lower, "lower_steps": s.lower_steps}
 
     def evaluate(model, te, eps, lipc, seconds, hist):
-        return convex.evaluate_robustness(model, te, eps, lipschitz=lipc, **attack, device=device, progress=progress,
-                                          seconds=seconds, sizes=sizes, history=hist.as_dict())  # fmt: skip
+        r = convex.evaluate_robustness(model, te, eps, lipschitz=lipc, **attack, device=device, progress=progress,
+                                       seconds=seconds, sizes=sizes, history=hist.as_dict())  # fmt: skip
+        dev = next(model.parameters()).device
+        x, y = train.inputs(te).to(dev), torch.as_tensor([int(te[i][1]) for i in range(len(te))], device=dev)
+        radii = convex.certified_radii(model, x, y, lipschitz=lipc)
+        r["audit"] = audit.certificates(model, x, y, radii, limit=s.n_audit, steps=s.audit_steps, seed=seed)
+        return r
 
     if s.cifar:  # refuse a subset before anything is trained
         cifar_tr = data.load("cifar10", limit=s.cifar_train)
@@ -102,12 +111,15 @@ def run(*, seed=0, device=None, progress=None, **sizes) -> dict:
 
 
 def verify(results: dict) -> None:
-    """Raise ``AssertionError`` if a lower bound exceeds the certified constant, or if PGD fooled
-    an attacked image at a radius where it was certified (a broken certificate)."""
+    """Raise ``AssertionError`` if a lower bound exceeds the certified constant, if PGD fooled an
+    attacked image at a radius where it was certified, or if the independent audit
+    (:func:`labkit.audit.certificates`) flipped a certified point at 0.99 of its radius."""
     for key, r in results.items():
         lip = r["lipschitz"]
         assert lip["lower"] <= lip["upper"] * (1 + 1e-5), f"{key}: lower bound above the certificate"
         assert not any(r["broken"]), f"{key}: PGD broke a certified point: {dict(zip(r['radii'], r['broken']))}"
+        a = r["audit"]
+        assert a["flipped"] == 0, f"{key}: {a['attack']['library']} flipped certified points {a['flipped_index']}"
 
 
 def table(results: dict) -> report.Table:
@@ -127,6 +139,7 @@ def table(results: dict) -> report.Table:
             ("certified constant", lambda r: r["lipschitz"]["upper"], "{:.3g}"),
             ("parameters", lambda r: r["parameters"] / 1e6, "{:.2f} M"),
             ("training", "seconds", "{:.0f} s"),
+            ("audit: flipped / attacked", lambda r: f"{r['audit']['flipped']} / {r['audit']['points']}"),
         ],
         caption="ε = 0.5, 1, 1.58 (MNIST, Fashion-MNIST) and 36/255, 72/255, 108/255 (CIFAR-10):",
     )
@@ -134,8 +147,9 @@ def table(results: dict) -> report.Table:
 
 def values(results: dict) -> dict:
     """The numbers the prose quotes, ``{"<data set>/<model>/<what>": value}``: clean, lower, constant,
-    cert0..2 and pgd0..2 (by radius index), and ``n_attack``."""
-    out = {"n_attack": next(iter(results.values()))["n_attack"]} if results else {}
+    cert0..2 and pgd0..2 (by radius index), and ``n_attack`` and ``n_audit``."""
+    first = next(iter(results.values()), None)
+    out = {"n_attack": first["n_attack"], "n_audit": first["sizes"]["n_audit"]} if first else {}
     for key, r in results.items():
         out.update(
             {
