@@ -82,6 +82,8 @@ def _to_dataset(images: np.ndarray | torch.Tensor, labels, shape) -> TensorDatas
     y = torch.as_tensor(np.asarray(labels)).to(torch.int64)
     if y.shape != (x.shape[0],):
         raise ValueError(f"{x.shape[0]} images but labels of shape {tuple(y.shape)}.")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) > 9):  # all three datasets have ten classes
+        raise ValueError(f"labels must lie in 0..9, found {int(y.min())}..{int(y.max())}.")
     return TensorDataset(x.contiguous().float().div_(255.0), y)
 
 
@@ -135,7 +137,12 @@ def _from_idx(root: Path, folder: str, train: bool, shape) -> TensorDataset | No
     labels = _idx_file(raw, f"{prefix}-labels-idx1-ubyte")
     if images is None or labels is None:
         return None
-    return _to_dataset(_read_idx(images), _read_idx(labels), shape)
+    try:
+        return _to_dataset(_read_idx(images), _read_idx(labels), shape)
+    except ValueError as err:
+        if str(raw) in str(err):
+            raise
+        raise ValueError(f"{images} and {labels}: {err}") from None
 
 
 def _from_torchvision(key: str, root: Path, train: bool, download: bool) -> TensorDataset:

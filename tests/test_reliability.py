@@ -246,3 +246,13 @@ def test_clip_trains_on_a_subset_as_on_a_tensor_dataset():
     assert torch.equal(train.inputs(Subset(full, range(5))), x[:5])
     with pytest.raises(TypeError, match="split needs a TensorDataset"):
         clip.split(Subset(full, range(50)), 10)
+
+
+def test_labels_outside_the_classes_in_a_data_file_are_refused(tmp_path, monkeypatch):
+    images = gzip.compress(bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28]) + bytes(2 * 28 * 28))
+    root = _mnist_root(tmp_path, images)
+    for name in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):  # label 12 in a ten-class set
+        (root / "MNIST" / "raw" / f"{name}.gz").write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 2, 1, 12])))
+    monkeypatch.setenv("LABKIT_DATA", str(root))
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte\.gz: labels must lie in 0\.\.9, found 1\.\.12"):
+        data.load("mnist", download=False)
