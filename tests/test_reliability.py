@@ -171,6 +171,22 @@ def test_certified_accuracy_refuses_an_empty_list_of_radii():
         ),
         (lambda: odes.NeuralODE(odes.VectorField(2), 1.0, rtol=-1e-6), ValueError, "rtol must be"),
         (lambda: odes.NeuralODE(odes.VectorField(2), 1.0, atol=0.0), ValueError, "atol must be positive"),
+        (lambda: train.evaluate(_model(), _data(), device="gpu0"), ValueError, "device='gpu0' is not a torch device"),
+        (
+            lambda: (
+                train.fit(_model(), _data(), epochs=1, device="cuda:7")
+                if not torch.cuda.is_available()
+                else train.fit(_model(), _data(), epochs=1, device="nonsense")
+            ),
+            ValueError,
+            "device=",
+        ),  # fmt: skip
+        (lambda: certify.certified_radius(torch.zeros(2, 3), torch.tensor([0, 1]), -1.0), ValueError, "lipschitz"),
+        (lambda: certify.certified_radius(torch.zeros(2, 3), torch.tensor([0, 3]), 1.0), ValueError, "labels must lie"),
+        (lambda: attacks.robust_accuracy(_model(), _data(), attacks.fgsm, []), ValueError, "eps_list is empty"),
+        (lambda: attacks.pgd(_model(), _data(4).tensors[0], _data(4).tensors[1], -0.1), ValueError, "eps must be"),
+        (lambda: clip.PairSet(torch.zeros(3, 2), torch.zeros(4, 2)), ValueError, "u and v must be"),
+        (lambda: train.inputs(TensorDataset(torch.zeros(3, 2), torch.zeros(3)), limit=0), ValueError, "limit"),
     ],
 )
 def test_bad_values_are_refused_with_the_argument_named(call, error, match):
