@@ -72,3 +72,27 @@ def writable(path, what: str) -> Path:
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
         stale.unlink(missing_ok=True)
     return path
+
+
+def finite(x, what: str, consequence: str = "") -> None:
+    """``x`` (a tensor) holds no NaN or inf; ``ValueError`` naming ``what`` otherwise."""
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{what} holds NaN or inf{': ' + consequence if consequence else ''}.")
+
+
+def in_box(x, box, what: str = "x") -> None:
+    """``x`` lies in the box ``(low, high)`` (to rounding); ``ValueError`` saying where it lies and how
+    images in 0..255 are fixed otherwise (clamping them into the box would move them far)."""
+    lo, hi = box
+    below, above = float(x.min()), float(x.max())
+    if below < lo - 1e-6 or above > hi + 1e-6:
+        raise ValueError(f"{what} lies in [{below:g}, {above:g}], outside the attack's box clamp={tuple(box)!r} "
+                         "(images in 0..255? divide by 255, or pass the box of your inputs as clamp).")  # fmt: skip
+
+
+def same_device(model, x, what: str = "x") -> None:
+    """``model``'s parameters and ``x`` are on one device; ``ValueError`` naming both otherwise."""
+    param = next(iter(model.parameters()), None)
+    if param is not None and param.device != x.device:
+        raise ValueError(f"the model is on {param.device} but {what} is on {x.device}: move one of them "
+                         f"(model.to({str(x.device)!r}) or {what}.to({str(param.device)!r})).")  # fmt: skip

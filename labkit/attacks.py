@@ -40,18 +40,15 @@ def frozen(model: torch.nn.Module):
         model.train(was_training)
 
 
-def _check(x, y, eps, clamp):
+def _check(model, x, y, eps, clamp):
     _validate.batch(x, y)
     eps = _validate.nonneg(eps, "eps")
     lo, hi = clamp
     if not lo < hi:
         raise ValueError(f"clamp must be (low, high) with low < high, got {clamp!r}.")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x holds NaN or inf: an attack on it would return NaN images.")
-    below, above = float(x.min()), float(x.max())
-    if below < lo - 1e-6 or above > hi + 1e-6:  # clamping them into the box would move them far
-        raise ValueError(f"x lies in [{below:g}, {above:g}], outside the attack's box clamp={clamp!r} "
-                         "(images in 0..255? divide by 255, or pass the box of your inputs as clamp).")  # fmt: skip
+    _validate.finite(x, "x", "an attack on it would return NaN images")
+    _validate.in_box(x, clamp)
+    _validate.same_device(model, x)
     return eps
 
 
@@ -77,7 +74,7 @@ def fgsm(model, x, y, eps, *, clamp=(0.0, 1.0)):
 
     ``x_adv = clip(x + eps · sign(∇_x loss))``.
     """
-    eps = _check(x, y, eps, clamp)
+    eps = _check(model, x, y, eps, clamp)
     with frozen(model):
         grad = _input_grad(model, x, y)
     return (x + eps * grad.sign()).clamp(*clamp).detach()
@@ -105,7 +102,7 @@ def pgd(
     point at a fraction of its own certified radius, §4.4); ``step_size`` then scales with it.
     """
     if isinstance(eps, torch.Tensor) and eps.ndim == 1:
-        _check(x, y, 0.0, clamp)
+        _check(model, x, y, 0.0, clamp)
         if eps.shape[0] != x.shape[0] or not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()):
             raise ValueError(
                 f"per-example eps must be {x.shape[0]} finite non-negative radii, got shape {tuple(eps.shape)}."
@@ -114,7 +111,7 @@ def pgd(
         if step_size is not None:
             raise ValueError("with per-example eps the step size is 2.5 · eps / steps; leave step_size unset.")
     else:
-        eps = _check(x, y, eps, clamp)
+        eps = _check(model, x, y, eps, clamp)
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
     steps = _validate.positive_int(steps, "steps")
@@ -158,7 +155,7 @@ def pgd_l2_sphere(model, x, y, eps, *, steps=7, step_size=0.5, clamp=(0.0, 1.0),
     norm exactly ``eps`` (the *sphere*, not the ball); examples already misclassified are frozen;
     the result is clamped to the box, so its distance from ``x`` is at most ``eps``.
     """
-    eps = _check(x, y, eps, clamp)
+    eps = _check(model, x, y, eps, clamp)
     steps = _validate.positive_int(steps, "steps")
     alpha = _validate.nonneg(step_size, "step_size")
     x = x.detach()
@@ -185,7 +182,7 @@ def pgd_l2_sphere(model, x, y, eps, *, steps=7, step_size=0.5, clamp=(0.0, 1.0),
 def gaussian_noise(model, x, y, eps, *, clamp=(0.0, 1.0), generator=None):
     """Add Gaussian noise of standard deviation ``eps`` per pixel and clamp (not an attack on the
     model, a baseline that shows how much worse a real attack is; §0.5)."""
-    eps = _check(x, y, eps, clamp)
+    eps = _check(model, x, y, eps, clamp)
     noise = _rand(torch.randn, x.shape, generator, x)
     return (x + eps * noise).clamp(*clamp).detach()
 

@@ -36,8 +36,7 @@ def _square(A, name="A") -> torch.Tensor:
         raise ValueError(f"{name} must be a square matrix, got shape {tuple(A.shape)}.")
     if A.shape[0] == 0:
         raise ValueError(f"{name} is an empty 0×0 matrix; its log norm is not defined.")
-    if not torch.isfinite(A).all():
-        raise ValueError(f"{name} has non-finite entries.")
+    _validate.finite(A, name, "its log norm is not defined")
     return A
 
 
@@ -73,8 +72,7 @@ def spectral_norm(W) -> torch.Tensor:
             f"spectral_norm needs a matrix, got shape {tuple(W.shape)}; for a "
             "convolution use PowerIteration on the operator itself."
         )
-    if W.is_floating_point() and not bool(torch.isfinite(W).all()):
-        raise ValueError("W has NaN or inf entries; its spectral norm is not defined.")
+    _validate.finite(W, "W", "its spectral norm is not defined")
     return torch.linalg.matrix_norm(W if W.is_floating_point() else W.double(), ord=2)
 
 
@@ -225,8 +223,7 @@ def lower_bound(
     finds far smaller values (§0.11).
     """
     _validate.batch(x)
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x holds NaN or inf: no lower bound can come from such inputs.")
+    _validate.finite(x, "x", "no lower bound can come from such inputs")
     if method not in ("pairs", "jacobian"):
         raise ValueError(f"method must be 'pairs' or 'jacobian', got {method!r}.")
     was_training = getattr(f, "training", None)

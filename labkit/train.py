@@ -215,8 +215,7 @@ def fit(
     if len(train_data) == 0:
         raise ValueError("train_data is empty.")
     for tensor in getattr(train_data, "tensors", ()):  # a TensorDataset is checked whole, before any step
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ValueError("train_data holds NaN or inf values: training on them gives a NaN loss.")
+        _validate.finite(tensor, "train_data", "training on it gives a NaN loss")
     dev = resolve_device(device)
     model.to(dev)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=_validate.positive(lr, "lr"))

@@ -162,7 +162,7 @@ def test_certified_accuracy_refuses_an_empty_list_of_radii():
     "call,error,match",
     [
         (lambda: lipschitz.mu(torch.zeros(0, 0)), ValueError, "A is an empty 0×0 matrix"),
-        (lambda: lipschitz.spectral_norm(torch.tensor([[1.0, float("nan")]])), ValueError, "W has NaN"),
+        (lambda: lipschitz.spectral_norm(torch.tensor([[1.0, float("nan")]])), ValueError, "W holds NaN"),
         (lambda: lipschitz.lower_bound(_model(), torch.full((4, 6), float("nan"))), ValueError, "x holds NaN"),
         (
             lambda: lipschitz.PowerIteration(torch.tensor([[1.0, float("nan")], [0.0, 1.0]])).run(),
@@ -187,6 +187,11 @@ def test_certified_accuracy_refuses_an_empty_list_of_radii():
         (lambda: attacks.pgd(_model(), _data(4).tensors[0], _data(4).tensors[1], -0.1), ValueError, "eps must be"),
         (lambda: clip.PairSet(torch.zeros(3, 2), torch.zeros(4, 2)), ValueError, "u and v must be"),
         (lambda: train.inputs(TensorDataset(torch.zeros(3, 2), torch.zeros(3)), limit=0), ValueError, "limit"),
+        (
+            lambda: attacks.fgsm(_model().to("meta"), *_data(4).tensors, 0.1),
+            ValueError,
+            r"the model is on meta but x is on cpu",
+        ),  # fmt: skip
     ],
 )
 def test_bad_values_are_refused_with_the_argument_named(call, error, match):
