@@ -96,3 +96,13 @@ def same_device(model, x, what: str = "x") -> None:
     if param is not None and param.device != x.device:
         raise ValueError(f"the model is on {param.device} but {what} is on {x.device}: move one of them "
                          f"(model.to({str(x.device)!r}) or {what}.to({str(param.device)!r})).")  # fmt: skip
+
+
+def labels_fit(logits, y, what: str = "labels") -> None:
+    """Every label indexes a column of ``logits`` (``(N, K)``); ``ValueError`` naming the range otherwise
+    (instead of an IndexError from inside the loss)."""
+    if logits.ndim == 2 and y.numel() and not y.is_floating_point():
+        k = logits.shape[1]
+        if int(y.min()) < 0 or int(y.max()) >= k:
+            raise ValueError(f"{what} must lie in 0..{k - 1} for a model with {k} outputs, "
+                             f"found {int(y.min())}..{int(y.max())}.")  # fmt: skip

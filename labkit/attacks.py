@@ -55,7 +55,9 @@ def _check(model, x, y, eps, clamp):
 def _input_grad(model, x, y):
     with torch.enable_grad():  # attacks work inside a caller's torch.no_grad() too
         x = x.detach().requires_grad_(True)
-        loss = F.cross_entropy(model(x), y, reduction="sum")
+        logits = model(x)
+        _validate.labels_fit(logits, y, "y")
+        loss = F.cross_entropy(logits, y, reduction="sum")
         (grad,) = torch.autograd.grad(loss, x)
     return grad
 

@@ -248,6 +248,8 @@ def fit(
             xb, yb = xb.to(dev), yb.to(dev)
             if step_fn is None:
                 out = model(xb)
+                if loss_fn is F.cross_entropy:  # a label past the outputs: say so, not an IndexError
+                    _validate.labels_fit(out, yb, "train_data's labels")
                 loss = loss_fn(out, yb)
             else:
                 loss, out = step_fn(model, xb, yb)

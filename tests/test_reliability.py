@@ -277,3 +277,16 @@ def test_labels_outside_the_classes_in_a_data_file_are_refused(tmp_path, monkeyp
     monkeypatch.setenv("LABKIT_DATA", str(root))
     with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte\.gz: labels must lie in 0\.\.9, found 1\.\.12"):
         data.load("mnist", download=False)
+
+
+def test_labels_beyond_the_model_outputs_are_named_before_any_step():
+    x, y = _data().tensors
+    y = y.clone()
+    y[5] = 7  # the model has two outputs
+    model = _model()
+    before = _weights(model)
+    with pytest.raises(ValueError, match=r"train_data's labels must lie in 0\.\.1 .* found 0\.\.7"):
+        train.fit(model, TensorDataset(x, y), epochs=1, progress=False)
+    assert _same(before, _weights(model))
+    with pytest.raises(ValueError, match=r"y must lie in 0\.\.1"):
+        attacks.fgsm(model, x[:8], y[:8], 0.1)
