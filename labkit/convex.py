@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from . import _validate, attacks, certify, experiment
+from . import _validate, attacks, audit, certify, experiment
 from . import lipschitz as lip
 from . import train as _train
 from .runtime import progress_enabled, resolve_device
@@ -802,6 +802,8 @@ def evaluate_robustness(
     n_attack: int | None = None,
     n_lower: int = 64,
     lower_steps: int = 100,
+    n_audit: int = 0,
+    audit_steps: int = 50,
     device=None,
     progress=None,
     **fields,
@@ -812,13 +814,15 @@ def evaluate_robustness(
     model (certified constant ``lipschitz``) (§4.4), as a
     :func:`labkit.experiment.result` (empirical curve ``pgd``). PGD runs on the first ``n_attack``
     test images (default all); ``broken`` counts, per radius, the attacked images that were
-    certified at that radius and still fooled there (a sound certificate gives 0). ``fields`` go
-    to the result."""
+    certified at that radius and still fooled there (a sound certificate gives 0). With
+    ``n_audit > 0`` the first ``n_audit`` certified images are also attacked by an independent
+    library at 0.99 of their radii (:func:`labkit.audit.certificates`, ``audit_steps`` steps), and
+    its report is the result's ``audit``. ``fields`` go to the result."""
     dev = resolve_device(device)
     model = model.to(dev)
     if len(test) == 0:
         raise ValueError("test is empty: there is nothing to certify or attack.")
-    x = torch.stack([test[i][0] for i in range(len(test))]).to(dev)
+    x = _train.inputs(test).to(dev)
     y = torch.as_tensor([int(test[i][1]) for i in range(len(test))], device=dev)
     radii = torch.cat(
         [certified_radii(model, xb, yb, lipschitz=lipschitz) for xb, yb in zip(x.split(512), y.split(512))]
@@ -844,6 +848,8 @@ def evaluate_robustness(
     target = model.body if isinstance(model, LipschitzNet) else model
     lower = lip.lower_bound(target, x[:n_lower], steps=lower_steps, generator=torch.Generator().manual_seed(0))
     body = isinstance(model, LipschitzNet)
+    if n_audit:
+        fields["audit"] = audit.certificates(model, x, y, radii, limit=n_audit, steps=audit_steps)
     return experiment.result(
         radii=eps_values,
         clean=clean,

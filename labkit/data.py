@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from . import runtime
+from . import _validate, runtime
 
 __all__ = ["DATASETS", "DataNotFoundError", "load", "sample_path", "cache_dir"]
 
@@ -82,8 +82,7 @@ def _to_dataset(images: np.ndarray | torch.Tensor, labels, shape) -> TensorDatas
     y = torch.as_tensor(np.asarray(labels)).to(torch.int64)
     if y.shape != (x.shape[0],):
         raise ValueError(f"{x.shape[0]} images but labels of shape {tuple(y.shape)}.")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) > 9):  # all three datasets have ten classes
-        raise ValueError(f"labels must lie in 0..9, found {int(y.min())}..{int(y.max())}.")
+    _validate.labels(y, classes=10)  # all three datasets have ten classes
     return TensorDataset(x.contiguous().float().div_(255.0), y)
 
 

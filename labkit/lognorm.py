@@ -75,8 +75,7 @@ def _matrix(A) -> torch.Tensor:
     if A.ndim != 2 or A.shape[0] != A.shape[1]:
         raise ValueError(f"A must be a square matrix, got shape {tuple(A.shape)}.")
     A = A.detach().to("cpu", torch.float64)
-    if not torch.isfinite(A).all():
-        raise ValueError("A has non-finite entries.")
+    _validate.finite(A, "A", "its log norm is not defined")
     return A
 
 

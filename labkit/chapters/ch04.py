@@ -6,9 +6,7 @@ from __future__ import annotations
 import math
 import time
 
-import torch
-
-from .. import audit, convex, data, lipschitz, report, train
+from .. import convex, data, lipschitz, report
 from ..runtime import seed_everything
 from . import DATA, given, per_mode, pick
 
@@ -55,16 +53,12 @@ def run(*, seed=0, device=None, progress=None, **sizes) -> dict:
     any training. Results keyed ``"<data set>/<model>"``, each a :func:`labkit.experiment.result` by
     :func:`labkit.convex.evaluate_robustness` with the training time and history."""
     s = given(sizes, SIZES)
-    attack = {"pgd_steps": s.pgd_steps, "n_attack": s.n_attack, "n_lower": s.n_lower, "lower_steps": s.lower_steps}
+    attack = {"pgd_steps": s.pgd_steps, "n_attack": s.n_attack, "n_lower": s.n_lower, "lower_steps": s.lower_steps,
+              "n_audit": s.n_audit, "audit_steps": s.audit_steps}  # fmt: skip
 
     def evaluate(model, te, eps, lipc, seconds, hist):
-        r = convex.evaluate_robustness(model, te, eps, lipschitz=lipc, **attack, device=device, progress=progress,
-                                       seconds=seconds, sizes=sizes, history=hist.as_dict())  # fmt: skip
-        dev = next(model.parameters()).device
-        x, y = train.inputs(te).to(dev), torch.as_tensor([int(te[i][1]) for i in range(len(te))], device=dev)
-        radii = convex.certified_radii(model, x, y, lipschitz=lipc)
-        r["audit"] = audit.certificates(model, x, y, radii, limit=s.n_audit, steps=s.audit_steps, seed=seed)
-        return r
+        return convex.evaluate_robustness(model, te, eps, lipschitz=lipc, **attack, device=device, progress=progress,
+                                          seconds=seconds, sizes=sizes, history=hist.as_dict())  # fmt: skip
 
     if s.cifar:  # refuse a subset before anything is trained
         cifar_tr = data.load("cifar10", limit=s.cifar_train)
