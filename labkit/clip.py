@@ -4,7 +4,7 @@ Raab, Roith, Schwinn, Tenbrinck).
 The Lipschitz constant ``sup ‖f(x) − f(x')‖ / ‖x − x'‖`` is replaced by its maximum over a
 finite set of pairs, :class:`PairSet`, which is moved by gradient ascent on the difference
 quotient after every mini-batch (Algorithm 1); the training loss adds ``λ`` times that estimate
-(Algorithm 2), and ``λ`` follows a target accuracy (:class:`LambdaSchedule`).
+(:prf:ref:`alg-clip`), and ``λ`` follows a target accuracy (:class:`LambdaSchedule`).
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def mlp(sizes=(784, 200, 80, 10), activation: str = "sigmoid", *, last_activatio
 def clip_loss(
     model, x, y, pairs: PairSet, lam: float, *, loss_fn=None, reduce: str = "max", reg_max: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """CLIP's loss (§2.3, Algorithm 2): ``loss_fn(model(x), y) + lam · R`` with ``R`` the
+    """CLIP's loss (:prf:ref:`alg-clip`): ``loss_fn(model(x), y) + lam · R`` with ``R`` the
     quotient (squared if ``pairs.squared``) of the worst pair at the last update (``reduce="max"``)
     or the mean over all pairs (``"mean"``). The pairs enter as constants; only the parameters are
     differentiated. When ``R > reg_max`` the term is left out, as in the authors' code. Returns
@@ -348,7 +348,7 @@ def fit(
     progress: bool | None = None,
     trace_every: int = 10,
 ) -> Run:
-    """Train ``model`` with CLIP (§2.3, Algorithm 2) in the given :class:`Setting`.
+    """Train ``model`` with CLIP (:prf:ref:`alg-clip`) in the given :class:`Setting`.
 
     Every mini-batch: one accept/reject ascent step of the pairs (:meth:`PairSet.update`), then an
     SGD step on :func:`clip_loss`; the loop is :func:`labkit.train.fit` with CLIP's step. The pairs

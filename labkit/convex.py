@@ -48,6 +48,7 @@ __all__ = [
     "conv_norm_upper_bound",
     "conv_matrix",
     "all_active_norm",
+    "jacobian_norms",
     "ChannelPad",
     "FeaturePad",
     "SumPool2d",
@@ -415,6 +416,31 @@ class SLLConv2d(SLLBase):
     @staticmethod
     def _scale(pre, t):
         return pre * t.view(1, -1, 1, 1)
+
+
+def jacobian_norms(layer: ConvexPotentialLayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact ``‖J(x)‖₂`` of a dense CPL at each row of ``x`` in evaluation mode, with
+    ``J(x) = I − h Wᵀ D(x) W`` and ``D(x) = diag(σ'(Wx + b))`` (proof of :prf:ref:`thm-cpl`), and the
+    number of units with ``σ' > 0`` at each row: ``(norms, active)``, both of length ``len(x)``.
+    Where the layer is differentiable these are its local Lipschitz numbers; §4.1 sets them beside
+    random difference quotients at the same points."""
+    if not isinstance(layer, ConvexPotentialLayer):
+        raise TypeError(f"jacobian_norms takes a dense ConvexPotentialLayer, got {type(layer).__name__}.")
+    _validate.batch(x)
+    if x.ndim != 2 or x.shape[1] != layer.features:
+        raise ValueError(f"x must have shape (batch, {layer.features}), got {tuple(x.shape)}.")
+    was_training = layer.training
+    layer.eval()
+    try:
+        W, b = layer.weight.detach().to(x.dtype), layer.bias.detach().to(x.dtype)
+        h = float(layer.step_size())
+        pre = (x.detach() @ W.T + b).requires_grad_(True)
+        with torch.enable_grad():
+            slopes = torch.autograd.grad(layer.activation(pre).sum(), pre)[0]
+        J = torch.eye(W.shape[1], dtype=x.dtype) - h * torch.einsum("ki,bk,kj->bij", W, slopes, W)
+        return torch.linalg.matrix_norm(J, 2), (slopes > 0).sum(1)
+    finally:
+        layer.train(was_training)
 
 
 def all_active_norm(layer: nn.Module, shape) -> float:

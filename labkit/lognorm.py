@@ -50,8 +50,8 @@ _MEMORY = 5
 
 
 def slope_bounds(activation) -> tuple[float, float]:
-    """The closure ``[ℓ, u]`` of ``σ'(ℝ)``: tanh and ReLU ``[0, 1]``, sigmoid ``[0, 1/4]``,
-    leaky ReLU with slope α (``"leaky_relu:0.1"``, default α = 0.01) ``[α, 1]``; or a pair (ℓ, u)."""
+    """The closure ``[s₋, s₊]`` of ``σ'(ℝ)``: tanh and ReLU ``[0, 1]``, sigmoid ``[0, 1/4]``,
+    leaky ReLU with slope α (``"leaky_relu:0.1"``, default α = 0.01) ``[α, 1]``; or a pair (s₋, s₊)."""
     if isinstance(activation, (tuple, list)):
         lo, hi = (float(v) for v in activation)
     elif isinstance(activation, str) and activation.startswith("leaky_relu"):
@@ -134,7 +134,7 @@ def _eigs_above(S: torch.Tensor, delta: float, b: int):
 
 
 def _pick(upper: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    """The vertex with entry ``u`` where ``upper`` is true and ``ℓ`` elsewhere (exactly, in float64)."""
+    """The vertex with entry ``s₊`` where ``upper`` is true and ``s₋`` elsewhere (exactly, in float64)."""
     f = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
     return torch.where(upper, f(hi), f(lo))
 
@@ -188,7 +188,7 @@ def _krylov_top(d: torch.Tensor, M: torch.Tensor, x0: torch.Tensor, steps: int):
 
 
 def _local_maxima(M, lo, hi, starts, max_iter=100, flips=16, krylov: int = 0):
-    """Vertex fixed point ``d_i ← u if v_i (M v)_i > 0 else ℓ`` from each start (rows of
+    """Vertex fixed point ``d_i ← s₊ if v_i (M v)_i > 0 else s₋`` from each start (rows of
     ``starts``, all advanced together), each finished by single-coordinate flips while one
     increases μ₂ (1-opt local search; only the ``flips`` coordinates whose first-order loss
     ``|v_i (M v)_i|`` is smallest are tried, all of them when ``n ≤ flips``). Every accepted move
@@ -239,12 +239,12 @@ def _local_maxima(M, lo, hi, starts, max_iter=100, flips=16, krylov: int = 0):
 
 
 def _random_vertices(k, n, lo, hi, generator):
-    """``k`` vertices of ``[ℓ, u]ⁿ`` drawn uniformly (each entry ``ℓ`` or ``u`` with probability ½)."""
+    """``k`` vertices of ``[s₋, s₊]ⁿ`` drawn uniformly (each entry ``s₋`` or ``s₊`` with probability ½)."""
     return _pick(torch.rand(k, n, generator=generator) < 0.5, lo, hi)
 
 
 def _fixed_point(M, lo, hi, restarts, generator, flips=16):
-    """Best local maximum from the all-``u`` vertex and ``restarts − 1`` random vertices."""
+    """Best local maximum from the all-``s₊`` vertex and ``restarts − 1`` random vertices."""
     n = M.shape[0]
     starts = torch.cat(
         [torch.full((1, n), hi, dtype=torch.float64), _random_vertices(max(restarts - 1, 0), n, lo, hi, generator)]
@@ -255,12 +255,12 @@ def _fixed_point(M, lo, hi, restarts, generator, flips=16):
 
 
 def worst_case_lognorm(A, activation="tanh", *, method: str = "auto", restarts: int = 32, generator=None):
-    """``(μ*, D*)``: the largest ``μ₂(D A)`` over diagonal ``D`` with entries in ``[ℓ, u]``
+    """``(μ*, D*)``: the largest ``μ₂(D A)`` over diagonal ``D`` with entries in ``[s₋, s₊]``
     (:func:`slope_bounds`), and a maximiser (:prf:ref:`prop-vertex`).
 
-    ``μ₂(DA)`` is convex in ``D``, so the maximum sits at a vertex (entries ``ℓ`` or ``u``).
+    ``μ₂(DA)`` is convex in ``D``, so the maximum sits at a vertex (entries ``s₋`` or ``s₊``).
     ``method="enumerate"`` checks all ``2ⁿ`` vertices (exact; the default for ``n ≤ 16``);
-    ``"fixed_point"`` iterates ``d_i ← u if v_i (A v)_i > 0 else ℓ`` from ``restarts`` starts and
+    ``"fixed_point"`` iterates ``d_i ← s₊ if v_i (A v)_i > 0 else s₋`` from ``restarts`` starts and
     finishes with single flips, a monotone ascent that finds a local maximum, i.e. a lower
     estimate of ``μ*`` (the default for larger ``n``, where it is no certificate).
     """
@@ -290,8 +290,8 @@ def lognorm_gradient(D, M):
 
 
 def _hinge(E, eps, A, ds, delta, basis: int = 0):
-    """Squared hinge ``F = ½ Σ_D ‖(sym(D(A + εE)) − δI)₊‖_F²`` over the working set, its gradient
-    ``G = Σ_D Σ_j r_j D v_j v_jᵀ`` in ``E`` (up to the factor ε; ``r_j = (λ_j − δ)₊``) and the
+    """Squared hinge ``F = ½ Σ_D ‖(sym(D(A + ηE)) − δI)₊‖_F²`` over the working set, its gradient
+    ``G = Σ_D Σ_j r_j D v_j v_jᵀ`` in ``E`` (up to the factor η; ``r_j = (λ_j − δ)₊``) and the
     largest ``μ₂``. Every eigenvalue above ``δ`` counts, not only the top one: ``F`` has the same
     zeros as the top-eigenvalue hinge but stays differentiable where that eigenvalue is multiple,
     which is where the minimisation over ``E`` drives it (§1.6).
@@ -440,17 +440,17 @@ def _inner(A, eps, E, ds, delta, *, maxit, h, theta, tol, gtol, enough=None, tra
 def _lower_bound(eps, E, F, G) -> float:
     """A certified lower bound on the smallest feasible ``‖Δ‖_F`` for the working set.
 
-    ``φ(Δ) = √(2F) = ‖(λ(sym(D(A + Δ))) − δ)₊‖`` is convex in ``Δ`` with gradient ``G/φ``, so
-    every feasible ``Δ`` (``φ = 0``) satisfies ``0 ≥ φ + ⟨G/φ, Δ − εE⟩``, hence
-    ``‖Δ‖ ≥ (2F − ε⟨G, E⟩)/‖G‖``. At a stationary ``E = −G/‖G‖`` this is the Newton step on ``√(2F)``."""
+    ``χ(Δ) = √(2F) = ‖(λ(sym(D(A + Δ))) − δ)₊‖`` is convex in ``Δ`` with gradient ``G/χ``, so
+    every feasible ``Δ`` (``χ = 0``) satisfies ``0 ≥ χ + ⟨G/χ, Δ − ηE⟩``, hence
+    ``‖Δ‖ ≥ (2F − η⟨G, E⟩)/‖G‖``. At a stationary ``E = −G/‖G‖`` this is the Newton step on ``√(2F)``."""
     g = float(G.norm())
     return (2 * F - eps * float((G * E).sum())) / g if F > 0 and g > 0 else -math.inf
 
 
 def _repair(A, Delta, fmax, delta, lo):
     """Make ``A + Delta`` feasible when the largest ``μ₂`` is ``δ + v``: scale by ``1 − v/(δ + v)``
-    (``δ > 0``) or shift by ``−(v/ℓ) I`` (``ℓ > 0``), whichever moves less. Both act on every
-    vertex alike (``μ₂`` is positively homogeneous; ``D ⪰ ℓI``), so every ``μ₂(D·)`` that was at
+    (``δ > 0``) or shift by ``−(v/s₋) I`` (``s₋ > 0``), whichever moves less. Both act on every
+    vertex alike (``μ₂`` is positively homogeneous; ``D ⪰ s₋I``), so every ``μ₂(D·)`` that was at
     most ``δ + v`` becomes at most ``δ``: in the working set, or over all vertices when ``δ + v``
     is the worst case. ``None`` if neither applies."""
     v = fmax - delta
@@ -533,7 +533,7 @@ class StabilizeOptions:
 @dataclass(frozen=True)
 class StabilizeProblem:
     """One problem of :func:`stabilize`: the matrix ``A``, the target ``δ``, the slope bounds
-    ``[ℓ, u]`` of the activation and what follows from them (an internal API; the tests use it)."""
+    ``[s₋, s₊]`` of the activation and what follows from them (an internal API; the tests use it)."""
 
     A: torch.Tensor
     target: float
@@ -557,7 +557,7 @@ class StabilizeProblem:
         return -c * torch.eye(self.n, dtype=self.A.dtype) - self.A
 
     def upper(self, eps, E, fmax):
-        """``(‖Δ‖, Δ)`` of the point ``εE`` repaired for a worst ``μ₂`` of ``fmax`` (:func:`_repair`),
+        """``(‖Δ‖, Δ)`` of the point ``ηE`` repaired for a worst ``μ₂`` of ``fmax`` (:func:`_repair`),
         or ``None`` when no repair applies."""
         fixed = _repair(self.A, eps * E, fmax, self.target, self.lo) if self.can_repair else None
         return None if fixed is None else (float(fixed.norm()), fixed)
@@ -670,7 +670,7 @@ def _enough(problem: StabilizeProblem, state: StabilizeState, eps: float, rtol: 
 
 
 def _close_bracket(problem: StabilizeProblem, options: StabilizeOptions, state: StabilizeState, rtol: float) -> None:
-    """The outer level (:prf:ref:`alg-stabilize`, step 2): Newton steps on ``√(2F)`` inside the bracket, each point
+    """The outer level (:prf:ref:`alg-stabilize`, step 3.1): Newton steps on ``√(2F)`` inside the bracket, each point
     found by the inner flow, until the bracket is within ``rtol``."""
     p, o, s = problem, options, state
     eps = min(s.eps_lo * (1 + rtol) if s.eps_lo > 0 else 0.5 * s.eps_hi, s.eps_hi)
@@ -713,7 +713,7 @@ def _close_bracket(problem: StabilizeProblem, options: StabilizeOptions, state: 
 
 
 def _find_cuts(problem: StabilizeProblem, options: StabilizeOptions, state: StabilizeState, M, generator):
-    """The cut search (:prf:ref:`alg-stabilize`, step 3.1): local maxima of ``μ₂(D M)`` from the all-``u`` vertex,
+    """The cut search (:prf:ref:`alg-stabilize`, step 3.2): local maxima of ``μ₂(D M)`` from the all-``s₊`` vertex,
     the newest members of the working set and as many random vertices."""
     p, n = problem, problem.n
     starts = torch.cat(
@@ -741,7 +741,7 @@ def _violated(problem: StabilizeProblem, options: StabilizeOptions, state: Stabi
 
 
 def _final_check(problem: StabilizeProblem, options: StabilizeOptions, M, krylov: int = 0, generator=None):
-    """The final check (:prf:ref:`alg-stabilize`, step 3.2): every vertex for ``n ≤ 16``, else local searches
+    """The final check (:prf:ref:`alg-stabilize`, steps 3.2–3.3): every vertex for ``n ≤ 16``, else local searches
     from ``restarts`` starts (dense, unless ``krylov``: flips judged by Lanczos, for a quick look)."""
     p, n = problem, problem.n
     if p.exact:
@@ -758,7 +758,7 @@ def _final_check(problem: StabilizeProblem, options: StabilizeOptions, M, krylov
 def _end_game(
     problem: StabilizeProblem, options: StabilizeOptions, state: StabilizeState, rnd: int, M, mus, found, checked: bool
 ):
-    """The end game (:prf:ref:`alg-stabilize`, step 3.3; :prf:ref:`prop-repair-all`): scaling (or shifting)
+    """The end game (:prf:ref:`alg-stabilize`, step 3.4; :prf:ref:`prop-repair-all`): scaling (or shifting)
     ``A + Δ`` lowers ``μ₂(D·)`` of every vertex alike, so the worst vertex over all of them decides.
     Close the bracket to ``rel_tol / 2``, find the worst vertex by the final check, and return the
     repaired ``(‖Δ‖, Δ)`` if it is within ``rel_tol`` of the certified bound. A failed try leaves
@@ -844,13 +844,13 @@ def stabilize(
     """Smallest Frobenius-norm perturbation ``Δ`` with ``max_D μ₂(D(A + Δ)) ≤ δ``, ``δ = target``
     (:prf:ref:`alg-stabilize`). ``options`` are the fields of :class:`StabilizeOptions`.
 
-    Two levels: for a size ``ε`` the *inner* level moves a direction ``E`` (``‖E‖_F = 1``) along
-    the projected gradient flow of the squared hinge ``F = ½ Σ_D ‖(sym(D(A + εE)) − δI)₊‖_F²``
-    with step control; the *outer* level (:func:`_close_bracket`) finds the smallest feasible ``ε``
-    by Newton steps on ``√(2F)`` (for one active eigenvalue ``ε + (μ₂ − δ)/‖D v‖``) inside a bracket
-    ``[ε_lo, ε_hi]``. Because ``√(2F)`` is convex in ``Δ`` the Newton point is a *certified*
+    Two levels: for a size ``η`` the *inner* level moves a direction ``E`` (``‖E‖_F = 1``) along
+    the projected gradient flow of the squared hinge ``F = ½ Σ_D ‖(sym(D(A + ηE)) − δI)₊‖_F²``
+    with step control; the *outer* level (:func:`_close_bracket`) finds the smallest feasible ``η``
+    by Newton steps on ``√(2F)`` (for one active eigenvalue ``η + (μ₂ − δ)/‖D v‖``) inside a bracket
+    ``[η_lo, η_hi]``. Because ``√(2F)`` is convex in ``Δ`` the Newton point is a *certified*
     lower bound; an infeasible ``Δ`` is made feasible for the working set by a small scaling
-    (``δ > 0``) or shift (``ℓ > 0``), which gives ``ε_hi``; otherwise ``ε_hi`` comes from inner
+    (``δ > 0``) or shift (``s₋ > 0``), which gives ``η_hi``; otherwise ``η_hi`` comes from inner
     solves that reach the target, with bisection. The maximum over all vertices ``D`` is handled
     by cutting planes: a working set grows by the worst vertices of the current ``A + Δ``
     (:func:`_find_cuts`, :func:`_violated`) until the worst one satisfies the bound within ``tol``
@@ -880,11 +880,11 @@ def stabilize(
     stopped by ``max_rounds`` or killed leaves it for the next call. ``result.seconds`` is the
     compute time of all segments together.
 
-    With ``ℓ = 0`` and ``δ = 0`` the answer has a closed form, returned at once: the feasible
+    With ``s₋ = 0`` and ``δ = 0`` the answer has a closed form, returned at once: the feasible
     matrices are exactly the diagonal ones with non-positive diagonal (the single-unit vertices
     forbid every off-diagonal entry), so ``Δ`` removes all coupling.
 
-    Raises ``ValueError`` for an unreachable target: with ``ℓ = 0`` (tanh, ReLU, sigmoid)
+    Raises ``ValueError`` for an unreachable target: with ``s₋ = 0`` (tanh, ReLU, sigmoid)
     ``D = 0`` is admissible and ``μ₂(0) = 0``, so ``δ < 0`` can never hold uniformly; ``TypeError``
     for an unknown option.
     """
@@ -945,7 +945,7 @@ def stabilize(
 
 def euler_step_bound(mu_star: float, A_norm: float, h: float, hi: float = 1.0) -> float:
     """A certified Lipschitz constant of one Euler step ``x ↦ x + h σ(Ax + b)``:
-    ``‖I + hDA‖₂ ≤ sqrt(1 + 2hμ* + h² u² ‖A‖₂²)`` (:prf:ref:`prop-euler-step`)."""
+    ``‖I + hDA‖₂ ≤ sqrt(1 + 2hμ* + h² s₊² ‖A‖₂²)`` (:prf:ref:`prop-euler-step`)."""
     return math.sqrt(max(0.0, 1 + 2 * h * mu_star + (h * hi * A_norm) ** 2))
 
 
@@ -1052,7 +1052,7 @@ class ODEClassifier(nn.Module):
     @torch.no_grad()
     def certificate(self) -> dict:
         """Certified l2 bounds: ``μ*`` of ``A``, the flow's ``e^{Tμ*}``, the Euler network's
-        ``∏ sqrt(1 + 2hμ* + h²u²‖A‖²)`` and the whole classifier's ``‖W_head‖ · Euler · ‖W_lift‖``
+        ``∏ sqrt(1 + 2hμ* + h²s₊²‖A‖²)`` and the whole classifier's ``‖W_head‖ · Euler · ‖W_lift‖``
         (exact ``μ*`` by enumeration up to width 16; beyond, a lower estimate, flagged)."""
         mu, _ = worst_case_lognorm(self.A, self.activation)
         _, hi = slope_bounds(self.activation)

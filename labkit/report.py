@@ -115,7 +115,8 @@ def glue_name(*parts) -> str:
 def glue_all(values: dict, *, prefix: str = "") -> None:
     """Glue every ``{name: value}`` for the page's prose (``{glue:text}`name```), not displayed.
     Names are passed through :func:`glue_name` (with ``prefix`` in front); two values that end up
-    with the same name raise ``ValueError``."""
+    with the same name raise ``ValueError``. NumPy and torch scalars are glued as Python numbers,
+    so that format specs such as ``:.2f`` apply to them."""
     from myst_nb import glue
 
     seen = {}
@@ -124,4 +125,6 @@ def glue_all(values: dict, *, prefix: str = "") -> None:
         if name in seen:
             raise ValueError(f"{key!r} and {seen[name]!r} both glue as {name!r}.")
         seen[name] = key
+        if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a NumPy or torch scalar
+            value = value.item()
         glue(name, value, display=False)

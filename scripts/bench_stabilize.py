@@ -28,7 +28,6 @@ together, and an unfinished size reports how far it got (rounds, |W|, the bracke
 from __future__ import annotations
 
 import argparse
-import math
 import multiprocessing as mp
 import time
 from pathlib import Path
@@ -37,11 +36,8 @@ from queue import Empty
 import torch
 
 from labkit import lognorm as ln
+from labkit.chapters import ch01
 from labkit.experiment import environment, save_record
-
-
-def _matrix(n):
-    return torch.randn(n, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64) / math.sqrt(n)
 
 
 def _checkpoint(directory, n, delta, rel_tol):
@@ -53,7 +49,7 @@ def _ours(n, delta, rel_tol, progress, checkpoint, queue):
     if checkpoint is not None and checkpoint.exists():
         resumed = ln.StabilizeState.read(checkpoint).round
     res = ln.stabilize(
-        _matrix(n),
+        ch01.bench_matrix(n),
         delta,
         "tanh",
         rel_tol=rel_tol,
@@ -93,7 +89,7 @@ def _unfinished(checkpoint):
 
 
 def _slsqp(n, delta, vertices, queue):
-    A = _matrix(n)
+    A = ch01.bench_matrix(n)
     t0 = time.perf_counter()
     D, norm = ln.stabilize_slsqp(A, delta, "tanh", vertices=vertices, restarts=1)
     seconds = time.perf_counter() - t0

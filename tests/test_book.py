@@ -27,6 +27,7 @@ from labkit import course
 
 ROOT = Path(__file__).resolve().parents[1]
 LABS = sorted((ROOT / "labs").glob("*.ipynb"))
+EXERCISE_ID = r'<div class="exercise[^"]*" id="([^"]+)"'
 
 
 def _is_check(source):
@@ -103,12 +104,29 @@ def test_book_and_student_edition_build_in_smoke_mode(tmp_path):
     assert "0. Foundations" in pages["book/ch01_lognorm.html"]  # the link to the previous chapter
     assert "| data |" not in pages["book/ch01_lognorm.html"]  # tables are rendered, not shown as source
     assert pages["labs/lab00_foundations.html"].count("Exercise 1 passed") >= 2  # source and executed output
+    exercises = {  # every exercise of the instructor edition, by page: it must be in the student edition
+        p.relative_to(book).as_posix(): set(
+            re.findall(r'<div class="exercise[^"]*" id="([^"]+)"', p.read_text(encoding="utf-8"))
+        )
+        for p in book.rglob("*.html")
+    }
+    lab_exercises = {
+        name: re.findall(r"Exercise \d+ ·[^\n<]*", text) for name, text in pages.items() if name.startswith("labs/")
+    }
+    assert sum(len(ids) for ids in exercises.values()) >= 15 and sum(map(len, lab_exercises.values())) >= 4
     if os.environ.get("LABKIT_BOOK_OUT"):
         target = Path(os.environ["LABKIT_BOOK_OUT"])
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(book, target)
 
     student = course.build_student_book(tmp_path / "student", cache=cache)
+    for name, ids in exercises.items():
+        source = (student / name).read_text(encoding="utf-8") if ids else ""
+        missing = sorted(i for i in ids if f'id="{i}"' not in source)
+        assert not missing, f"the student edition of {name} lacks the exercises {missing}"
+    for name, titles in lab_exercises.items():
+        text = _visible_text(student / name)
+        assert all(t in text for t in titles), f"the student edition of {name} lacks an exercise of {titles}"
     pages = {p: _visible_text(p) for p in student.rglob("*.html")}
     assert any("student edition" in t for t in pages.values())
     assert not (student / "_sources").exists()
@@ -125,7 +143,7 @@ def test_book_and_student_edition_build_in_smoke_mode(tmp_path):
     for md in (ROOT / "book").glob("*.md"):
         for block in re.findall(r"```\{solution\}[^\n]*\n(?::[^\n]*\n)*\n?(.*?)```", md.read_text(), re.S):
             first = next(l.strip() for l in block.splitlines() if l.strip())
-            distinctive.append(re.sub(r"\$[^$]*\$", "", first).strip()[:40])
+            distinctive.append(re.sub(r"\$([^$]*)\$", r"\\(\1\\)", first).strip()[:60])  # math as the HTML shows it
     assert len(distinctive) >= 5
     for line in distinctive:
         hits = [p.name for p, t in pages.items() if line in t]

@@ -121,6 +121,10 @@ def test_glue_names_are_stable_and_clashes_are_refused(monkeypatch):
     monkeypatch.setattr(myst_nb, "glue", lambda name, value, display: glued.update({name: value}))
     report.glue_all({"a/b": 1, "c": 2}, prefix="full")
     assert glued == {"full_a_b": 1, "full_c": 2}
+    import numpy as np
+
+    report.glue_all({"np": np.float64(2.25), "t": torch.tensor(3.5), "v": [1, 2]})
+    assert type(glued["np"]) is float and glued["np"] == 2.25 and glued["t"] == 3.5 and glued["v"] == [1, 2]
     with pytest.raises(ValueError, match="both glue as 'a_b'"):
         report.glue_all({"a/b": 1, "a b": 2})
 
@@ -151,3 +155,58 @@ def test_import_labkit_reaches_every_module():
 
     code = "import labkit; [getattr(labkit, m) for m in ('convex', 'clip', 'lognorm', 'chapters', 'report', 'course')]"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_ch01_tail_cost_from_the_benchmark_record():
+    bench = {"results": {"delta": 0.5, "rows": [{"n": 4, "stabilize": {"norm": 0.5}}, {"n": 8, "stabilize": None}]}}
+    A = ch01.bench_matrix(4)
+    assert torch.equal(A, ch01.bench_matrix(4)) and A.dtype == torch.float64
+    v = ch01.tail_cost(bench, n=4, violation=1e-3)
+    assert v["A"] == pytest.approx(float(A.norm()))
+    assert v["sum"] == pytest.approx(v["A"] - 0.5)
+    assert v["cost"] == pytest.approx(1e-3 / 0.5 * (v["A"] - 0.5) / 0.5)
+    with pytest.raises(ValueError, match="n = 8"):
+        ch01.tail_cost(bench, n=8)
+
+
+def test_ch02_penalty_free_finds_clip_runs_equal_to_no_regularisation():
+    def result(clean, q, best=3):
+        return {
+            "clean": clean,
+            "noise": {"accuracy": 0.1},
+            "pair_ascent": q,
+            "lipschitz": {"upper": 9.0},
+            "best_epoch": best,
+            "radii": [2.0],
+            "empirical": {"pgd_l2": [0.01], "pgd_sphere": [0.02]},
+        }
+
+    runs = {
+        "mnist/paper/none": result(0.2, 0.005),
+        "mnist/paper/CLIP low": result(0.2, 0.005),
+        "mnist/paper/CLIP high": result(0.2, 0.005, best=4),  # another kept epoch: not the same run
+        "mnist/standard/none": result(0.9, 2.0),
+        "mnist/standard/CLIP low": result(0.8, 1.0),
+    }
+    assert ch02.penalty_free(runs) == ["mnist/paper/CLIP low"]
+    note = ch02.penalty_note(runs, lam=0.1)
+    assert "mnist in the paper setting" in note and "2.5e-06" in note
+    assert "acted in every setting" in ch02.penalty_note({k: v for k, v in runs.items() if "standard" in k})
+
+
+def test_ch04_bench_values_and_table():
+    bench = {
+        "results": [{"what": "train", "seconds": 10.0, "images_per_second": 25.0}],
+        "sizes": {"preset": "cpl-s", "batch": 256, "parameters": 41_000_000},
+        "device_name": "cpu",
+        "threads": 2,
+        "created": "2026-11-30T00:00:00",
+        "commit": "abc",
+    }
+    v = ch04.bench_values(bench, epochs=200)
+    assert v == pytest.approx(
+        {"parameters": 41.0, "images_per_second": 25.0, "epoch_minutes": 2000 / 60, "run_hours": 2000 * 200 / 3600}
+    )
+    assert "cpl-s" in ch04.bench_table(bench)
+    with pytest.raises(ValueError, match="non-positive"):
+        ch04.bench_values({**bench, "results": [{"images_per_second": 0.0}]}, epochs=1)

@@ -362,3 +362,31 @@ def test_the_independent_audit_finds_an_inflated_certificate():
     assert inflated["attack"]["losses"] == ["cross_entropy", "difference_logits_ratio"]
     with pytest.raises(ValueError, match="radii must be 60 finite values"):
         audit.certificates(model, x, y, r[:5])
+
+
+def test_jacobian_norms_are_the_exact_local_constants_and_stay_below_one_for_the_cpl_step():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(64, 12, generator=gen, dtype=torch.float64)
+    for step in (2.0, 3.5):
+        layer = cv.ConvexPotentialLayer(12, 30, step=step, generator=torch.Generator().manual_seed(4)).double()
+        norms, active = cv.jacobian_norms(layer, x)
+        assert layer.training  # the mode is restored
+        layer.eval()
+        for i in (0, 17, 63):
+            J = torch.autograd.functional.jacobian(lambda z, layer=layer: layer(z[None])[0], x[i])
+            assert float(norms[i]) == pytest.approx(float(torch.linalg.matrix_norm(J, 2)), rel=1e-9)
+            pre = layer.weight.detach() @ x[i] + layer.bias.detach()
+            assert int(active[i]) == int((pre > 0).sum())
+        # every D between 0 and I: no local constant above the all-active one (c − 1) or 1
+        assert float(norms.max()) <= max(1.0, cv.all_active_norm(layer, (12,))) + 1e-9
+        if step == 2.0:
+            assert float(norms.max()) <= 1 + 1e-9
+        layer.train()
+
+
+def test_jacobian_norms_refuse_other_layers_and_shapes():
+    layer = cv.ConvexPotentialLayer(5, 7)
+    with pytest.raises(ValueError, match="shape"):
+        cv.jacobian_norms(layer, torch.rand(3, 4))
+    with pytest.raises(TypeError, match="dense ConvexPotentialLayer"):
+        cv.jacobian_norms(torch.nn.Linear(5, 5), torch.rand(3, 5))

@@ -35,6 +35,8 @@ __all__ = [
     "slsqp_table",
     "bench_table",
     "bench_growth",
+    "bench_matrix",
+    "tail_cost",
 ]
 
 # fmt: off
@@ -243,10 +245,10 @@ def bench_table(bench: dict) -> report.Table:
             return {
                 **out,
                 "time": f"not finished: {part['seconds']:.0f} s so far",
-                "norm": f"{part['upper']:.4f} (feasible for W only)",
+                "norm": f"{part['upper']:.4f} (feasible for 𝒟 only)",
                 "lower": f"{part['lower_bound']:.4f}",
                 "rounds": part["rounds"],
-                "W": part["working_set"],
+                "D": part["working_set"],
             }
         resumed = f" (resumed at round {ours['resumed_from_round']})" if ours.get("resumed_from_round") else ""
         out.update(
@@ -254,7 +256,7 @@ def bench_table(bench: dict) -> report.Table:
             norm=f"{ours['norm']:.4f}",
             lower=f"{ours['lower_bound']:.4f}",
             rounds=ours["rounds"],
-            W=ours["working_set"],
+            D=ours["working_set"],
             end="repair" if ours.get("repaired") else "clean",
         )
         if ref is None:
@@ -274,15 +276,35 @@ def bench_table(bench: dict) -> report.Table:
             ("‖Δ‖_F", get("norm")),
             ("certified lower bound", get("lower")),
             ("rounds", get("rounds")),
-            ("\\|W\\|", get("W")),
+            ("\\|𝒟\\|", get("D")),
             ("end", get("end")),
-            ("SLSQP on W", get("ref_time")),
+            ("SLSQP on 𝒟", get("ref_time")),
             ("‖Δ‖_F", get("ref_norm")),
             ("μ*", get("ref_mu")),
         ],
         caption=f"{bench['device_name']}, {bench['threads']} threads, {bench['created'][:10]}, commit "
         f"{str(bench['commit'])[:10]}",
     )
+
+
+def bench_matrix(n: int) -> torch.Tensor:
+    """The benchmark's ``n × n`` matrix (``scripts/bench_stabilize.py``, §1.5): seed 0, entries
+    ``N(0, 1/n)`` so that ``μ*`` stays of order one, float64."""
+    return torch.randn(n, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64) / n**0.5
+
+
+def tail_cost(bench: dict, n: int = 128, violation: float = 1e-3) -> dict:
+    """The relative cost of the uniform repair of a ``violation`` at size ``n`` of the benchmark
+    record (§1.5, *The tail of the cutting planes*): ``‖A‖_F``, the recorded ``‖Δ‖_F``, the lower
+    bound ``‖A + Δ‖_F ≥ ‖A‖_F − ‖Δ‖_F`` and the cost ``(v/δ)‖A + Δ‖_F/‖Δ‖_F`` it bounds from below."""
+    rows = [r for r in bench["results"]["rows"] if r["n"] == n and r["stabilize"] is not None]
+    if not rows:
+        raise ValueError(f"the benchmark record has no finished run at n = {n}.")
+    delta = float(bench["results"]["delta"])
+    norm = rows[-1]["stabilize"]["norm"]
+    a = float(bench_matrix(n).norm())
+    total = max(a - norm, 0.0)
+    return {"A": a, "delta": norm, "sum": total, "cost": violation / delta * total / norm}
 
 
 def bench_growth(bench: dict) -> str:

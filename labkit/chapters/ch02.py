@@ -27,6 +27,8 @@ __all__ = [
     "table",
     "values",
     "comparison",
+    "penalty_free",
+    "penalty_note",
 ]
 
 #: The targets of "CLIP low" and "CLIP high" per data set (MNIST's are the README's CLIP95/97).
@@ -167,6 +169,47 @@ def values(results: dict) -> dict:
             }
         )
     return out
+
+
+def penalty_free(results: dict) -> list[str]:
+    """The CLIP runs that equal the unregularised run of their data set and setting in every number
+    of :func:`values` and in the kept epoch: runs where the penalty did nothing (§2.5)."""
+    out = []
+    v = values(results)
+    fields = ("clean", "noise", "pgd_l2", "pgd_sphere", "pair_ascent", "upper_bound")
+    for key, r in results.items():
+        name, setting, config = key.split("/")
+        base = results.get(f"{name}/{setting}/none")
+        if not config.startswith("CLIP") or base is None:
+            continue
+        same = all(v[f"{name}/{setting}/{TAGS[config]}/{f}"] == v[f"{name}/{setting}/none/{f}"] for f in fields)
+        if same and r.get("best_epoch") == base.get("best_epoch"):
+            out.append(key)
+    return out
+
+
+def penalty_note(results: dict, lam: float | None = None) -> str:
+    """One Markdown paragraph on :func:`penalty_free`: where CLIP did nothing, and the size of the
+    penalty ``λ q²`` (paper setting) or ``λ q`` (standard) at the unregularised network's pair
+    estimate ``q`` (§2.5)."""
+    lam = SIZES["book"]["lam"] if lam is None else lam
+    keys = penalty_free(results)
+    if not keys:
+        return "**The penalty acted in every setting:** no CLIP row equals its unregularised row."
+    parts = []
+    for group in sorted({k.rsplit("/", 1)[0] for k in keys}):
+        name, setting = group.split("/")
+        q = results[f"{group}/none"]["pair_ascent"]
+        size = lam * q**2 if setting == "paper" else lam * q
+        form = "λq²" if setting == "paper" else "λq"
+        parts.append(f"{name} in the {setting} setting (q = {q:.3g}, {form} ≈ {size:.1e} at λ = {lam:g})")
+    return (
+        "**Where CLIP did nothing.** In "
+        + "; ".join(parts)
+        + ", the CLIP rows equal the unregularised row in every column and in the kept epoch: at this "
+        "size the penalty did not regularise at all. With a sigmoid on the outputs every quotient is "
+        "small, so the penalty is negligible beside the data term; the comparison needs the full runs."
+    )
 
 
 def comparison(results: dict) -> report.Table:

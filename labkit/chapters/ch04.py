@@ -10,7 +10,19 @@ from .. import convex, data, lipschitz, report
 from ..runtime import seed_everything
 from . import DATA, given, per_mode, pick
 
-__all__ = ["SIZES", "RECORD", "DATA", "sizes", "run", "verify", "table", "values", "presets_table"]
+__all__ = [
+    "SIZES",
+    "RECORD",
+    "DATA",
+    "sizes",
+    "run",
+    "verify",
+    "table",
+    "values",
+    "presets_table",
+    "bench_table",
+    "bench_values",
+]
 
 # fmt: off
 #: The sizes per mode. In book mode the dense ``mnist`` preset on 4 000 MNIST-like images, the ``cifar``
@@ -183,3 +195,32 @@ def presets_table() -> report.Table:
             ("parameters", "parameters", "{:.2f} M"),
         ],
     )
+
+
+def bench_table(bench: dict) -> report.Table:
+    """The record of ``scripts/bench_convex.py`` (§4.5): seconds per batch and images per second of a
+    training step and of an evaluation forward, with the device, threads, date and commit."""
+    return report.table(
+        bench["results"],
+        [
+            ("what", "what"),
+            ("seconds per batch", "seconds", "{:.2f}"),
+            ("images per second", "images_per_second", "{:.1f}"),
+        ],
+        caption=f"{bench['sizes']['preset']}, batch {bench['sizes']['batch']}, {bench['device_name']}, "
+        f"{bench['threads']} threads, {bench['created'][:10]}, commit {str(bench['commit'])[:10]}",
+    )
+
+
+def bench_values(bench: dict, *, epochs: int, images: int = 50_000) -> dict:
+    """From the benchmark record: the preset's parameters (millions), training images per second,
+    minutes per epoch of ``images`` and hours for ``epochs`` epochs at that speed (§4.5)."""
+    ips = bench["results"][0]["images_per_second"]
+    if ips <= 0:
+        raise ValueError(f"the benchmark record has a non-positive speed ({ips}).")
+    return {
+        "parameters": bench["sizes"]["parameters"] / 1e6,
+        "images_per_second": ips,
+        "epoch_minutes": images / ips / 60,
+        "run_hours": images / ips * epochs / 3600,
+    }
