@@ -30,6 +30,7 @@ from . import (  # noqa: E402  (the idea modules, so that ``import labkit`` reac
     odes,
     report,
     runtime,
+    snode,
     train,
 )
 from ._version import __version__
@@ -58,6 +59,7 @@ __all__ = [
     "progress_enabled",
     "report",
     "runtime",
+    "snode",
     "seed_everything",
     "setup",
     "train",

@@ -18,7 +18,17 @@ from tqdm.auto import tqdm
 from . import _validate
 from .runtime import progress_enabled, resolve_device
 
-__all__ = ["frozen", "fgsm", "pgd", "pgd_l2", "pgd_l2_sphere", "gaussian_noise", "robust_accuracy", "NORMS"]
+__all__ = [
+    "frozen",
+    "fgsm",
+    "pgd",
+    "pgd_l2",
+    "pgd_l2_sphere",
+    "gaussian_noise",
+    "robust_accuracy",
+    "minimal_l2",
+    "NORMS",
+]
 
 NORMS = ("linf", "l2")
 
@@ -228,3 +238,28 @@ def robust_accuracy(
 def pgd_l2(model, x, y, eps, **options):
     """:func:`pgd` in the l2 ball (a named shortcut for :func:`robust_accuracy`)."""
     return pgd(model, x, y, eps, norm="l2", **options)
+
+
+def minimal_l2(model, x, y, radii, *, steps: int = 20, clamp=(0.0, 1.0), generator=None) -> torch.Tensor:
+    """An upper estimate of each input's minimal adversarial ℓ2 norm (§3.5): the smallest radius of
+    the increasing grid ``radii`` at which :func:`pgd` (``norm="l2"``, ``steps`` steps) changes the
+    prediction away from ``y``; 0 for an input misclassified already, ``inf`` where no radius of the
+    grid succeeds. A stronger attack can only lower these numbers."""
+    _validate.batch(x, y)
+    radii = [float(_validate.positive(r, "radius")) for r in radii]
+    if not radii or any(b <= a for a, b in zip(radii, radii[1:])):
+        raise ValueError(f"radii must be a non-empty increasing list of positive numbers, got {radii!r}.")
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    with frozen(model), torch.no_grad():
+        wrong = model(x).argmax(1) != y
+    out = torch.where(wrong, 0.0, float("inf"))
+    for r in radii:
+        todo = torch.isinf(out)
+        if not todo.any():
+            break
+        adv = pgd(model, x[todo], y[todo], r, norm="l2", steps=steps, clamp=clamp, generator=gen)
+        with frozen(model), torch.no_grad():
+            fooled = model(adv).argmax(1) != y[todo]
+        idx = todo.nonzero().flatten()[fooled]
+        out[idx] = r
+    return out

@@ -19,6 +19,7 @@ from .clip import PairSet
 from .convex import ConvexPotentialLayer
 from .lipschitz import quotient
 from .lognorm import inner_step, lognorm_gradient
+from .snode import SNODE, sensitivity_attack, sobolev_gradient
 
 __all__ = [
     "lognorm_2",
@@ -35,6 +36,11 @@ __all__ = [
     "cpl_step",
     "power_iteration",
     "lln_radius",
+    "sobolev",
+    "adjoint_step",
+    "sensitivity_step",
+    "l2_step",
+    "attack_median",
 ]
 
 
@@ -448,3 +454,97 @@ def lln_radius(fn) -> None:
         "√2), take the smallest over j ≠ y, and give 0 to misclassified examples.",
         rtol=1e-8,
     )
+
+
+def sobolev(fn) -> None:
+    """Lab 3, exercise 1: ``fn(u, T)`` returns the Sobolev gradient ``(I − ∂²_t)⁻¹ u`` (Neumann) of
+    values ``u`` at the midpoints of the ``N`` cells of ``[0, T]`` (:prf:ref:`prop-sobolev`)."""
+    hint = (
+        "solve v_k − (v_{k+1} − 2v_k + v_{k−1})/h² = u_k with v_{−1} = v_0 and v_N = v_{N−1} "
+        "(a tridiagonal system; torch.linalg.solve on the N × N matrix is fine)."
+    )
+    g = torch.Generator().manual_seed(11)
+    for N, T in ((12, 3.0), (40, 1.5)):
+        u = torch.randn(N, generator=g, dtype=torch.float64)
+        _close(_call(fn, u.clone(), T), sobolev_gradient(u, T), f"the Sobolev gradient (N = {N}, T = {T})", hint,
+               rtol=1e-8, atol=1e-10)  # fmt: skip
+    c = torch.full((20,), 2.5, dtype=torch.float64)
+    _close(_call(fn, c.clone(), 2.0), c, "the Sobolev gradient of a constant", "constants are kept (Neumann).")
+
+
+def _adjoint_case(seed=12, K=5, d=6):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(d, d, generator=g, dtype=torch.float64)
+    x = -torch.rand(K, d, generator=g, dtype=torch.float64)
+    b = torch.randn(d, generator=g, dtype=torch.float64)
+    lam = torch.randn(K, d, generator=g, dtype=torch.float64)
+    return W, x, x @ W.T + b, lam
+
+
+def adjoint_step(fn) -> None:
+    """Lab 3, exercise 2: ``fn(lam_next, x_k, z_k, W_k, h)`` returns ``(lam_k, gW_k, gb_k)`` for
+    ``x_{k+1} = x_k + h tanh(z_k)``, ``z_k = x_k W_kᵀ + b_k`` (rows are samples): one step of the
+    discrete adjoint (:prf:ref:`thm-discrete-adjoint`)."""
+    W, x, z, lam = _adjoint_case()
+    h = 0.1
+    q = (1 - torch.tanh(z) ** 2) * lam
+    expected = (lam + h * q @ W, h * q.T @ x, h * q.sum(0))
+    got = _call(fn, lam.clone(), x.clone(), z.clone(), W.clone(), h)
+    if not (isinstance(got, tuple) and len(got) == 3):
+        raise AssertionError("return a triple (lam_k, gW_k, gb_k).")
+    hints = (
+        "λ_k = λ_{k+1} + h W_kᵀ(σ'(z_k) ⊙ λ_{k+1}); with samples in rows that is lam + h * (s @ W).",
+        "gW_k = h Σ_n s_n x_nᵀ with s = σ'(z_k) ⊙ λ_{k+1}: h * s.T @ x.",
+        "gb_k = h Σ_n s_n: sum over the samples.",
+    )
+    for what, a, e, hint in zip(("lam_k", "gW_k", "gb_k"), got, expected, hints):
+        _close(a, e, what, hint, rtol=1e-9, atol=1e-12)
+
+
+def sensitivity_step(fn) -> None:
+    """Lab 3, exercise 3: ``fn(xi_k, x_k, z_k, W_k, dW_k, db_k, h)`` returns ``ξ_{k+1}``, one step of
+    the sensitivity recursion for ``tanh`` (:prf:ref:`prop-sensitivity`)."""
+    W, x, z, xi = _adjoint_case(seed=13)
+    g = torch.Generator().manual_seed(14)
+    dW = torch.randn(W.shape, generator=g, dtype=torch.float64)
+    db = torch.randn(W.shape[0], generator=g, dtype=torch.float64)
+    h = 0.2
+    b = z - x @ W.T
+
+    def step(W_, b_, x_):  # the Euler step; its derivative in the direction is the answer
+        return x_ + h * torch.tanh(x_ @ W_.T + b_)
+
+    _, expected = torch.func.jvp(step, (W, b, x), (dW, db.expand_as(b), xi))
+    got = _call(fn, xi.clone(), x.clone(), z.clone(), W.clone(), dW.clone(), db.clone(), h)
+    _close(got, expected, "ξ_{k+1}", "ξ_{k+1} = ξ_k + h σ'(z_k) ⊙ (W_k ξ_k + dW_k x_k + db_k), samples in rows.",
+           rtol=1e-9, atol=1e-12)  # fmt: skip
+
+
+def l2_step(fn) -> None:
+    """Lab 3, exercise 4: ``fn(xT, xi, target)`` returns the step ``η`` that minimises
+    ``(1/K) Σ ½‖x_n + η ξ_n − ŷ_n‖²`` (:prf:ref:`prop-line-search`)."""
+    g = torch.Generator().manual_seed(15)
+    xT, xi, y = (torch.randn(8, 5, generator=g, dtype=torch.float64) for _ in range(3))
+    expected = -float((xi * (xT - y)).sum() / (xi * xi).sum())
+    got = _call(fn, xT.clone(), xi.clone(), y.clone())
+    _close(got, expected, "η", "the loss is a quadratic in η: set its derivative ⟨ξ, x + ηξ − ŷ⟩ to zero.",
+           rtol=1e-9, atol=1e-12)  # fmt: skip
+
+
+def attack_median(fn) -> None:
+    """Lab 3, exercise 5: ``fn(model, x0, labels)`` runs :func:`labkit.snode.sensitivity_attack`
+    with its defaults and returns ``(median, found)``: the median of the finite minimal norms and
+    the fraction of inputs for which one was found."""
+    model = SNODE(16, T=2.0, steps=8, classes=4, generator=torch.Generator().manual_seed(25)).double()
+    with torch.no_grad():
+        model.W.mul_(14.0)  # half of the 12 inputs resist the attack: their norm is inf
+    x0 = -torch.rand(12, 16, generator=torch.Generator().manual_seed(17), dtype=torch.float64)
+    with torch.no_grad():
+        labels = model.flow(x0)[:, :4].argmax(1)
+    norms = sensitivity_attack(model, x0, labels)
+    finite = norms[torch.isfinite(norms)]
+    got = _call(fn, model, x0.clone(), labels.clone())
+    if not (isinstance(got, tuple) and len(got) == 2):
+        raise AssertionError("return a pair (median, found).")
+    _close(got[1], len(finite) / len(norms), "found", "the fraction of inputs whose norm is finite.")
+    _close(got[0], finite.median(), "median", "the median of the finite norms only (torch.isfinite), not of inf.")

@@ -231,3 +231,25 @@ def test_attacks_work_inside_no_grad(linear_setup):
     with torch.no_grad():
         a = attacks.fgsm(model, x[:8], y[:8], 0.1)
     assert torch.equal(a, attacks.fgsm(model, x[:8], y[:8], 0.1))
+
+
+def test_minimal_l2_brackets_the_distance_to_a_linear_boundary():
+    from labkit import attacks
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 2).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0, 0, 0, 0, 0], [-1.0, 0, 0, 0, 0, 0]], dtype=torch.float64))
+        model.bias.copy_(torch.tensor([-0.5, 0.5], dtype=torch.float64))  # the boundary is x_0 = 0.5
+    x = torch.full((5, 6), 0.5, dtype=torch.float64)
+    x[:, 0] = 0.5 + torch.tensor([0.01, 0.03, 0.05, 0.07, -0.02], dtype=torch.float64)
+    y = torch.tensor([0, 0, 0, 0, 0])  # the last input is misclassified already
+    radii = [0.02 * k for k in range(1, 8)]
+    got = attacks.minimal_l2(model, x, y, radii, steps=20)
+    distance = (x[:, 0] - 0.5).abs()
+    assert got[4] == 0.0
+    for g, d in zip(got[:4], distance[:4]):
+        assert float(d) <= float(g) <= float(d) + 0.02 + 1e-9  # the first grid radius past the boundary
+    assert torch.isinf(attacks.minimal_l2(model, x[:1], y[:1], [0.005], steps=20)).all()
+    with pytest.raises(ValueError, match="increasing"):
+        attacks.minimal_l2(model, x, y, [0.1, 0.05])

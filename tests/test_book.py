@@ -101,6 +101,9 @@ def test_book_and_student_edition_build_in_smoke_mode(tmp_path):
     # numbered by the table of contents, with the chapter numbers of the file names
     assert "1.5. Reproduction" in pages["book/ch01_lognorm.html"]
     assert "4.2.1. Certificates" in pages["book/ch04_convex.html"]
+    # theorem-like directives take the chapter number of the file name too
+    assert "Definition 2.1" in pages["book/ch02_clip.html"] and "Definition 3.1" in pages["book/ch03_snode.html"]
+    assert "Definition 4.1" in pages["book/ch04_convex.html"] and "Definition 5.1" not in pages["book/ch04_convex.html"]
     assert "0. Foundations" in pages["book/ch01_lognorm.html"]  # the link to the previous chapter
     assert "| data |" not in pages["book/ch01_lognorm.html"]  # tables are rendered, not shown as source
     assert pages["labs/lab00_foundations.html"].count("Exercise 1 passed") >= 2  # source and executed output

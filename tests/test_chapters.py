@@ -56,8 +56,8 @@ def test_per_mode_builds_one_table_per_mode_and_refuses_a_short_row():
 
 def test_get_names_the_chapters_that_exist():
     assert chapters.get("ch02") is ch02
-    with pytest.raises(ValueError, match="ch00, ch01, ch02, ch04"):
-        chapters.get("ch03")
+    with pytest.raises(ValueError, match="ch00, ch01, ch02, ch03, ch04"):
+        chapters.get("ch05")
 
 
 def test_ch04_refuses_the_cifar_subset_in_full_mode_before_training(monkeypatch):
@@ -210,3 +210,40 @@ def test_ch04_bench_values_and_table():
     assert "cpl-s" in ch04.bench_table(bench)
     with pytest.raises(ValueError, match="non-positive"):
         ch04.bench_values({**bench, "results": [{"images_per_second": 0.0}]}, epochs=1)
+
+
+def _ch03_result(sens, pgd, clean=0.9, gap=0.0):
+    return {
+        "clean": clean,
+        "seconds": 1.0,
+        "trace": [(0, 2.0), (5, 1.0)],
+        "smoothness": 3.0,
+        "attack": {"sensitivity": sens, "pgd": pgd, "steps": 30, "pgd_steps": 20, "images": len(sens)},
+        "jacobian": {"state": [1.0, 2.0, 3.0], "logits": [0.5, 1.0, 1.5]},
+        "propagation": {"linear": [1.0 + gap, 2.0], "monte_carlo": [1.0, 2.0], "noise": 0.05, "samples": 10},
+    }
+
+
+def test_ch03_claim_table_and_verify_from_synthetic_results():
+    from labkit.chapters import ch03
+
+    results = {
+        "sNODE, L²/seed 0": _ch03_result([0.4, 0.6, None], [0.5, 0.7, 0.9]),
+        "sNODE, Sobolev/seed 0": _ch03_result([0.2, 0.3, 0.3], [0.5, 0.8, 0.9]),
+        "ResNet, Adam/seed 0": _ch03_result([0.3, 0.4, 0.5], [0.4, 0.6, 0.8], clean=0.8),
+    }
+    ch03.verify(results)
+    text = ch03.claim(results)
+    assert "only one sNODE variant" in text and "0.50 (sensitivity attack)" in text and "1 seed(s)" in text
+    rows = {r["model"]: r for r in (ch03._row(k, r) for k, r in results.items())}
+    assert rows["sNODE, L²"]["sens"] == 0.5 and rows["sNODE, L²"]["sens_found"] == pytest.approx(2 / 3)
+    assert "median ‖Ξ(T)‖₂" in ch03.table(results) and ch03.values(results)["l2/xi"] == 2.0
+    with pytest.raises(AssertionError, match="differ by 40%"):
+        ch03.verify({"x/seed 0": _ch03_result([0.1], [0.1], gap=0.4)})
+    bench = {
+        "results": [{"what": "adjoint gradient", "seconds": 0.1, "images_per_second": 1000.0, "peak_mb": 700.0,
+                     "before_mb": 600.0}],
+        "sizes": {"dim": 196, "steps": 150, "batch": 100, "images": 1000},
+        "device_name": "cpu", "threads": 2, "created": "2026-11-30T00:00:00", "commit": "abc",
+    }  # fmt: skip
+    assert "d = 196, N = 150" in ch03.bench_table(bench)

@@ -137,7 +137,71 @@ RIGHT.update(
     }
 )
 
+
+def _sobolev_dense(u, T, neumann=True, shift=1.0):
+    N = u.shape[0]
+    c = (N / T) ** 2
+    L = torch.diag(torch.full((N,), -2.0 * c, dtype=u.dtype)) + torch.diag(torch.full((N - 1,), c, dtype=u.dtype), 1)
+    L = L + torch.diag(torch.full((N - 1,), c, dtype=u.dtype), -1)
+    if neumann:
+        L[0, 0] = L[-1, -1] = -c
+    return torch.linalg.solve(shift * torch.eye(N, dtype=u.dtype) - L, u)
+
+
+def _adjoint(lam, x, z, W, h, transpose=False, scale=1.0):
+    q = (1 - torch.tanh(z) ** 2) * lam
+    return lam + h * q @ (W.T if transpose else W), scale * h * q.T @ x, h * q.sum(0)
+
+
+def _sens(xi, x, z, W, dW, db, h, with_dW=True):
+    rhs = xi @ W.T + (x @ dW.T if with_dW else 0) + db
+    return xi + h * (1 - torch.tanh(z) ** 2) * rhs
+
+
+def _median(model, x0, y, keep_inf=False):
+    from labkit import snode
+
+    n = snode.sensitivity_attack(model, x0, y)
+    f = n if keep_inf else n[torch.isfinite(n)]
+    return float(f.median()), float(torch.isfinite(n).float().mean())
+
+
+RIGHT.update(
+    {
+        "sobolev": _sobolev_dense,
+        "adjoint_step": _adjoint,
+        "sensitivity_step": _sens,
+        "l2_step": lambda xT, xi, y: -float((xi * (xT - y)).sum() / (xi * xi).sum()),
+        "attack_median": _median,
+    }
+)
+
 WRONG = {
+    "sobolev": [
+        lambda u, T: _sobolev_dense(u, T, neumann=False),  # Dirichlet ends
+        lambda u, T: u,  # the L² gradient
+        lambda u, T: _sobolev_dense(u, T, shift=2.0),
+    ],
+    "adjoint_step": [
+        lambda *a: _adjoint(*a, transpose=True),  # W instead of Wᵀ
+        lambda *a: _adjoint(*a, scale=1 / a[-1]),  # forgets h
+        lambda lam, x, z, W, h: (lam + h * lam @ W, h * lam.T @ x, h * lam.sum(0)),  # forgets σ'
+    ],
+    "sensitivity_step": [
+        lambda *a: _sens(*a, with_dW=False),
+        lambda xi, x, z, W, dW, db, h: xi + h * (xi @ W.T + x @ dW.T + db),  # forgets σ'
+        lambda xi, x, z, W, dW, db, h: xi,
+    ],
+    "l2_step": [
+        lambda xT, xi, y: float((xi * (xT - y)).sum() / (xi * xi).sum()),  # sign
+        lambda xT, xi, y: -float((xi * (xT - y)).sum()),  # no normalisation
+        lambda xT, xi, y: 1.0,
+    ],
+    "attack_median": [
+        lambda m, x0, y: _median(m, x0, y, keep_inf=True),
+        lambda m, x0, y: (_median(m, x0, y)[0], 1.0),
+        lambda m, x0, y: (0.0, _median(m, x0, y)[1]),
+    ],
     "euler_step_norm": [
         lambda Q, h: 1 - h * torch.linalg.eigvalsh(Q)[-1],  # signed, one end
         lambda Q, h: torch.linalg.matrix_norm(torch.eye(Q.shape[0], dtype=Q.dtype) + h * Q, ord=2),

@@ -103,7 +103,7 @@ def test_the_fence_check_catches_the_class_of_e5():
 #: fonts and accents that make no new symbol.
 _GRAMMAR = r"""\le \ge \ne \in \notin \subset \subseteq \to \mapsto \iff \approx \lesssim \equiv \preceq \succeq \mid
     \cdot \circ \times \pm \mp \ast \star \top \infty \partial \nabla \dots \ldots \cdots \downarrow \leftarrow
-    \rightarrow \sum \prod \int \max \min \sup \inf \lim \limsup \arg \exp \log \det \tanh \sin \cos
+    \rightarrow \sum \prod \int \max \min \sup \inf \lim \limsup \arg \exp \log \det \tanh \sin \cos \sinh \cosh \odot
     \frac \tfrac \dfrac \sqrt \big \Big \bigl \bigr \left \right \lVert \rVert \lvert \rvert \langle \rangle
     \quad \qquad \ker \mathrel \text \mathrm \rm \operatorname \dot \boldsymbol \mathbf \begin \end \limits"""
 GRAMMAR = set(_GRAMMAR.split())

@@ -4,7 +4,8 @@ The table of contents numbers the chapters and their sections (``numbered: true`
 ``_toc.yml``), so no number is typed by hand in a heading. Sphinx counts the numbered chapters
 1, 2, 3, …; the book's chapters are 0, 1, 2, 4, … (each after its paper, with room for the ones
 still to come), so this extension replaces the first component of every section number of a
-chapter page by the number in its file name, after Sphinx has assigned them.
+chapter page by the number in its file name, after Sphinx has assigned them, and does the same
+for the numbers of figures, tables and the theorem-like directives (``Definition 2.1``).
 ``tests/test_citations.py`` computes the same numbers from the pages, so a ``§N.M`` in a
 docstring or in the prose can be checked against the headings.
 """
@@ -40,6 +41,14 @@ def _renumber(app, env):
         title = env.titles.get(docname)
         if title is not None and title.get("secnumber"):
             title["secnumber"] = _renumbered(title["secnumber"], chapter)
+    # numbered figures, tables and proof directives (Definition 2.1, Theorem 4.1, …) carry the
+    # chapter's section number as their first component too
+    for docname, kinds in env.toc_fignumbers.items():
+        chapter = chapter_of(docname)
+        if chapter is None:
+            continue
+        for kind, numbers in kinds.items():
+            kinds[kind] = {node_id: _renumbered(number, chapter) for node_id, number in numbers.items()}
     return []
 
 

@@ -1,0 +1,620 @@
+"""Standalone neural ODEs (§3.2): the whole classifier is one ODE in the input space,
+``ẋ = σ(W(t)x + b(t))``, trained by nonlinear conjugate gradients with Sobolev gradients and
+exact line searches from the sensitivity equation (§3.2–§3.4).
+
+Everything is *discretise-then-optimise*: the network is the explicit Euler scheme on the uniform
+grid of ``[0, T]`` with one weight matrix and bias per cell, and :func:`adjoint_gradient`,
+:func:`sensitivity` and :func:`input_jacobian` are the exact derivatives of that discrete map,
+written out as recursions (:prf:ref:`thm-discrete-adjoint`, :prf:ref:`prop-sensitivity`).
+:func:`adaptive_gradient` is the optimise-then-discretise counterpart through ``torchdiffeq``,
+kept to show what it costs in accuracy (§3.6).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from . import _validate
+from .runtime import progress_enabled
+from .train import History, fit, load_checkpoint, save_checkpoint
+
+__all__ = [
+    "ACTIVATIONS",
+    "BETAS",
+    "SNODE",
+    "downsample",
+    "adjoint_gradient",
+    "autograd_gradient",
+    "sobolev_gradient",
+    "sensitivity",
+    "input_jacobian",
+    "output_covariance",
+    "line_search",
+    "cg_beta",
+    "ncg_train",
+    "fit_backprop",
+    "sensitivity_attack",
+    "smoothness",
+    "adaptive_gradient",
+]
+
+
+def _dtanh(z):
+    return 1 - torch.tanh(z) ** 2
+
+
+def _dsigmoid(z):
+    s = torch.sigmoid(z)
+    return s * (1 - s)
+
+
+#: Activations with their derivatives (ReLU's derivative is taken as 0 at 0).
+ACTIVATIONS = {
+    "tanh": (torch.tanh, _dtanh),
+    "sigmoid": (torch.sigmoid, _dsigmoid),
+    "relu": (torch.relu, lambda z: (z > 0).to(z.dtype)),
+    "softplus": (F.softplus, torch.sigmoid),
+}
+#: The conjugate-gradient coefficients of :func:`cg_beta` (§3.4).
+BETAS = ("fletcher-reeves", "polak-ribiere", "hestenes-stiefel", "dai-yuan", "none")
+LOSSES = ("l2", "cross_entropy")
+
+
+class SNODE(nn.Module):
+    """The standalone neural ODE ``ẋ = σ(W(t)x + b(t))`` on ``[0, T]`` in ``ℝ^dim`` (§3.2), with
+    one ``W`` (``dim × dim``) and ``b`` per cell of the uniform grid (``W``: ``steps × dim × dim``,
+    ``b``: ``steps × dim``), solved by explicit Euler: ``x_{k+1} = x_k + h σ(W_k x_k + b_k)``,
+    ``h = T/steps``. No layer comes before or after the ODE.
+
+    Images enter through :meth:`encode`: flattened, background 0 and foreground −1, so that with a
+    non-negative activation (ẋ ≥ 0) every state can still rise to the targets 0 and 1 (pitfall 2
+    of §3.8). The prediction is the arg-max of the first ``classes`` components of ``x(T)``
+    (:meth:`forward` returns them). ``loss="l2"`` (the reference code's) regresses the whole
+    final state on the one-hot target embedded in ``ℝ^dim`` (:meth:`target`); ``"cross_entropy"``
+    uses the first ``classes`` components as logits. The weights start smooth in ``t``: normal
+    entries of standard deviation ``1/dim`` at the integer times, interpolated linearly."""
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        T: float = 3.0,
+        steps: int = 150,
+        activation: str = "tanh",
+        classes: int = 10,
+        loss: str = "l2",
+        generator=None,
+    ):
+        super().__init__()
+        self.dim = _validate.positive_int(dim, "dim")
+        self.T = float(_validate.positive(T, "T"))
+        self.steps = _validate.positive_int(steps, "steps")
+        self.classes = _validate.positive_int(classes, "classes")
+        if self.classes > self.dim:
+            raise ValueError(f"classes = {classes} do not fit in a state of dimension {dim}.")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; use one of {sorted(ACTIVATIONS)}.")
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; use one of {LOSSES}.")
+        self.activation, self.loss_kind = activation, loss
+        self.sigma, self.dsigma = ACTIVATIONS[activation]
+        knots = math.ceil(self.T) + 1
+        gen = generator if generator is not None else torch.Generator().manual_seed(0)
+        W_knots = torch.randn(knots, dim, dim, generator=gen) / dim
+        b_knots = torch.randn(knots, dim, generator=gen) / dim
+        mid = (torch.arange(self.steps, dtype=torch.float64) + 0.5) * self.h
+        self.W = nn.Parameter(_interpolate(W_knots, mid).float())
+        self.b = nn.Parameter(_interpolate(b_knots, mid).float())
+
+    @property
+    def h(self) -> float:
+        """The step size ``T / steps``."""
+        return self.T / self.steps
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The initial state of images in ``[0, 1]``: flattened, ``x(0) = −image`` (background 0,
+        foreground −1)."""
+        _validate.batch(images, what="images")
+        x = images.flatten(1)
+        if x.shape[1] != self.dim:
+            raise ValueError(f"images have {x.shape[1]} pixels; the sNODE has dimension {self.dim}.")
+        return -x.to(self.W.dtype)
+
+    def target(self, labels: torch.Tensor) -> torch.Tensor:
+        """The ℓ2 target of ``labels``: the one-hot vector of the class in the first ``classes``
+        components, zeros in the other ``dim − classes``."""
+        _validate.labels(labels, classes=self.classes)
+        y = torch.zeros(len(labels), self.dim, dtype=self.W.dtype, device=self.W.device)
+        y[torch.arange(len(labels)), labels.to(y.device)] = 1.0
+        return y
+
+    def flow(self, x0: torch.Tensor) -> torch.Tensor:
+        """``x(T)`` from the initial states ``x0`` (``K × dim``), by the Euler scheme."""
+        x = _state(self, x0)
+        for k in range(self.steps):
+            x = x + self.h * self.sigma(x @ self.W[k].T + self.b[k])
+        return x
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The logits: the first ``classes`` components of ``x(T)`` from images."""
+        return self.flow(self.encode(images))[:, : self.classes]
+
+    def loss(self, xT: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The mean loss of final states: ``½‖x(T) − ŷ‖²`` (``l2``) or cross-entropy on the first
+        ``classes`` components."""
+        if self.loss_kind == "l2":
+            return 0.5 * (xT - self.target(labels)).pow(2).sum(1).mean()
+        _validate.labels(labels, classes=self.classes)
+        return F.cross_entropy(xT[:, : self.classes], labels.to(xT.device))
+
+
+def _interpolate(knots: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear interpolation of values at the integer times ``0, 1, …`` to times ``t``."""
+    i = t.floor().long().clamp(0, len(knots) - 2)
+    w = (t - i).to(knots.dtype).view(-1, *([1] * (knots.ndim - 1)))
+    return (1 - w) * knots[i] + w * knots[i + 1]
+
+
+def _state(model: SNODE, x0: torch.Tensor) -> torch.Tensor:
+    if not isinstance(x0, torch.Tensor) or x0.ndim != 2 or x0.shape[1] != model.dim:
+        raise ValueError(f"x0 must be a batch of states of shape (K, {model.dim}), got {getattr(x0, 'shape', x0)}.")
+    return x0.to(dtype=model.W.dtype, device=model.W.device)
+
+
+def downsample(images: torch.Tensor, factor: int = 2) -> torch.Tensor:
+    """Block averages of ``factor × factor`` pixels (MNIST 28×28 → 14×14 for ``factor=2``, §3.5)."""
+    _validate.batch(images, what="images")
+    factor = _validate.positive_int(factor, "factor")
+    if images.ndim != 4 or images.shape[-1] % factor or images.shape[-2] % factor:
+        raise ValueError(f"images must be (N, C, H, W) with H and W divisible by {factor}, got {tuple(images.shape)}.")
+    return F.avg_pool2d(images, factor)
+
+
+@torch.no_grad()
+def _trajectory(model: SNODE, x0: torch.Tensor):
+    """States ``x_0 … x_N`` (``N+1 × K × dim``) and pre-activations ``z_k = W_k x_k + b_k``."""
+    x = _state(model, x0)
+    W, b, h = model.W.detach(), model.b.detach(), model.h
+    X = torch.empty(model.steps + 1, *x.shape, dtype=x.dtype, device=x.device)
+    Z = torch.empty(model.steps, *x.shape, dtype=x.dtype, device=x.device)
+    X[0] = x
+    for k in range(model.steps):
+        Z[k] = torch.addmm(b[k], X[k], W[k].T)
+        X[k + 1] = X[k] + h * model.sigma(Z[k])
+    return X, Z
+
+
+def _loss_gradient(model: SNODE, xT: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``∂(mean loss)/∂x(T)``, one row per sample."""
+    K = xT.shape[0]
+    if model.loss_kind == "l2":
+        return (xT - model.target(labels)) / K
+    _validate.labels(labels, classes=model.classes)
+    p = torch.softmax(xT[:, : model.classes], 1)
+    p[torch.arange(K), labels.to(p.device)] -= 1.0
+    out = torch.zeros_like(xT)
+    out[:, : model.classes] = p / K
+    return out
+
+
+def adjoint_gradient(model: SNODE, x0: torch.Tensor, target: torch.Tensor, *, weight_decay: float = 0.0):
+    """The exact gradient ``(gW, gb)`` of the mean loss of :class:`SNODE` at the initial states
+    ``x0`` with labels ``target``, by the discrete adjoint recursion (:prf:ref:`thm-discrete-adjoint`):
+    ``λ_N = ∂loss/∂x_N``, ``λ_k = λ_{k+1} + h W_kᵀ(σ'(z_k) ⊙ λ_{k+1})``,
+    ``gW_k = h Σ (σ'(z_k) ⊙ λ_{k+1}) x_kᵀ`` and ``gb_k = h Σ σ'(z_k) ⊙ λ_{k+1}``, written out
+    (no autograd). ``weight_decay`` μ adds the gradient ``μ h (W_k, b_k)`` of
+    ``(μ/2) Σ_k h (‖W_k‖² + ‖b_k‖²)``, the discrete ``(μ/2)∫‖W‖² + ‖b‖² dt``."""
+    X, Z = _trajectory(model, x0)
+    lam = _loss_gradient(model, X[-1], target)
+    W, h = model.W.detach(), model.h
+    gW, gb = torch.empty_like(W), torch.empty_like(model.b.detach())
+    for k in range(model.steps - 1, -1, -1):
+        s = model.dsigma(Z[k]) * lam
+        gW[k] = h * (s.T @ X[k])
+        gb[k] = h * s.sum(0)
+        lam = torch.addmm(lam, s, W[k], alpha=h)
+    wd = float(_validate.nonneg(weight_decay, "weight_decay"))
+    if wd:
+        gW += wd * h * W
+        gb += wd * h * model.b.detach()
+    return gW, gb
+
+
+def autograd_gradient(model: SNODE, x0: torch.Tensor, target: torch.Tensor):
+    """The same gradient as :func:`adjoint_gradient` by PyTorch's reverse mode through
+    :meth:`SNODE.flow` (the reference of its tests and of ``scripts/bench_snode.py``)."""
+    W, b = model.W, model.b
+    loss = model.loss(model.flow(x0), target)
+    gW, gb = torch.autograd.grad(loss, (W, b))
+    return gW, gb
+
+
+def sobolev_gradient(g: torch.Tensor, T: float) -> torch.Tensor:
+    """The ``W^{1,2}(0, T)`` representative ``v = (I − ∂²_t)⁻¹ u`` with Neumann conditions of an
+    ``L²`` gradient ``u`` sampled along the first axis of ``g`` at the midpoints of the ``N`` cells
+    of ``[0, T]`` (:prf:ref:`prop-sobolev`): the cell-centred finite-difference Laplacian with
+    mirrored ghost cells, solved by the Thomas algorithm for all other axes at once (``O(N · size)``).
+    Constants are kept; ``cos(kπt/T)`` is divided by ``1 + (kπ/T)² + O(h²)``."""
+    T = float(_validate.positive(T, "T"))
+    if not isinstance(g, torch.Tensor) or g.ndim < 1 or g.shape[0] < 1:
+        raise ValueError("g must be a tensor whose first axis holds the values on the grid's cells.")
+    N = g.shape[0]
+    if N == 1:
+        return g.clone()
+    c = (N / T) ** 2  # 1/h²
+    diag = [1 + 2 * c] * N
+    diag[0] = diag[-1] = 1 + c
+    cp = [0.0] * N
+    dp = torch.empty_like(g)
+    cp[0] = -c / diag[0]
+    dp[0] = g[0] / diag[0]
+    for i in range(1, N):
+        denom = diag[i] + c * cp[i - 1]
+        cp[i] = -c / denom
+        dp[i] = (g[i] + c * dp[i - 1]) / denom
+    v = torch.empty_like(g)
+    v[-1] = dp[-1]
+    for i in range(N - 2, -1, -1):
+        v[i] = dp[i] - cp[i] * v[i + 1]
+    return v
+
+
+@torch.no_grad()
+def _sensitivity(model: SNODE, x0, dW=None, db=None, dx0=None):
+    x = _state(model, x0)
+    xi = torch.zeros_like(x) if dx0 is None else _state(model, dx0).clone()
+    W, b, h = model.W.detach(), model.b.detach(), model.h
+    for name, d, ref in (("dW", dW, W), ("db", db, b)):
+        if d is not None and d.shape != ref.shape:
+            raise ValueError(f"{name} must have the shape {tuple(ref.shape)} of the weights, got {tuple(d.shape)}.")
+    for k in range(model.steps):
+        z = torch.addmm(b[k], x, W[k].T)
+        rhs = xi @ W[k].T
+        if dW is not None:
+            rhs = rhs + x @ dW[k].T.to(x.dtype)
+        if db is not None:
+            rhs = rhs + db[k].to(x.dtype)
+        xi = xi + h * model.dsigma(z) * rhs
+        x = x + h * model.sigma(z)
+    return x, xi
+
+
+def sensitivity(model: SNODE, x0: torch.Tensor, dW=None, db=None, dx0=None) -> torch.Tensor:
+    """``ξ(T)``, the directional derivative of ``x(T)`` in the direction ``(dW, db, dx0)`` (any of
+    them ``None`` for zero), by the discrete sensitivity recursion
+    ``ξ_{k+1} = ξ_k + h σ'(z_k) ⊙ (W_k ξ_k + dW_k x_k + db_k)``, ``ξ_0 = dx0``
+    (:prf:ref:`prop-sensitivity`)."""
+    return _sensitivity(model, x0, dW, db, dx0)[1]
+
+
+@torch.no_grad()
+def input_jacobian(model: SNODE, x0: torch.Tensor) -> torch.Tensor:
+    """``Ξ(T) = ∂x(T)/∂x(0)`` for each initial state (``K × dim × dim``), by the matrix sensitivity
+    recursion ``Ξ_{k+1} = Ξ_k + h diag(σ'(z_k)) W_k Ξ_k``, ``Ξ_0 = I`` (:prf:ref:`prop-sensitivity`)."""
+    x = _state(model, x0)
+    K, d = x.shape
+    Xi = torch.eye(d, dtype=x.dtype, device=x.device).expand(K, d, d).clone()
+    W, b, h = model.W.detach(), model.b.detach(), model.h
+    for k in range(model.steps):
+        z = torch.addmm(b[k], x, W[k].T)
+        Xi = Xi + h * model.dsigma(z)[:, :, None] * (W[k] @ Xi)
+        x = x + h * model.sigma(z)
+    return Xi
+
+
+@torch.no_grad()
+def _output_rows(model: SNODE, x0: torch.Tensor, rows: int):
+    """``x(T)`` and the first ``rows`` rows of ``Ξ(T)`` (``K × rows × dim``) by the adjoint
+    recursion, one backward sweep for all rows: cheaper than :func:`input_jacobian` when
+    ``rows ≪ dim``."""
+    X, Z = _trajectory(model, x0)
+    K, d = X.shape[1:]
+    lam = torch.zeros(K, rows, d, dtype=X.dtype, device=X.device)
+    lam[:, torch.arange(rows), torch.arange(rows)] = 1.0
+    W, h = model.W.detach(), model.h
+    for k in range(model.steps - 1, -1, -1):
+        lam = lam + h * (model.dsigma(Z[k])[:, None, :] * lam) @ W[k]
+    return X[-1], lam
+
+
+def output_covariance(model: SNODE, x0: torch.Tensor, cov) -> torch.Tensor:
+    """The linearised covariance ``Ξ(T) Σ Ξ(T)ᵀ`` of ``x(T)`` under input noise of covariance
+    ``Σ`` (a ``dim × dim`` matrix, or a number for ``σ² I``), per initial state (§3.5)."""
+    Xi = input_jacobian(model, x0)
+    if isinstance(cov, (int, float)):
+        return float(_validate.nonneg(cov, "cov")) * Xi @ Xi.transpose(1, 2)
+    return Xi @ cov.to(Xi.dtype) @ Xi.transpose(1, 2)
+
+
+def line_search(model: SNODE, xT, xi, labels, *, weight_decay: float = 0.0, params=None, direction=None) -> float:
+    """The step ``η`` that minimises the loss of the *linearised* output ``x(T) + η ξ(T)``
+    (:prf:ref:`prop-line-search`). For the ℓ2 loss it is the closed form
+    ``η = −(⟨ξ, x − ŷ⟩/K + μ h⟨θ, d⟩)/(‖ξ‖²/K + μ h‖d‖²)`` (``θ = params``, ``d = direction``, the
+    weight-decay terms only when ``weight_decay = μ > 0``); for cross-entropy the root of the
+    derivative of a convex function of ``η``, by bracketing and bisection."""
+    wd = float(_validate.nonneg(weight_decay, "weight_decay"))
+    K = xT.shape[0]
+    pd = dd = 0.0
+    if wd:
+        if params is None or direction is None:
+            raise ValueError("weight_decay needs the params and the direction.")
+        pd = wd * model.h * sum(float((p * d).sum()) for p, d in zip(params, direction))
+        dd = wd * model.h * sum(float((d * d).sum()) for d in direction)
+    if model.loss_kind == "l2":
+        num = float((xi * (xT - model.target(labels))).sum()) / K + pd
+        den = float((xi * xi).sum()) / K + dd
+        return 0.0 if den <= 0 else -num / den
+    labels = labels.to(xT.device)
+    z, q = xT[:, : model.classes], xi[:, : model.classes]
+
+    def slope(eta):
+        p = torch.softmax(z + eta * q, 1)
+        return float(((p * q).sum(1) - q[torch.arange(K), labels]).sum()) / K + pd + eta * dd
+
+    s0 = slope(0.0)
+    if s0 == 0:
+        return 0.0
+    lo, hi, step = 0.0, 0.0, -1.0 if s0 > 0 else 1.0
+    for _ in range(60):  # the slope is non-decreasing: walk until it changes sign
+        hi = lo + step
+        if (slope(hi) > 0) != (s0 > 0):
+            break
+        lo, step = hi, 2 * step
+    else:
+        return hi
+    a, b = sorted((lo, hi))
+    for _ in range(60):
+        m = 0.5 * (a + b)
+        if slope(m) > 0:
+            b = m
+        else:
+            a = m
+    return 0.5 * (a + b)
+
+
+def _dot(u, v) -> float:
+    return sum(float((a * b).sum()) for a, b in zip(u, v))
+
+
+def cg_beta(rule: str, g, g_prev, d_prev) -> float:
+    """The nonlinear conjugate-gradient coefficient ``β`` of the new gradient ``g`` (tuples of
+    tensors) with the previous gradient and direction (§3.4): Fletcher–Reeves
+    ``⟨g, g⟩/⟨g₋, g₋⟩``; Polak–Ribière ``max(0, ⟨g, g − g₋⟩/⟨g₋, g₋⟩)``; Hestenes–Stiefel
+    ``⟨g, g − g₋⟩/⟨d₋, g − g₋⟩``; Dai–Yuan ``⟨g, g⟩/⟨d₋, g − g₋⟩``; ``none`` 0 (steepest descent).
+    ``g_prev=None`` (a restart) gives 0; so does a zero denominator."""
+    if rule not in BETAS:
+        raise ValueError(f"unknown beta {rule!r}; use one of {BETAS}.")
+    if rule == "none" or g_prev is None:
+        return 0.0
+    y = [a - b for a, b in zip(g, g_prev)]
+    if rule == "fletcher-reeves":
+        num, den = _dot(g, g), _dot(g_prev, g_prev)
+    elif rule == "polak-ribiere":
+        num, den = _dot(g, y), _dot(g_prev, g_prev)
+    elif rule == "hestenes-stiefel":
+        num, den = _dot(g, y), _dot(d_prev, y)
+    else:
+        num, den = _dot(g, g), _dot(d_prev, y)
+    beta = 0.0 if den == 0 else num / den
+    return max(beta, 0.0) if rule == "polak-ribiere" else beta
+
+
+def ncg_train(
+    model: SNODE,
+    data: Dataset,
+    *,
+    epochs: int,
+    batch_size: int = 100,
+    iterations: int = 6,
+    beta: str = "fletcher-reeves",
+    sobolev: bool = True,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    progress: bool | None = None,
+    checkpoint=None,
+    after_batch=None,
+    desc: str = "NCG epoch",
+) -> History:
+    """Mini-batch nonlinear conjugate gradients (:prf:ref:`alg-ncg`): for every batch of images
+    the CG memory restarts, then ``iterations`` times: the exact gradient by the discrete adjoint,
+    its Sobolev representative (``sobolev``), the direction ``d = −g + β d₋`` (``beta``: a rule of
+    :data:`BETAS`), the sensitivity ``ξ(T)`` of the output in that direction and the step of
+    :func:`line_search`. Returns a :class:`~labkit.train.History` (per epoch: the mean batch loss
+    before each batch's first iteration and the training accuracy of those forwards);
+    ``after_batch(model)`` is called after each batch (the chapter records a loss trace). With
+    ``checkpoint=path`` the weights, history and epoch are saved after every epoch and a later
+    call resumes from them; a checkpoint of another model is refused before anything is loaded."""
+    if not isinstance(model, SNODE):
+        raise TypeError(f"ncg_train trains an SNODE, got {type(model).__name__}.")
+    epochs = _validate.positive_int(epochs, "epochs")
+    batch_size = _validate.positive_int(batch_size, "batch_size")
+    iterations = _validate.positive_int(iterations, "iterations")
+    if beta not in BETAS:
+        raise ValueError(f"unknown beta {beta!r}; use one of {BETAS}.")
+    history, start = History(), 0
+    signature = {"dim": model.dim, "steps": model.steps, "T": model.T, "activation": model.activation,
+                 "loss": model.loss_kind, "beta": beta, "sobolev": bool(sobolev)}  # fmt: skip
+    if checkpoint is not None:
+        _validate.writable(checkpoint, "checkpoint")
+        if Path(checkpoint).exists():
+            state = load_checkpoint(checkpoint, map_location=model.W.device)
+            if state.get("kind") != "snode-ncg" or state.get("signature") != signature:
+                raise ValueError(
+                    f"checkpoint {checkpoint} is not of this training ({state.get('signature')} != {signature})."
+                )
+            start = int(state["epoch"])
+            if start > epochs:
+                raise ValueError(f"checkpoint {checkpoint} is at epoch {start}, beyond epochs={epochs}.")
+            model.load_state_dict(state["model"])
+            history = History(**state["history"])
+    show = progress_enabled() if progress is None else progress
+    params = (model.W, model.b)
+    for epoch in range(start, epochs):
+        loader = DataLoader(
+            data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed + epoch)
+        )
+        loss_sum, correct, total = 0.0, 0, 0
+        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", disable=not show, leave=False)
+        for xb, yb in bar:
+            x0 = model.encode(xb.to(model.W.device))
+            yb = yb.to(model.W.device)
+            g_prev = d_prev = None
+            for j in range(iterations):
+                g = adjoint_gradient(model, x0, yb, weight_decay=weight_decay)
+                if j == 0:
+                    with torch.no_grad():
+                        xT = model.flow(x0)
+                    loss_sum += float(model.loss(xT, yb)) * len(yb)
+                    correct += int((xT[:, : model.classes].argmax(1) == yb).sum())
+                    total += len(yb)
+                if sobolev:
+                    g = tuple(sobolev_gradient(t, model.T) for t in g)
+                b_ = cg_beta(beta, g, g_prev, d_prev)
+                d = tuple(-a + b_ * p for a, p in zip(g, d_prev)) if d_prev is not None and b_ else tuple(-a for a in g)
+                xT, xi = _sensitivity(model, x0, dW=d[0], db=d[1])
+                eta = line_search(model, xT, xi, yb, weight_decay=weight_decay, params=params, direction=d)
+                with torch.no_grad():
+                    model.W.add_(d[0], alpha=eta)
+                    model.b.add_(d[1], alpha=eta)
+                g_prev, d_prev = g, d
+            if after_batch is not None:
+                after_batch(model)
+            bar.set_postfix(loss=f"{loss_sum / total:.4f}", acc=f"{correct / total:.3f}")
+        history.loss.append(loss_sum / total)
+        history.accuracy.append(correct / total)
+        if checkpoint is not None:
+            save_checkpoint(
+                checkpoint,
+                {"kind": "snode-ncg", "signature": signature, "model": model.state_dict(), "epoch": epoch + 1,
+                 "history": history.as_dict()},
+            )  # fmt: skip
+    return history
+
+
+def fit_backprop(
+    model: SNODE, data: Dataset, *, epochs: int, optimizer: str = "adam", lr: float = 1e-3, batch_size: int = 100,
+    seed: int = 0, progress: bool | None = None, checkpoint=None, after_step=None,
+) -> History:  # fmt: skip
+    """The ResNet analogue (§3.5): the same Euler network, trained by backpropagation with Adam or
+    SGD (momentum 0.9) through :func:`labkit.train.fit`, on the model's own loss; ``after_step``
+    as there."""
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"unknown optimizer {optimizer!r}; use 'adam' or 'sgd'.")
+    lr = _validate.positive(lr, "lr")
+    opt = (
+        torch.optim.Adam(model.parameters(), lr=lr)
+        if optimizer == "adam"
+        else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    )
+
+    def step(m, xb, yb):
+        xT = m.flow(m.encode(xb))
+        return m.loss(xT, yb), xT[:, : m.classes]
+
+    return fit(model, data, epochs, batch_size=batch_size, optimizer=opt, seed=seed, progress=progress,
+               checkpoint=checkpoint, step_fn=step, after_step=after_step, desc=f"{optimizer} epoch")  # fmt: skip
+
+
+@torch.no_grad()
+def sensitivity_attack(
+    model: SNODE, x0: torch.Tensor, labels: torch.Tensor, *, steps: int = 30, step_size: float = 0.03,
+    kappa: float = 0.975, clamp=(-1.0, 0.0), generator=None, return_points: bool = False,
+):  # fmt: skip
+    """The sensitivity-based minimal-ℓ2 attack (§3.5, after the reference code): at each of
+    ``steps`` iterations, with ``z`` the first ``classes`` components of ``x(T)`` and ``P`` the
+    same rows of ``Ξ(T)``, every other class ``i`` gives the direction ``p_i = κ∇z_i − ∇z_c`` and
+    the linearised distance ``r_i = (z_c − κ z_i)/‖p_i‖`` to ``κ z_i ≥ z_c``; the iterate moves a
+    fixed ``step_size`` along the ``p_i`` of the smallest ``r_i`` (a random direction if none is
+    finite) and is clipped to ``clamp`` (the encoded pixel range). Returns, per initial state, the
+    smallest ``‖x − x0‖`` at which the prediction differed from ``labels`` (``inf`` where none did,
+    0 where it already differed); with ``return_points`` also those points. The rows of ``Ξ(T)``
+    come from one adjoint sweep (the same numbers as :func:`input_jacobian`'s, at a fraction of the
+    cost)."""
+    x0 = _state(model, x0)
+    _validate.labels(labels, n=len(x0), classes=model.classes)
+    steps = _validate.positive_int(steps, "steps")
+    step_size = _validate.positive(step_size, "step_size")
+    labels = labels.to(x0.device)
+    C = model.classes
+    pred = model.flow(x0)[:, :C].argmax(1)
+    best = torch.where(pred != labels, 0.0, math.inf).to(x0.dtype)
+    points = x0.clone()
+    x = x0.clone()
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    rows = torch.arange(len(x0), device=x0.device)
+    for _ in range(steps):
+        xT, P = _output_rows(model, x, C)
+        z = xT[:, :C]
+        c = z.argmax(1)
+        p = kappa * P - P[rows, c][:, None, :]
+        norms = p.norm(dim=2)
+        r = (z[rows, c][:, None] - kappa * z) / norms
+        r[rows, c] = math.inf
+        r = torch.where(torch.isfinite(r), r, torch.full_like(r, math.inf))
+        i = r.argmin(1)
+        direction = p[rows, i] / norms[rows, i][:, None]
+        lost = ~torch.isfinite(r[rows, i]) | ~torch.isfinite(direction).all(1)
+        if lost.any():
+            rand = torch.randn(int(lost.sum()), x.shape[1], generator=gen).to(x)
+            direction[lost] = rand / rand.norm(dim=1, keepdim=True)
+        x = (x + step_size * direction).clamp(*clamp)
+        dist = (x - x0).norm(dim=1)
+        flipped = (model.flow(x)[:, :C].argmax(1) != labels) & (dist < best)
+        best = torch.where(flipped, dist, best)
+        points[flipped] = x[flipped]
+    return (best, points) if return_points else best
+
+
+def smoothness(model: SNODE) -> float:
+    """The discrete ``∫₀ᵀ ‖∂_t W‖_F² + ‖∂_t b‖² dt``: ``Σ_k (‖W_{k+1} − W_k‖² + ‖b_{k+1} − b_k‖²)/h``."""
+    with torch.no_grad():
+        dW, db = model.W[1:] - model.W[:-1], model.b[1:] - model.b[:-1]
+        return float((dW.pow(2).sum() + db.pow(2).sum()) / model.h)
+
+
+class _Field(nn.Module):
+    """``σ(W(t)x + b(t))`` with the cell weights interpolated linearly between cell midpoints."""
+
+    def __init__(self, model: SNODE):
+        super().__init__()
+        self.model = model
+
+    def forward(self, t, x):
+        m = self.model
+        u = (float(t.detach()) / m.h - 0.5) if m.steps > 1 else 0.0
+        i = min(max(int(math.floor(u)), 0), m.steps - 2) if m.steps > 1 else 0
+        w = min(max(u - i, 0.0), 1.0) if m.steps > 1 else 0.0
+        j = min(i + 1, m.steps - 1)
+        W = (1 - w) * m.W[i] + w * m.W[j]
+        b = (1 - w) * m.b[i] + w * m.b[j]
+        return m.sigma(x @ W.T + b)
+
+
+def adaptive_gradient(model: SNODE, x0, target, *, rtol: float = 1e-3, atol: float = 1e-3, adjoint: bool = True):
+    """Optimise-then-discretise (§3.6): the gradient ``(gW, gb)`` of the loss of the *continuous*
+    ODE whose weights interpolate the cells linearly in ``t``, solved by dopri5 through
+    ``torchdiffeq`` with the tolerances given, differentiated by its continuous adjoint
+    (``adjoint=True``) or by backpropagation through the solver's steps. Only as accurate as the
+    tolerances, and the gradient of another model than the Euler network."""
+    from torchdiffeq import odeint, odeint_adjoint
+
+    x = _state(model, x0)
+    field = _Field(model)
+    t = torch.tensor([0.0, model.T], dtype=x.dtype)
+    # the interpolated weights have kinks at the cell midpoints: the solver must step onto them
+    kinks = {"jump_t": (torch.arange(model.steps, dtype=x.dtype) + 0.5) * model.h}
+    rtol, atol = _validate.positive(rtol, "rtol"), _validate.positive(atol, "atol")
+    if adjoint:
+        out = odeint_adjoint(field, x, t, rtol=rtol, atol=atol, method="dopri5", adjoint_params=(model.W, model.b),
+                             options=kinks, adjoint_options=kinks)  # fmt: skip
+    else:
+        out = odeint(field, x, t, rtol=rtol, atol=atol, method="dopri5", options=kinks)
+    loss = model.loss(out[-1], target)
+    return torch.autograd.grad(loss, (model.W, model.b))

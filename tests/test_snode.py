@@ -1,0 +1,283 @@
+"""Standalone neural ODEs (Chapter 3): exact discrete derivatives, the Sobolev transform, the line
+search, NCG, the attack, and clear errors."""
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from labkit import snode
+
+
+def _model(dim=7, steps=5, activation="tanh", loss="l2", classes=3, seed=0):
+    m = snode.SNODE(dim, T=1.5, steps=steps, activation=activation, classes=classes, loss=loss,
+                    generator=torch.Generator().manual_seed(seed)).double()  # fmt: skip
+    with torch.no_grad():  # larger weights than the default start, so that the tests see curvature
+        m.W.mul_(8.0)
+        m.b.normal_(0, 0.3, generator=torch.Generator().manual_seed(seed + 1))
+    return m
+
+
+def _batch(dim=7, K=4, classes=3, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return -torch.rand(K, dim, generator=g, dtype=torch.float64), torch.randint(0, classes, (K,), generator=g)
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "softplus"])
+@pytest.mark.parametrize("loss", ["l2", "cross_entropy"])
+def test_adjoint_gradient_equals_autograd_and_finite_differences(activation, loss):
+    m = _model(activation=activation, loss=loss)
+    x0, y = _batch()
+    gW, gb = snode.adjoint_gradient(m, x0, y)
+    aW, ab = snode.autograd_gradient(m, x0, y)
+    assert _rel(gW, aW) < 1e-10 and _rel(gb, ab) < 1e-10
+    g = torch.Generator().manual_seed(5)
+    dW, db = (
+        torch.randn(m.W.shape, generator=g, dtype=torch.float64),
+        torch.randn(m.b.shape, generator=g, dtype=torch.float64),
+    )
+    eps = 1e-6
+    with torch.no_grad():
+
+        def loss_at(s):
+            m.W.add_(dW, alpha=s)
+            m.b.add_(db, alpha=s)
+            v = float(m.loss(m.flow(x0), y))
+            m.W.sub_(dW, alpha=s)
+            m.b.sub_(db, alpha=s)
+            return v
+
+        fd = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
+    assert float((gW * dW).sum() + (gb * db).sum()) == pytest.approx(fd, rel=1e-7)
+
+
+def test_weight_decay_adds_its_gradient():
+    m = _model()
+    x0, y = _batch()
+    gW, gb = snode.adjoint_gradient(m, x0, y)
+    wW, wb = snode.adjoint_gradient(m, x0, y, weight_decay=0.3)
+    assert torch.allclose(wW - gW, 0.3 * m.h * m.W.detach()) and torch.allclose(wb - gb, 0.3 * m.h * m.b.detach())
+
+
+def test_sensitivity_equals_jvp_and_input_jacobian_equals_jacrev():
+    m = _model()
+    x0, _ = _batch()
+    g = torch.Generator().manual_seed(3)
+    dW, db = (
+        torch.randn(m.W.shape, generator=g, dtype=torch.float64),
+        torch.randn(m.b.shape, generator=g, dtype=torch.float64),
+    )
+    dx0 = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    params = {"W": m.W.detach(), "b": m.b.detach()}
+
+    def out(W, b, x):
+        return _flow(m, W, b, x)
+
+    _, ref = torch.func.jvp(out, (params["W"], params["b"], x0), (dW, db, dx0))
+    assert _rel(snode.sensitivity(m, x0, dW, db, dx0), ref) < 1e-10
+    J = snode.input_jacobian(m, x0)
+    for k in range(len(x0)):
+        ref_J = torch.func.jacrev(lambda x: _flow(m, params["W"], params["b"], x[None])[0])(x0[k])
+        assert _rel(J[k], ref_J) < 1e-10
+    _, rows = snode._output_rows(m, x0, 3)  # the attack's rows by the adjoint: the same numbers
+    assert _rel(rows, J[:, :3]) < 1e-10
+
+
+def _flow(m, W, b, x):
+    for k in range(m.steps):
+        x = x + m.h * m.sigma(x @ W[k].T + b[k])
+    return x
+
+
+def test_output_covariance_is_xi_sigma_xi_transpose():
+    m = _model()
+    x0, _ = _batch()
+    J = snode.input_jacobian(m, x0)
+    assert torch.allclose(snode.output_covariance(m, x0, 0.25), 0.25 * J @ J.transpose(1, 2))
+    S = torch.diag(torch.arange(1.0, 8.0, dtype=torch.float64))
+    assert torch.allclose(snode.output_covariance(m, x0, S), J @ S @ J.transpose(1, 2))
+
+
+@pytest.mark.parametrize("N", [40, 80])
+def test_sobolev_gradient_of_cosines_and_constants(N):
+    T = 3.0
+    t = (torch.arange(N, dtype=torch.float64) + 0.5) * T / N
+    for k in (1, 2, 5):
+        u = torch.cos(k * math.pi * t / T)
+        v = snode.sobolev_gradient(u, T)
+        exact = u / (1 + (k * math.pi / T) ** 2)
+        assert float((v - exact).abs().max()) < 0.2 * (k * math.pi / N) ** 2  # O(h²)
+    c = torch.full((N, 2, 3), 1.7, dtype=torch.float64)
+    assert torch.allclose(snode.sobolev_gradient(c, T), c, atol=1e-12)
+    # along the first axis only, entry by entry
+    U = torch.stack([torch.cos(math.pi * t / T), torch.ones(N, dtype=torch.float64)], 1)
+    V = snode.sobolev_gradient(U, T)
+    assert torch.allclose(V[:, 0], snode.sobolev_gradient(U[:, 0].contiguous(), T)) and torch.allclose(V[:, 1], U[:, 1])
+
+
+def test_sobolev_gradient_is_a_descent_direction_and_smoother():
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(60, 4, generator=g, dtype=torch.float64)
+    v = snode.sobolev_gradient(u, 3.0)
+    assert float((u * v).sum()) > 0  # (I − ∂²)⁻¹ is positive definite
+    rough = lambda w: float((w[1:] - w[:-1]).pow(2).sum() / w.pow(2).sum())  # noqa: E731
+    assert rough(v) < 0.1 * rough(u)
+
+
+@pytest.mark.parametrize("loss", ["l2", "cross_entropy"])
+def test_line_search_minimises_the_linearised_loss(loss):
+    m = _model(loss=loss)
+    x0, y = _batch()
+    g = torch.Generator().manual_seed(4)
+    d = (
+        torch.randn(m.W.shape, generator=g, dtype=torch.float64),
+        torch.randn(m.b.shape, generator=g, dtype=torch.float64),
+    )
+    xT, xi = snode._sensitivity(m, x0, *d)
+    for wd in (0.0, 0.2):
+        eta = snode.line_search(m, xT, xi, y, weight_decay=wd, params=(m.W.detach(), m.b.detach()), direction=d)
+
+        def lin(e, wd=wd):
+            pen = 0.5 * wd * m.h * sum(float((p + e * q).pow(2).sum()) for p, q in zip((m.W.detach(), m.b.detach()), d))
+            return float(m.loss(xT + e * xi, y)) + pen
+
+        assert lin(eta) <= min(lin(eta + s) for s in (-1e-3, 1e-3, -0.1, 0.1)) + 1e-12
+
+
+def test_cg_beta_known_answers():
+    g = (torch.tensor([1.0, 2.0]), torch.tensor([2.0]))
+    gp = (torch.tensor([1.0, 0.0]), torch.tensor([1.0]))
+    dp = (torch.tensor([-1.0, 1.0]), torch.tensor([0.0]))
+    # ⟨g,g⟩ = 9, ⟨gp,gp⟩ = 2, y = g − gp = (0, 2, 1), ⟨g,y⟩ = 6, ⟨dp,y⟩ = 2
+    assert snode.cg_beta("fletcher-reeves", g, gp, dp) == pytest.approx(4.5)
+    assert snode.cg_beta("polak-ribiere", g, gp, dp) == pytest.approx(3.0)
+    assert snode.cg_beta("hestenes-stiefel", g, gp, dp) == pytest.approx(3.0)
+    assert snode.cg_beta("dai-yuan", g, gp, dp) == pytest.approx(4.5)
+    assert snode.cg_beta("none", g, gp, dp) == 0.0
+    assert snode.cg_beta("fletcher-reeves", g, None, None) == 0.0  # a restart
+    assert snode.cg_beta("polak-ribiere", gp, g, dp) == 0.0  # ⟨gp, gp − g⟩ = −6 < 0: clipped
+
+
+def test_one_ncg_iteration_lowers_the_loss():
+    m = snode.SNODE(16, T=3.0, steps=10, classes=3, generator=torch.Generator().manual_seed(0)).double()
+    images = torch.rand(30, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(0, 3, (30,), generator=torch.Generator().manual_seed(2))
+    x0 = m.encode(images)
+    with torch.no_grad():
+        before = float(m.loss(m.flow(x0), labels))
+        snode.ncg_train(m, TensorDataset(images, labels), epochs=1, batch_size=30, iterations=1, progress=False)
+        assert float(m.loss(m.flow(x0), labels)) < before
+
+
+@pytest.mark.parametrize("beta", snode.BETAS)
+def test_ncg_iterations_with_every_beta_lower_the_loss(beta):
+    torch.manual_seed(0)
+    m = snode.SNODE(16, T=3.0, steps=10, classes=3, generator=torch.Generator().manual_seed(0)).double()
+    images = torch.rand(30, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(0, 3, (30,), generator=torch.Generator().manual_seed(2))
+    x0 = m.encode(images)
+    with torch.no_grad():
+        before = float(m.loss(m.flow(x0), labels))
+    h = snode.ncg_train(
+        m, TensorDataset(images, labels), epochs=1, batch_size=30, iterations=3, beta=beta, progress=False
+    )
+    with torch.no_grad():
+        after = float(m.loss(m.flow(x0), labels))
+    assert after < before and h.loss == [pytest.approx(before)]
+
+
+def test_ncg_checkpoint_resumes_on_the_same_trajectory(tmp_path):
+    images = torch.rand(40, 1, 3, 3, generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(0, 3, (40,), generator=torch.Generator().manual_seed(2))
+    data = TensorDataset(images, labels)
+
+    def model():
+        return snode.SNODE(9, T=1.0, steps=4, classes=3, generator=torch.Generator().manual_seed(0))
+
+    ref = model()
+    snode.ncg_train(ref, data, epochs=2, batch_size=20, iterations=2, progress=False)
+    a, path = model(), tmp_path / "ncg.pt"
+    snode.ncg_train(a, data, epochs=1, batch_size=20, iterations=2, progress=False, checkpoint=path)
+    b = model()
+    snode.ncg_train(b, data, epochs=2, batch_size=20, iterations=2, progress=False, checkpoint=path)
+    assert torch.equal(b.W, ref.W) and torch.equal(b.b, ref.b)
+    with pytest.raises(ValueError, match="not of this training"):
+        snode.ncg_train(model(), data, epochs=2, beta="dai-yuan", progress=False, checkpoint=path)
+
+
+def test_attack_norms_flip_the_prediction():
+    m = _model(dim=12, steps=6, classes=3)
+    x0 = -torch.rand(10, 12, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with torch.no_grad():
+        y = m.flow(x0)[:, :3].argmax(1)  # labels = predictions: every image starts correct
+    norms, points = snode.sensitivity_attack(m, x0, y, steps=40, step_size=0.05, return_points=True)
+    found = torch.isfinite(norms)
+    assert found.any() and (norms[found] > 0).all()
+    with torch.no_grad():
+        assert (m.flow(points[found])[:, :3].argmax(1) != y[found]).all()
+    assert torch.allclose((points[found] - x0[found]).norm(dim=1), norms[found])
+    assert ((points >= -1) & (points <= 0)).all()
+    wrong = (y + 1) % 3  # misclassified from the start: norm 0
+    assert (snode.sensitivity_attack(m, x0, wrong, steps=1) == 0).all()
+
+
+def test_backprop_analogue_trains_the_same_network():
+    images = torch.rand(40, 1, 3, 3, generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(0, 3, (40,), generator=torch.Generator().manual_seed(2))
+    m = snode.SNODE(9, T=1.0, steps=4, classes=3)
+    x0 = m.encode(images)
+    before = float(m.loss(m.flow(x0), labels))
+    snode.fit_backprop(m, TensorDataset(images, labels), epochs=3, lr=1e-2, batch_size=20, progress=False)
+    assert float(m.loss(m.flow(x0), labels)) < before
+
+
+def test_adaptive_gradient_approaches_the_continuous_model_not_the_euler_one():
+    m = _model(steps=8)
+    x0, y = _batch()
+    exact = snode.adjoint_gradient(m, x0, y)[0]
+    tight = snode.adaptive_gradient(m, x0, y, rtol=1e-10, atol=1e-10)[0]
+    tight_bp = snode.adaptive_gradient(m, x0, y, rtol=1e-10, atol=1e-10, adjoint=False)[0]
+    loose = snode.adaptive_gradient(m, x0, y, rtol=1e-2, atol=1e-2)[0]
+    assert _rel(tight, tight_bp) < 1e-6  # the two continuous gradients agree at tight tolerances
+    assert _rel(loose, tight) > 10 * _rel(tight, tight_bp)  # loose tolerances: an approximate gradient
+    assert _rel(tight, exact) > 1e-4  # another model than the Euler network
+
+
+def test_smoothness_and_downsample():
+    m = snode.SNODE(4, T=2.0, steps=4, classes=2)
+    with torch.no_grad():
+        m.W.zero_()
+        m.b.zero_()
+        m.W[2:] = 1.0
+    assert snode.smoothness(m) == pytest.approx(16 / 0.5)
+    img = torch.arange(16.0).view(1, 1, 4, 4)
+    assert torch.equal(snode.downsample(img), torch.tensor([[[[2.5, 4.5], [10.5, 12.5]]]]))
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="T must be positive"):
+        snode.SNODE(4, T=0.0)
+    with pytest.raises(ValueError, match="steps"):
+        snode.SNODE(4, steps=0)
+    with pytest.raises(ValueError, match="unknown activation"):
+        snode.SNODE(4, activation="gelu", classes=2)
+    with pytest.raises(ValueError, match="do not fit"):
+        snode.SNODE(4, classes=10)
+    m = snode.SNODE(4, classes=2, steps=3)
+    with pytest.raises(ValueError, match="dimension 4"):
+        m.encode(torch.rand(2, 1, 3, 3))
+    with pytest.raises(ValueError, match=r"shape \(K, 4\)"):
+        snode.adjoint_gradient(m, torch.rand(2, 5), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="label"):
+        m.target(torch.tensor([0, 2]))  # outside the encoding of two classes
+    with pytest.raises(ValueError, match="unknown beta"):
+        snode.cg_beta("newton", (torch.ones(1),), (torch.ones(1),), (torch.ones(1),))
+    with pytest.raises(ValueError, match="unknown beta"):
+        snode.ncg_train(m, TensorDataset(torch.rand(2, 1, 2, 2), torch.tensor([0, 1])), epochs=1, beta="x")
+    with pytest.raises(ValueError, match="T must be"):
+        snode.sobolev_gradient(torch.ones(3), -1.0)
