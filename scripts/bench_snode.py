@@ -12,7 +12,8 @@ process so that peak memories do not mix:
   through the same Euler scheme (``snode.autograd_gradient``): seconds per gradient of a batch,
   and their largest relative difference;
 * the peak resident memory of each (``ru_maxrss`` of the process, so it includes PyTorch itself;
-  the process's memory before the measurement is reported beside it).
+  the process's memory before the measurement is reported beside it), and on a GPU the peak of
+  ``torch.cuda.max_memory_allocated``.
 
 With ``--json`` the rows are saved as a record (``labkit.experiment.save_record``).
 """
@@ -32,6 +33,16 @@ def _rss_mb() -> float:
 
 def _measure(what, dim, steps, batch, images, device, queue):
     import torch
+
+    cuda = str(device).startswith("cuda")
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def gpu_peak():
+        return {"cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20} if cuda else {}
+
     from torch.utils.data import TensorDataset
 
     from labkit import seed_everything, snode
@@ -50,15 +61,17 @@ def _measure(what, dim, steps, batch, images, device, queue):
         fn = snode.adjoint_gradient if what == "adjoint" else snode.autograd_gradient
         fn(model, x0, yb)  # warm-up
         reps = 5
+        sync()
         t0 = time.perf_counter()
         for _ in range(reps):
             out = fn(model, x0, yb)
+        sync()
         seconds = (time.perf_counter() - t0) / reps
         other = (snode.autograd_gradient if what == "adjoint" else snode.adjoint_gradient)(model, x0, yb)
         diff = max(float((a - b).norm() / b.norm()) for a, b in zip(out, other))
         queue.put({"what": f"{what} gradient of a batch of {batch}", "seconds": seconds,
                    "images_per_second": batch / seconds, "relative_difference": diff,
-                   "peak_mb": _rss_mb(), "before_mb": before})  # fmt: skip
+                   "peak_mb": _rss_mb(), "before_mb": before, **gpu_peak()})  # fmt: skip
         return
     t0 = time.perf_counter()
     if what == "ncg":
@@ -67,9 +80,10 @@ def _measure(what, dim, steps, batch, images, device, queue):
     else:
         snode.fit_backprop(model, data, epochs=1, batch_size=batch, progress=False)
         label = "Adam epoch (backpropagation)"
+    sync()
     seconds = time.perf_counter() - t0
     queue.put({"what": label, "seconds": seconds, "images_per_second": images / seconds, "peak_mb": _rss_mb(),
-               "before_mb": before})  # fmt: skip
+               "before_mb": before, **gpu_peak()})  # fmt: skip
 
 
 def main(argv=None) -> int:

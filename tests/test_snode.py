@@ -163,31 +163,28 @@ def test_cg_beta_known_answers():
     assert snode.cg_beta("polak-ribiere", gp, g, dp) == 0.0  # ⟨gp, gp − g⟩ = −6 < 0: clipped
 
 
-def test_one_ncg_iteration_lowers_the_loss():
+def _ncg(iterations, beta="fletcher-reeves"):
+    """Loss before and after one epoch of NCG on a small random problem, and the history."""
     m = snode.SNODE(16, T=3.0, steps=10, classes=3, generator=torch.Generator().manual_seed(0)).double()
     images = torch.rand(30, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     labels = torch.randint(0, 3, (30,), generator=torch.Generator().manual_seed(2))
     x0 = m.encode(images)
     with torch.no_grad():
         before = float(m.loss(m.flow(x0), labels))
-        snode.ncg_train(m, TensorDataset(images, labels), epochs=1, batch_size=30, iterations=1, progress=False)
-        assert float(m.loss(m.flow(x0), labels)) < before
+    data = TensorDataset(images, labels)
+    h = snode.ncg_train(m, data, epochs=1, batch_size=30, iterations=iterations, beta=beta, progress=False)
+    with torch.no_grad():
+        return before, float(m.loss(m.flow(x0), labels)), h
+
+
+def test_one_ncg_iteration_lowers_the_loss():
+    before, after, _ = _ncg(1)
+    assert after < before
 
 
 @pytest.mark.parametrize("beta", snode.BETAS)
 def test_ncg_iterations_with_every_beta_lower_the_loss(beta):
-    torch.manual_seed(0)
-    m = snode.SNODE(16, T=3.0, steps=10, classes=3, generator=torch.Generator().manual_seed(0)).double()
-    images = torch.rand(30, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    labels = torch.randint(0, 3, (30,), generator=torch.Generator().manual_seed(2))
-    x0 = m.encode(images)
-    with torch.no_grad():
-        before = float(m.loss(m.flow(x0), labels))
-    h = snode.ncg_train(
-        m, TensorDataset(images, labels), epochs=1, batch_size=30, iterations=3, beta=beta, progress=False
-    )
-    with torch.no_grad():
-        after = float(m.loss(m.flow(x0), labels))
+    before, after, h = _ncg(3, beta)
     assert after < before and h.loss == [pytest.approx(before)]
 
 
