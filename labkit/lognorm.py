@@ -1006,12 +1006,20 @@ def stabilize_slsqp(
     return best, best_norm
 
 
+#: The relative margin by which ``ODEClassifier(unit_norm=True)`` divides beyond the exact norm, so
+#: that a float32 division cannot leave a norm above 1.
+UNIT_NORM_MARGIN = 1e-5
+
+
 class ODEClassifier(nn.Module):
     """Linear lift → neural ODE block ``ẋ = σ(Ax + b)`` on ``[0, T]`` → linear head (§1.4).
 
     The block is integrated by ``steps`` explicit Euler steps (a weight-tied residual network,
     :class:`labkit.odes.EulerResNet`). With ``unit_norm=True`` the lift and head use
-    ``W / ‖W‖₂`` so they cannot undo the control of the block by growing (§1.6).
+    ``W / (‖W‖₂ (1 + 10⁻⁵))``, the norm computed exactly in float64: their spectral norms are at
+    most 1 after rounding, so they cannot undo the control of the block by growing, and the
+    classifier's constant is at most the block's Euler bound (§1.4, as in De Marinis et al.'s
+    related paper).
     """
 
     def __init__(
@@ -1042,8 +1050,8 @@ class ODEClassifier(nn.Module):
 
     def _linear(self, layer, z):
         W = layer.weight
-        if self.unit_norm:
-            W = W / torch.linalg.matrix_norm(W, ord=2)
+        if self.unit_norm:  # the norm in float64, and a margin for the rounding of the division
+            W = W / (torch.linalg.matrix_norm(W.double(), ord=2).to(W.dtype) * (1 + UNIT_NORM_MARGIN))
         return nn.functional.linear(z, W, layer.bias)
 
     def forward(self, x):

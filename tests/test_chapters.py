@@ -247,3 +247,44 @@ def test_ch03_claim_table_and_verify_from_synthetic_results():
         "device_name": "cpu", "threads": 2, "created": "2026-11-30T00:00:00", "commit": "abc",
     }  # fmt: skip
     assert "d = 196, N = 150" in ch03.bench_table(bench)
+
+
+def test_ch01_certification_of_the_unit_norm_classifier_is_sound():
+    torch.manual_seed(0)
+    from labkit import lognorm
+
+    model = lognorm.ODEClassifier(in_features=784, width=6, T=1.0, steps=5, unit_norm=True).eval()
+    for layer in (model.lift, model.head):  # the norms are pinned to at most 1 whatever the weights
+        W = model._linear(layer, torch.eye(layer.in_features)).T - layer.bias[:, None]
+        assert float(torch.linalg.matrix_norm(W.double(), 2)) <= 1.0
+    te = data.load("mnist", train=False, limit=40)
+    c = ch01.certification(model, te, [0.01, 0.05], n_audit=20, steps=10)
+    assert c["audit"]["flipped"] == 0 and c["audit"]["points"] > 0
+    assert c["lower"] <= c["bound"] == model.certificate()["lipschitz_bound"]
+    assert c["certified"][0] >= c["certified"][1]  # fewer points certified at a larger radius
+
+
+def test_ch01_labels_tables_and_comparison():
+    assert ch01.label(None) == "classical" and ch01.label(0.5, "unit norm") == "δ = 0.5, unit norm"
+
+    def result(clean, pgd, cert):
+        return {
+            "clean": clean,
+            "radii": [0.0, 0.1],
+            "empirical": {"pgd": [clean, pgd]},
+            "certification": {"radii": [0.1, 0.3], "certified": [cert + 0.1, cert], "bound": 2.0, "lower": 1.0,
+                              "audit": {"points": 5, "flipped": 0}},
+        }  # fmt: skip
+
+    runs = {
+        "mnist/classical": result(0.9, 0.05, 0.1),
+        "mnist/δ = 0.2": result(0.9, 0.04, 0.1),
+        "mnist/classical, unit norm": result(0.85, 0.4, 0.6),
+        "mnist/δ = 0.2, unit norm": result(0.84, 0.5, 0.7),
+    }
+    text = ch01.comparison(runs)
+    assert "free lift and head, stabilisation made the classifier more robust" in text and "on 0 of 1" in text
+    assert "unit norm lift and head, stabilisation made the classifier more robust" in text and "on 1 of 1" in text
+    assert "5.0% (free) against 40.0% (unit norm)" in text
+    assert "0 / 5" in ch01.certified_table(runs)
+    assert "predates" in ch01.certified_table({"mnist/classical": {"clean": 0.9}})

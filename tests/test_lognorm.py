@@ -436,4 +436,5 @@ def test_unit_norm_layers():
     assert cert["lipschitz_bound"] == pytest.approx(cert["euler_bound"])
     x = torch.randn(5, 8)
     J = torch.autograd.functional.jacobian(lambda v: model._linear(model.lift, v), x[:1]).reshape(4, 8)
-    assert float(torch.linalg.matrix_norm(J, 2)) == pytest.approx(1.0, rel=1e-5)
+    norm = float(torch.linalg.matrix_norm(J.double(), 2))
+    assert 1 - 2 * ln.UNIT_NORM_MARGIN <= norm <= 1.0  # at most 1 after rounding, by the margin
