@@ -2,11 +2,11 @@
 
 For the block ``ẋ = σ(Ax + b)`` the Jacobian is ``D A`` with ``D = diag(σ'(Ax + b))``, so the
 flow over ``[0, T]`` is ``e^{T μ*}``-Lipschitz with ``μ* = max_D μ₂(D A)`` over diagonal ``D``
-with entries in the closure of ``σ'(ℝ)`` (:prf:ref:`thm-flow`).
+with entries in the closure of ``σ'(ℝ)`` (:prf:ref:`thm-uniform`).
 :func:`worst_case_lognorm` computes ``μ*``; :func:`stabilize` finds a small Frobenius-norm
-``Δ`` with ``μ*(A + Δ) ≤ δ`` by the paper's two-level method with cutting planes.
+``Δ`` with ``μ*(A + Δ) ≤ δ`` by the two-level method of the abstract, with cutting planes.
 
-:class:`ODEClassifier` is a classifier of the paper's shape and :class:`StabilizeEachEpoch`
+:class:`ODEClassifier` is our reconstruction of the paper's classifier and :class:`StabilizeEachEpoch`
 embeds the correction in training.
 """
 
@@ -290,9 +290,9 @@ def lognorm_gradient(D, M):
 
 
 def _hinge(E, eps, A, ds, delta, basis: int = 0):
-    """Squared hinge ``F = ½ Σ_D ‖(sym(D(A + ηE)) − δI)₊‖_F²`` over the working set, its gradient
+    """Squared hinge ``H = ½ Σ_D ‖(sym(D(A + ηE)) − δI)₊‖_F²`` over the working set, its gradient
     ``G = Σ_D Σ_j r_j D v_j v_jᵀ`` in ``E`` (up to the factor η; ``r_j = (λ_j − δ)₊``) and the
-    largest ``μ₂``. Every eigenvalue above ``δ`` counts, not only the top one: ``F`` has the same
+    largest ``μ₂``. Every eigenvalue above ``δ`` counts, not only the top one: ``H`` has the same
     zeros as the top-eigenvalue hinge but stays differentiable where that eigenvalue is multiple,
     which is where the minimisation over ``E`` drives it (§1.6).
 
@@ -345,7 +345,7 @@ def _tracked_hinge(E, eps, A, ds, delta, V):
     ``sym(D M)`` on ``span[V, sym(D M) V]``. Cost ``O(k n² b)`` instead of ``O(k n³)`` for full
     decompositions. Ritz values never exceed the eigenvalues they approximate (interlacing), so
     the hinge and ``μ₂`` are underestimated, never overestimated: :func:`_inner` uses these values to
-    move and the exact :func:`_hinge` to decide. Returns ``F, G, max μ₂``, the new basis and
+    move and the exact :func:`_hinge` to decide. Returns ``H, G, max μ₂``, the new basis and
     whether it is wide enough (its lowest Ritz value below ``δ`` for every vertex)."""
     M = A + eps * E
     dd = ds[:, :, None]
@@ -440,18 +440,18 @@ def _inner(A, eps, E, ds, delta, *, maxit, h, theta, tol, gtol, enough=None, tra
 def _lower_bound(eps, E, F, G) -> float:
     """A certified lower bound on the smallest feasible ``‖Δ‖_F`` for the working set.
 
-    ``χ(Δ) = √(2F) = ‖(λ(sym(D(A + Δ))) − δ)₊‖`` is convex in ``Δ`` with gradient ``G/χ``, so
+    ``χ(Δ) = √(2H) = ‖(λ(sym(D(A + Δ))) − δ)₊‖`` is convex in ``Δ`` with gradient ``G/χ``, so
     every feasible ``Δ`` (``χ = 0``) satisfies ``0 ≥ χ + ⟨G/χ, Δ − ηE⟩``, hence
-    ``‖Δ‖ ≥ (2F − η⟨G, E⟩)/‖G‖``. At a stationary ``E = −G/‖G‖`` this is the Newton step on ``√(2F)``."""
+    ``‖Δ‖ ≥ (2H − η⟨G, E⟩)/‖G‖``. At a stationary ``E = −G/‖G‖`` this is the Newton step on ``√(2H)``."""
     g = float(G.norm())
     return (2 * F - eps * float((G * E).sum())) / g if F > 0 and g > 0 else -math.inf
 
 
 def _repair(A, Delta, fmax, delta, lo):
-    """Make ``A + Delta`` feasible when the largest ``μ₂`` is ``δ + v``: scale by ``1 − v/(δ + v)``
-    (``δ > 0``) or shift by ``−(v/s₋) I`` (``s₋ > 0``), whichever moves less. Both act on every
+    """Make ``A + Delta`` feasible when the largest ``μ₂`` is ``δ + ω``: scale by ``1 − ω/(δ + ω)``
+    (``δ > 0``) or shift by ``−(ω/s₋) I`` (``s₋ > 0``), whichever moves less. Both act on every
     vertex alike (``μ₂`` is positively homogeneous; ``D ⪰ s₋I``), so every ``μ₂(D·)`` that was at
-    most ``δ + v`` becomes at most ``δ``: in the working set, or over all vertices when ``δ + v``
+    most ``δ + ω`` becomes at most ``δ``: in the working set, or over all vertices when ``δ + ω``
     is the worst case. ``None`` if neither applies."""
     v = fmax - delta
     out = []
@@ -670,7 +670,7 @@ def _enough(problem: StabilizeProblem, state: StabilizeState, eps: float, rtol: 
 
 
 def _close_bracket(problem: StabilizeProblem, options: StabilizeOptions, state: StabilizeState, rtol: float) -> None:
-    """The outer level (:prf:ref:`alg-stabilize`, step 3.1): Newton steps on ``√(2F)`` inside the bracket, each point
+    """The outer level (:prf:ref:`alg-stabilize`, step 3.1): Newton steps on ``√(2H)`` inside the bracket, each point
     found by the inner flow, until the bracket is within ``rtol``."""
     p, o, s = problem, options, state
     eps = min(s.eps_lo * (1 + rtol) if s.eps_lo > 0 else 0.5 * s.eps_hi, s.eps_hi)
@@ -845,10 +845,10 @@ def stabilize(
     (:prf:ref:`alg-stabilize`). ``options`` are the fields of :class:`StabilizeOptions`.
 
     Two levels: for a size ``η`` the *inner* level moves a direction ``E`` (``‖E‖_F = 1``) along
-    the projected gradient flow of the squared hinge ``F = ½ Σ_D ‖(sym(D(A + ηE)) − δI)₊‖_F²``
+    the projected gradient flow of the squared hinge ``H = ½ Σ_D ‖(sym(D(A + ηE)) − δI)₊‖_F²``
     with step control; the *outer* level (:func:`_close_bracket`) finds the smallest feasible ``η``
-    by Newton steps on ``√(2F)`` (for one active eigenvalue ``η + (μ₂ − δ)/‖D v‖``) inside a bracket
-    ``[η_lo, η_hi]``. Because ``√(2F)`` is convex in ``Δ`` the Newton point is a *certified*
+    by Newton steps on ``√(2H)`` (for one active eigenvalue ``η + (μ₂ − δ)/‖D v‖``) inside a bracket
+    ``[η_lo, η_hi]``. Because ``√(2H)`` is convex in ``Δ`` the Newton point is a *certified*
     lower bound; an infeasible ``Δ`` is made feasible for the working set by a small scaling
     (``δ > 0``) or shift (``s₋ > 0``), which gives ``η_hi``; otherwise ``η_hi`` comes from inner
     solves that reach the target, with bisection. The maximum over all vertices ``D`` is handled
