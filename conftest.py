@@ -1,7 +1,6 @@
 """pytest configuration for the whole repository.
 
 * Tests and notebooks run in smoke mode, offline, unless the caller says otherwise.
-* Under pytest-xdist (``make test``), every worker and what it starts uses one thread.
 * With ``--nbval-lax``, executable MyST pages of the book (``.md`` files whose front matter
   names a kernel) are run like notebooks: jupytext reads them, nbval executes them with the
   kernel's working directory at the page's own folder.
@@ -15,12 +14,6 @@ from unittest import mock
 
 os.environ.setdefault("LABKIT_MODE", "smoke")
 os.environ.setdefault("LABKIT_OFFLINE", "1")
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `make test` runs two workers on two cores: one thread each, for the worker and for the kernels
-    # and builds it starts. With the default (a thread per core in every process) the idle threads
-    # spin and a test can take ten times as long as alone.
-    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ.setdefault(_var, "1")
 
 
 def _is_executable_page(path: Path) -> bool:
