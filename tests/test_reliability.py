@@ -28,7 +28,8 @@ def _weights(model):
 
 
 def _same(a, b):
-    return all(torch.equal(x, y) for x, y in zip(a, b))
+    """Equal weights, wherever they live (``fit`` moves the model to the default device, CUDA on a GPU)."""
+    return all(torch.equal(x.cpu(), y.cpu()) for x, y in zip(a, b))
 
 
 @pytest.fixture
