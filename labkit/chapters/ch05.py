@@ -1,0 +1,342 @@
+"""Chapter 5's experiment: the paper's five training regimes and the certified switching network on
+CIFAR-10, each attacked by the paper's 10-step ℓ2 PGD and by a stronger one at the paper's nine
+radii, with sound Lipschitz bounds beside adversarial lower bounds and, for the certified network,
+certified accuracy checked by attacks at 0.99 of each radius (§5.5); and the SIR fit of a
+mass-preserving network against a plain one (§5.6).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .. import attacks, audit, certify, data, report, structured
+from .. import lipschitz as lip
+from ..runtime import seed_everything
+from . import DATA, given, per_mode, pick
+
+__all__ = [
+    "SIZES",
+    "RECORD",
+    "DATA",
+    "PAPER",
+    "sizes",
+    "run",
+    "evaluate",
+    "sir",
+    "verify",
+    "table",
+    "values",
+    "paper_table",
+    "bench_table",
+]
+
+# fmt: off
+#: The sizes per mode. Book mode: the CPU-sized skeleton (widths 8/16/32, one switching pair per
+#: block) on the first 2 000 CIFAR-10 training images for 5 epochs; full mode: the paper's network
+#: (widths 32/64/128, 4 dynamic layers per block) and recipe (100 epochs, batch 128) on all of CIFAR-10,
+#: which needs a GPU and the full data set (a subset is refused before anything is trained).
+SIZES = per_mode({
+    #                    smoke             book              full
+    "n_train":          (200,              2000,             None),
+    "n_test":           (100,              1000,             None),
+    "widths":           ([4, 8, 8],        [8, 16, 32],      [32, 64, 128]),
+    "layers":           (2,                2,                4),
+    "epochs":           (1,                5,                100),
+    "batch_size":       (64,               64,               128),
+    "require_full_cifar": (False,          False,            True),
+    "n_attack":         (20,               100,              1024),
+    "strong_steps":     (5,                20,               100),
+    "strong_restarts":  (1,                2,                5),
+    "n_lower":          (4,                16,               64),
+    "lower_steps":      (10,               30,               100),
+    "check_steps":      (5,                20,               50),
+    "n_audit":          (2,                16,               100),
+    "audit_steps":      (5,                20,               50),
+    "sir_train":        (100,              400,              2000),
+    "sir_steps":        (20,               400,              3000),
+    "sir_iterations":   (5,                50,               100),
+}, presets=list(structured.PRESETS), paper_steps=10, paper_rel_step=0.025, decay_every=30,
+   radii=list(structured.EPS_PAPER))
+# fmt: on
+#: The full-mode record, in ``book/data``.
+RECORD = "ch05_full.json"
+
+#: The repository's CIFAR-10 results (digest §4.10; % of the first 1 024 test images under Foolbox's
+#: L2PGD with 10 steps) at the paper's radii, one row per regime and margin.
+PAPER = {
+    ("resnet", 0.07): [88.2, 86.8, 84.6, 78.1, 63.8, 42.9, 33.2, 17.3, 7.3],
+    ("resnet", 0.15): [90.9, 89.9, 87.7, 80.8, 64.1, 41.3, 34.1, 16.8, 7.2],
+    ("resnet", 0.3): [91.4, 88.9, 85.8, 79.2, 58.2, 34.8, 23.9, 9.5, 4.0],
+    ("naive", 0.07): [82.6, 81.2, 79.5, 76.7, 68.9, 59.2, 54.0, 41.9, 31.9],
+    ("naive", 0.15): [74.6, 73.4, 72.8, 70.6, 65.5, 58.7, 54.7, 44.9, 37.5],
+    ("naive", 0.3): [85.4, 83.9, 82.4, 78.3, 68.8, 55.8, 48.9, 37.5, 26.4],
+    ("nonexpansive", 0.07): [83.9, 82.6, 82.1, 79.4, 74.2, 66.1, 62.7, 54.6, 48.2],
+    ("nonexpansive", 0.15): [81.1, 80.1, 79.2, 78.0, 72.6, 66.8, 63.1, 55.6, 47.0],
+    ("nonexpansive", 0.3): [79.7, 79.0, 78.4, 76.5, 71.8, 64.9, 61.3, 55.6, 47.8],
+    ("switching", 0.07): [80.8, 79.8, 79.0, 77.5, 73.9, 67.8, 64.6, 58.1, 51.6],
+    ("switching", 0.15): [79.6, 78.7, 78.2, 76.1, 71.8, 65.7, 62.4, 55.8, 50.5],
+    ("switching", 0.3): [78.9, 78.4, 77.9, 75.5, 71.0, 65.0, 62.0, 55.1, 49.4],
+    ("flexible", 0.07): [82.2, 81.2, 80.8, 79.0, 74.6, 68.7, 65.5, 58.7, 51.3],
+    ("flexible", 0.15): [81.7, 81.3, 80.3, 78.5, 74.3, 68.0, 64.2, 56.9, 51.0],
+    ("flexible", 0.3): [83.2, 82.3, 80.8, 77.6, 74.1, 66.8, 62.9, 55.7, 48.3],
+}
+
+
+def sizes(mode: str | None = None) -> dict:
+    """The sizes of :func:`run` in ``mode`` (default: the current mode)."""
+    return pick(SIZES, mode)
+
+
+def _first_dynamic(model, x):
+    """The first dynamic layer of ``model`` and its inputs for the images ``x`` (lifted features)."""
+    first = model.blocks[0]
+    with torch.no_grad():
+        z = first[0]((x.reshape(x.shape[0], *model.in_shape) - model.mean) / model.std)
+    return first[1], z
+
+
+def evaluate(model, name: str, recipe: dict, test, s, *, device=None) -> dict:
+    """The protocol of §5.5 for one trained model, as a :func:`labkit.experiment.result`: clean
+    accuracy on the test images; on the first ``n_attack`` of them, accuracy under the paper's
+    attack (``paper_steps`` steps of ``paper_rel_step · ε``, each radius attacked afresh) and
+    under a stronger one (``strong_steps`` steps of ``2.5 ε / steps``, ``strong_restarts`` starts,
+    monotone over the radii); certified accuracy from the sound bound
+    :meth:`labkit.structured.StructuredNet.lipschitz_bound`; adversarial lower bounds of the
+    whole classifier and of its first dynamic layer. For a model that claims a certificate (the
+    certified preset), every certified test point is attacked by PGD at 0.99 of its radius
+    (``check``) and the first ``n_audit`` by the independent library (``audit``)."""
+    model.eval()
+    x, y = test.tensors
+    x, y = x.to(device), y.to(device)
+    with torch.no_grad():
+        logits = torch.cat([model(xb) for xb in x.split(512)])
+    clean = float((logits.argmax(1) == y).float().mean())
+    xa, ya = x[: s.n_attack], y[: s.n_attack]
+    gen = torch.Generator().manual_seed(0)
+    paper = attacks.pgd_curve(model, xa, ya, s.radii, steps=s.paper_steps, rel_step=s.paper_rel_step,
+                              monotone=False, generator=gen)  # fmt: skip
+    strong = attacks.pgd_curve(model, xa, ya, s.radii, steps=s.strong_steps, restarts=s.strong_restarts,
+                               generator=gen)  # fmt: skip
+    bound = model.lipschitz_bound()
+    radii = certify.certified_radius(logits, y, bound)
+    lower = lip.lower_bound(model, x[: s.n_lower], steps=s.lower_steps, generator=torch.Generator().manual_seed(0))
+    layer, z = _first_dynamic(model, x[: s.n_lower])
+    layer_lower = lip.lower_bound(layer, z, steps=s.lower_steps, generator=torch.Generator().manual_seed(0))
+    extra = {}
+    if name == "certified":
+        idx = torch.nonzero(radii > 0).flatten()
+        adv = attacks.pgd(model, x[idx], y[idx], 0.99 * radii[idx].float(), norm="l2", steps=s.check_steps,
+                          generator=torch.Generator().manual_seed(1))  # fmt: skip
+        with torch.no_grad():
+            flipped = int((model(adv).argmax(1) != y[idx]).sum())
+        extra["check"] = {"points": int(idx.numel()), "flipped": flipped, "steps": s.check_steps, "fraction": 0.99}
+        extra["audit"] = audit.certificates(model, x, y, radii, limit=s.n_audit, steps=s.audit_steps)
+    return {
+        "radii": list(s.radii),
+        "clean": clean,
+        "norm": "l2",
+        "empirical": {"paper": paper, "strong": strong},
+        "certified": [float((radii > e).float().mean()) for e in s.radii],
+        "lipschitz": {
+            "lower": lower,
+            "upper": bound,
+            "map": "network",
+            "claimed": recipe["nominal"],
+            "layer_lower": layer_lower,
+            "layer_upper": layer.lipschitz_bound(),
+        },
+        "attack": {
+            "paper": {"steps": s.paper_steps, "rel_step": s.paper_rel_step, "restarts": 1, "points": len(ya)},
+            "strong": {"steps": s.strong_steps, "restarts": s.strong_restarts, "points": len(ya), "monotone": True},
+        },
+        "parameters": model.parameters_count(),
+        "margin": recipe["margin"],
+        **extra,
+    }
+
+
+def sir(s, *, seed=0) -> dict:
+    """§5.6: fit the time-1 map of the SIR model (:func:`labkit.structured.sir_data`) with a
+    :class:`labkit.structured.MassPreservingNet` and with the same network with unconstrained steps
+    (Adam, full batch, ``sir_steps`` steps, float64); then iterate each ``sir_iterations`` times
+    from held-out states and record the largest drift ``|𝟙ᵀx_k − 𝟙ᵀx_0|`` after each iteration, and
+    the test error of one step."""
+    x0, x1 = structured.sir_data(s.sir_train + 200, seed=seed)
+    tr, te = slice(0, s.sir_train), slice(s.sir_train, None)
+    out = {"iterations": s.sir_iterations, "train": s.sir_train, "steps": s.sir_steps}
+    for label, plain in (("mass", False), ("plain", True)):
+        torch.manual_seed(seed)
+        net = structured.MassPreservingNet(plain=plain, seed=seed).double()
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        for _ in range(s.sir_steps):
+            loss = ((net(x0[tr]) - x1[tr]) ** 2).sum(1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            mse = float(((net(x0[te]) - x1[te]) ** 2).sum(1).mean())
+            x, total, drift = x0[te], x0[te].sum(1), []
+            for _ in range(s.sir_iterations):
+                x = net(x)
+                drift.append(float((x.sum(1) - total).abs().max()))
+        out[label] = {"mse": mse, "drift": drift, "train_loss": float(loss)}
+    return out
+
+
+def run(*, seed=0, device=None, progress=None, done=None, on_result=None, **sizes) -> dict:
+    """Train each preset of ``presets`` (:data:`labkit.structured.PRESETS`) with its recipe and the
+    sizes given, and evaluate it (:func:`evaluate`); results keyed ``"cifar10/<preset>"``, plus
+    ``"sir"`` (:func:`sir`). Each run is seeded on its own, so an interrupted full run resumes:
+    results in ``done`` are kept, and ``on_result(key, result)`` is called after each new one."""
+    s = given(sizes, SIZES)
+    tr = data.load("cifar10", limit=s.n_train)
+    te = data.load("cifar10", train=False, limit=s.n_test)
+    if s.require_full_cifar and (len(tr) < 50000 or len(te) < 10000):
+        raise data.DataNotFoundError(
+            f"full mode needs all of CIFAR-10 (50 000 / 10 000 images) but found {len(tr)} / {len(te)} (the subset "
+            "in LABKIT_DATA?). Point LABKIT_DATA at a folder with cifar10-full.npz or cifar-10-batches-py."
+        )
+    out = {}
+    for name in s.presets:
+        key = f"cifar10/{name}"
+        if done and key in done:
+            out[key] = done[key]
+            continue
+        seed_everything(seed)
+        model, recipe = structured.preset(name, widths=s.widths, layers=s.layers, mean=structured.CIFAR_MEAN,
+                                          std=structured.CIFAR_STD, seed=seed)  # fmt: skip
+        t0 = time.perf_counter()
+        hist = structured.fit(model, tr, s.epochs, margin=recipe["margin"], gamma=recipe["gamma"], lr=recipe["lr"],
+                              optimizer=recipe["optimizer"], decay_every=s.decay_every, batch_size=s.batch_size,
+                              seed=seed, device=device, progress=progress)  # fmt: skip
+        seconds = time.perf_counter() - t0
+        out[key] = {**evaluate(model, name, recipe, te, s, device=device), "seconds": seconds, "history": hist,
+                    "sizes": sizes}  # fmt: skip
+        if on_result is not None:
+            on_result(key, out[key])
+    if not (done and "sir" in done):
+        out["sir"] = sir(s, seed=seed)
+        if on_result is not None:
+            on_result("sir", out["sir"])
+    else:
+        out["sir"] = done["sir"]
+    return out
+
+
+def _models(results):
+    return {k: r for k, r in results.items() if k != "sir"}
+
+
+def verify(results: dict) -> None:
+    """Raise ``AssertionError`` if an adversarial lower bound exceeds a model's sound upper bound, or
+    if an attack flipped a point of the certified network at 0.99 of its certified radius (our PGD
+    on every certified point, and the independent library's AutoPGD on the first few)."""
+    for key, r in _models(results).items():
+        lip_ = r["lipschitz"]
+        assert lip_["lower"] <= lip_["upper"] * (1 + 1e-5), f"{key}: lower bound above the sound bound"
+        assert lip_["layer_lower"] <= lip_["layer_upper"] * (1 + 1e-5), f"{key}: layer lower bound above its bound"
+        if "check" in r:
+            assert r["check"]["flipped"] == 0, f"{key}: PGD flipped {r['check']['flipped']} certified points"
+            a = r["audit"]
+            assert a["flipped"] == 0, f"{key}: {a['attack']['library']} flipped certified points {a['flipped_index']}"
+
+
+_LABEL = {
+    "resnet": "unconstrained ResNet",
+    "naive": "naively constrained",
+    "nonexpansive": "non-expansive",
+    "switching": "switching, prescribed",
+    "flexible": "switching, flexible",
+    "certified": "switching, certified (ours)",
+}
+
+
+def table(results: dict) -> report.Table:
+    """§5.5's table: per preset the clean accuracy, the paper's attack and the strong attack at
+    36/255, 0.5 and 1, the certified accuracy at 36/255, the layer's and the network's bounds."""
+    rows = [{"key": k, **r} for k, r in _models(results).items()]
+
+    def pair(eps):
+        i = structured.EPS_PAPER.index(eps)
+        return lambda r: f"{r['empirical']['paper'][i]:.2f} / {r['empirical']['strong'][i]:.2f}"
+
+    return report.table(
+        rows,
+        [
+            ("model", lambda r: _LABEL.get(r["key"].split("/")[1], r["key"])),
+            ("clean", "clean", "{:.3f}"),
+            ("paper / strong at 36/255", pair(36 / 255)),
+            ("at 0.5", pair(0.5)),
+            ("at 1.0", pair(1.0)),
+            ("certified at 36/255", lambda r: r["certified"][3], "{:.3f}"),
+            ("layer: lower / bound", lambda r: f"{r['lipschitz']['layer_lower']:.2f} / "
+                                               f"{r['lipschitz']['layer_upper']:.3g}"),  # fmt: skip
+            ("network: lower / bound", lambda r: f"{r['lipschitz']['lower']:.2f} / {r['lipschitz']['upper']:.3g}"),
+            ("training", "seconds", "{:.0f} s"),
+        ],
+        caption="accuracy on CIFAR-10 test images; attacks on the first "
+        f"{rows[0]['attack']['paper']['points'] if rows else 0} (paper: {rows[0]['attack']['paper']['steps'] if rows else 0}"  # noqa: E501
+        " steps; strong: more steps and restarts); bounds in pixel space, the layer being the first dynamic one:",
+    )
+
+
+def values(results: dict) -> dict:
+    """The numbers the prose quotes: ``<preset>/<what>`` for clean, paper and strong accuracy at each
+    radius index (``paper0`` …), certified ``cert<i>``, ``lower``, ``bound``, ``layer_lower``,
+    ``layer_bound``, the largest gap between the two attacks, and the certified network's check and
+    audit counts; ``sir/<net>/mse`` and ``sir/<net>/drift`` (the last iteration's)."""
+    out = {}
+    for key, r in _models(results).items():
+        name = key.split("/")[1]
+        out[f"{name}/clean"] = r["clean"]
+        for i in range(len(r["radii"])):
+            out[f"{name}/paper{i}"] = r["empirical"]["paper"][i]
+            out[f"{name}/strong{i}"] = r["empirical"]["strong"][i]
+            out[f"{name}/cert{i}"] = r["certified"][i]
+        gaps = [p - q for p, q in zip(r["empirical"]["paper"], r["empirical"]["strong"])]
+        out[f"{name}/gap"] = max(gaps)
+        out[f"{name}/lower"] = r["lipschitz"]["lower"]
+        out[f"{name}/bound"] = r["lipschitz"]["upper"]
+        out[f"{name}/layer_lower"] = r["lipschitz"]["layer_lower"]
+        out[f"{name}/layer_bound"] = r["lipschitz"]["layer_upper"]
+        if "check" in r:
+            out[f"{name}/checked"] = r["check"]["points"]
+            out[f"{name}/flipped"] = r["check"]["flipped"]
+            out[f"{name}/audited"] = r["audit"]["points"]
+    if "sir" in results:
+        for label in ("mass", "plain"):
+            out[f"sir/{label}/mse"] = results["sir"][label]["mse"]
+            out[f"sir/{label}/drift"] = results["sir"][label]["drift"][-1]
+    return out
+
+
+def paper_table(results: dict | None = None, *, margin: float = 0.15) -> report.Table:
+    """The repository's CIFAR-10 rows at ``margin`` (:data:`PAPER`) beside ours (the strong attack,
+    when ``results`` are given) at the paper's radii, in %."""
+    rows = []
+    for name in ("resnet", "naive", "nonexpansive", "switching", "flexible"):
+        rows.append({"model": f"{_LABEL[name]} (repository, m = {margin})", "v": PAPER[(name, margin)]})
+        r = (results or {}).get(f"cifar10/{name}")
+        if r is not None:
+            rows.append({"model": f"{_LABEL[name]} (ours, strong attack)", "v": [100 * a for a in r["empirical"]["strong"]]})  # noqa: E501
+    names = ["0", "8/255", "16/255", "36/255", "0.3", "0.5", "0.6", "0.8", "1.0"]
+    return report.table(rows, [("model", "model")] + [(n, (lambda i: lambda r: r["v"][i])(i), "{:.1f}") for i, n in enumerate(names)])  # noqa: E501
+
+
+def bench_table(bench: dict) -> report.Table:
+    """The record of ``scripts/bench_structured.py``: images per second of a training step of each
+    network, with the device, threads, date and commit."""
+    return report.table(
+        bench["results"],
+        [
+            ("network", "what"),
+            ("parameters", "parameters", "{:,}"),
+            ("batch", "batch"),
+            ("seconds per batch", "seconds", "{:.3f}"),
+            ("images per second", "images_per_second", "{:.0f}"),
+        ],
+        caption=f"{bench['device_name']}, {bench['threads']} threads, {bench['created'][:10]}, "
+        f"commit {str(bench['commit'])[:10]}",
+    )
