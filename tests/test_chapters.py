@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from labkit import chapters, data, report, runtime
-from labkit.chapters import ch00, ch01, ch02, ch04
+from labkit.chapters import ch00, ch01, ch02, ch04, ch05
 
-EXPERIMENTS = [ch00, ch01, ch02, ch04]
+EXPERIMENTS = [ch00, ch01, ch02, ch04, ch05]
 
 
 @pytest.mark.parametrize("chapter", EXPERIMENTS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
@@ -56,13 +56,14 @@ def test_per_mode_builds_one_table_per_mode_and_refuses_a_short_row():
 
 def test_get_names_the_chapters_that_exist():
     assert chapters.get("ch02") is ch02
-    with pytest.raises(ValueError, match="ch00, ch01, ch02, ch03, ch04"):
-        chapters.get("ch05")
+    with pytest.raises(ValueError, match="ch00, ch01, ch02, ch03, ch04, ch05"):
+        chapters.get("ch06")
 
 
-def test_ch04_refuses_the_cifar_subset_in_full_mode_before_training(monkeypatch):
+@pytest.mark.parametrize("chapter, fit", [(ch04, "labkit.convex.fit"), (ch05, "labkit.structured.fit")])
+def test_cifar_chapters_refuse_the_subset_in_full_mode_before_training(chapter, fit, monkeypatch):
     trained = []
-    monkeypatch.setattr("labkit.convex.fit", lambda *a, **k: trained.append(1))
+    monkeypatch.setattr(fit, lambda *a, **k: trained.append(1))
     real_load = data.load
 
     def subset(name, train=True, limit=None, **kw):  # the 5 000 / 1 000 images of the subset
@@ -71,7 +72,7 @@ def test_ch04_refuses_the_cifar_subset_in_full_mode_before_training(monkeypatch)
 
     monkeypatch.setattr(data, "load", subset)
     with pytest.raises(data.DataNotFoundError, match="50 000"):
-        ch04.run(**ch04.sizes("full"))
+        chapter.run(**chapter.sizes("full"))
     assert trained == []
 
 
@@ -288,3 +289,28 @@ def test_ch01_labels_tables_and_comparison():
     assert "5.0% (free) against 40.0% (unit norm)" in text
     assert "0 / 5" in ch01.certified_table(runs)
     assert "predates" in ch01.certified_table({"mnist/classical": {"clean": 0.9}})
+
+
+def test_ch05_smoke_run_is_verified_tabled_resumed_and_its_verify_has_teeth(monkeypatch):
+    monkeypatch.setenv("LABKIT_MODE", "smoke")
+    sizes = {**ch05.sizes("smoke"), "presets": ["switching", "certified"]}
+    seen = {}
+    results = ch05.run(**sizes, progress=False, on_result=seen.__setitem__)
+    assert set(results) == {"cifar10/switching", "cifar10/certified", "sir"} and set(seen) == set(results)
+    ch05.verify(results)
+    cert = results["cifar10/certified"]
+    assert cert["check"]["flipped"] == 0 and cert["audit"]["flipped"] == 0
+    assert cert["lipschitz"]["upper"] <= (1 / min(ch05.structured.CIFAR_STD)) * (1 + 1e-5)
+    assert all(b <= a + 1e-12 for a, b in zip(cert["empirical"]["strong"], cert["empirical"]["strong"][1:]))
+    assert max(results["sir"]["mass"]["drift"]) < 1e-12 < max(results["sir"]["plain"]["drift"])
+    assert "switching, certified (ours)" in ch05.table(results) and "repository" in ch05.paper_table(results)
+    values = ch05.values(results)
+    assert values["certified/flipped"] == 0 and "sir/mass/drift" in values
+    again = ch05.run(**sizes, progress=False, done=results)  # nothing left to run: the same results
+    assert again == results
+    bad = {**cert, "check": {**cert["check"], "flipped": 1}}
+    with pytest.raises(AssertionError, match="flipped 1 certified"):
+        ch05.verify({"cifar10/certified": bad})
+    low = {**cert, "lipschitz": {**cert["lipschitz"], "upper": cert["lipschitz"]["lower"] / 2}}
+    with pytest.raises(AssertionError, match="lower bound above"):
+        ch05.verify({"cifar10/certified": low})
