@@ -31,6 +31,7 @@ from . import (  # noqa: E402  (the idea modules, so that ``import labkit`` reac
     report,
     runtime,
     snode,
+    structured,
     train,
 )
 from ._version import __version__

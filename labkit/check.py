@@ -20,6 +20,7 @@ from .convex import ConvexPotentialLayer
 from .lipschitz import quotient
 from .lognorm import inner_step, lognorm_gradient
 from .snode import SNODE, sensitivity_attack, sobolev_gradient
+from .structured import expansive_step_bound
 
 __all__ = [
     "lognorm_2",
@@ -41,6 +42,11 @@ __all__ = [
     "sensitivity_step",
     "l2_step",
     "attack_median",
+    "switching_rule",
+    "nonexpansive_step",
+    "expansive_step",
+    "jacobian_norm",
+    "skew_field",
 ]
 
 
@@ -548,3 +554,92 @@ def attack_median(fn) -> None:
         raise AssertionError("return a pair (median, found).")
     _close(got[1], len(finite) / len(norms), "found", "the fraction of inputs whose norm is finite.")
     _close(got[0], finite.median(), "median", "the median of the finite norms only (torch.isfinite), not of inf.")
+
+
+def switching_rule(fn) -> None:
+    """Lab 5, exercise 1: ``fn(h_c, a, S)`` returns the largest expansive step ``h_e`` for which ``S``
+    sub-steps of (expansive ``h_e/S``, non-expansive ``h_c/S``) are 1-Lipschitz by the paper's
+    factor (:prf:ref:`thm-switching`)."""
+    hint = (
+        "set (1 + h_e/S) · √(1 − 2a·h_c/S + (h_c/S)²) = 1 and solve for h_e; for a = ½, S = 2 it is "
+        "4/√(h_c² − 2h_c + 4) − 2."
+    )
+    for h_c, a, S in ((0.3, 0.5, 2), (1.0, 0.5, 2), (0.7, 0.25, 3), (0.2, 1.0, 1), (1.5, 0.9, 4)):
+        _close(_call(fn, h_c, a, S), expansive_step_bound(h_c, a, S), f"h_e at h_c = {h_c}, a = {a}, S = {S}", hint,
+               rtol=1e-9)  # fmt: skip
+
+
+def _step_case(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    A = torch.linalg.qr(torch.randn(6, 5, generator=g, dtype=torch.float64))[0]
+    b = torch.randn(6, generator=g, dtype=torch.float64)
+    return x, A, b
+
+
+def _leaky(z, a):
+    return torch.where(z > 0, z, a * z)
+
+
+def nonexpansive_step(fn) -> None:
+    """Lab 5, exercise 2: ``fn(x, A, b, g, a)`` returns ``x − g Aᵀσ(Ax + b)`` for a batch ``x`` of
+    shape ``(N, n)``, ``A`` of shape ``(m, n)`` and σ = LeakyReLU with slope ``a``
+    (:prf:ref:`lem-nonexpansive`)."""
+    x, A, b = _step_case(30)
+    for g, a in ((0.5, 0.5), (1.2, 0.1)):
+        expected = x - g * _leaky(x @ A.T + b, a) @ A
+        _close(_call(fn, x.clone(), A.clone(), b.clone(), g, a), expected, f"the step at g = {g}, a = {a}",
+               "rows are samples: the pre-activation is x @ A.T + b, LeakyReLU keeps positive entries and multiplies "
+               "negative ones by a, and Aᵀ applied to rows is (…) @ A.", rtol=1e-9)  # fmt: skip
+
+
+def expansive_step(fn) -> None:
+    """Lab 5, exercise 3: ``fn(x, A, b, tau, a)`` returns ``x + τσ(Ax + b)`` for a batch ``x`` of shape
+    ``(N, n)``, a square ``A`` and σ = LeakyReLU with slope ``a`` (:prf:ref:`lem-expansive`)."""
+    g = torch.Generator().manual_seed(31)
+    x = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    A = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    b = torch.randn(5, generator=g, dtype=torch.float64)
+    for tau, a in ((0.3, 0.5), (0.05, 0.2)):
+        expected = x + tau * _leaky(x @ A.T + b, a)
+        _close(_call(fn, x.clone(), A.clone(), b.clone(), tau, a), expected, f"the step at τ = {tau}, a = {a}",
+               "no Aᵀ here: the increment is τ · LeakyReLU(x @ A.T + b).", rtol=1e-9)  # fmt: skip
+
+
+def jacobian_norm(fn) -> None:
+    """Lab 5, exercise 4: ``fn(f, x)`` returns the spectral norm ``‖J_f(x)‖₂`` of the Jacobian of a map
+    ``f`` from vectors to vectors at one point ``x``."""
+    g = torch.Generator().manual_seed(32)
+    W = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    x = torch.randn(6, generator=g, dtype=torch.float64)
+    hint = (
+        "torch.autograd.functional.jacobian(f, x) gives the matrix J; its spectral norm is "
+        "torch.linalg.matrix_norm(J, ord=2), the largest singular value (not the Frobenius norm)."
+    )
+    _close(_call(fn, lambda t: W @ t, x.clone()), torch.linalg.matrix_norm(W, 2), "‖W‖₂ for f(x) = Wx", hint)
+
+    def f(t):
+        return torch.tanh(W @ t) * 2
+
+    J = torch.autograd.functional.jacobian(f, x)
+    _close(_call(fn, f, x.clone()), torch.linalg.matrix_norm(J, 2), "‖J_f(x)‖₂ for f(x) = 2 tanh(Wx)", hint)
+
+
+def skew_field(fn) -> None:
+    """Lab 5, exercise 5: ``fn(entries, n)`` builds, for each row of ``entries`` (``n(n−1)/2`` values,
+    in the order of ``torch.triu_indices(n, n, 1)``), the skew-symmetric ``G = U − Uᵀ`` with ``U``
+    strictly upper triangular holding the entries, and returns ``G 𝟙`` (shape ``(N, n)``), an
+    increment whose entries sum to zero (:prf:ref:`prop-linear-invariant`)."""
+    g = torch.Generator().manual_seed(33)
+    n = 5
+    entries = torch.randn(6, n * (n - 1) // 2, generator=g, dtype=torch.float64)
+    rows, cols = torch.triu_indices(n, n, 1)
+    U = torch.zeros(6, n, n, dtype=torch.float64)
+    U[:, rows, cols] = entries
+    expected = (U - U.transpose(1, 2)).sum(2)
+    got = _call(fn, entries.clone(), n)
+    _close(got, expected, "G 𝟙", "put the entries above the diagonal (torch.triu_indices(n, n, 1)), subtract the "
+           "transpose, and sum each row (G @ ones).", rtol=1e-9)  # fmt: skip
+    total = torch.as_tensor(got, dtype=torch.float64).sum(1)
+    if float(total.abs().max()) > 1e-12:
+        raise AssertionError("the entries of G 𝟙 must sum to zero for a skew-symmetric G.")

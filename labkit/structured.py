@@ -1,14 +1,14 @@
-"""Structure-preserving networks: layers as steps of a non-autonomous ODE (Chapter 5).
+"""Structure-preserving networks: layers as steps of a non-autonomous ODE (§5.2.1).
 
 A network is a composition of steps ``Ψ^{h_k}`` of numerical methods for ``ẋ = F(x, θ(t))`` with
 ``θ`` piecewise constant (Celledoni et al. 2023). A step that preserves a property of the vector
 field gives a layer with that property. Two such properties are built here:
 
-* **Non-expansiveness** from steps that are *not* all non-expansive (§5.3). The non-expansive step
+* **Non-expansiveness** from steps that are *not* all non-expansive (§5.2.3). The non-expansive step
   ``x ↦ x − g A_cᵀσ(A_c x + b)`` with ``A_cᵀA_c = I`` and slopes of ``σ`` in ``[a, 1]`` contracts by
   :func:`contraction_factor`; the expansive step ``x ↦ x + e σ(A_e x + b)`` with ``‖A_e‖ ≤ 1``
   expands by at most ``1 + e``; with ``e`` at :func:`expansive_step_bound` the pair is 1-Lipschitz.
-* **A linear invariant** (§5.6): :class:`MassPreservingNet` keeps ``𝟙ᵀx`` whatever its weights.
+* **A linear invariant** (§5.5): :class:`MassPreservingNet` keeps ``𝟙ᵀx`` whatever its weights.
 
 The paper's five training regimes are :data:`PRESETS` (``resnet``, ``naive``, ``nonexpansive``,
 ``switching``, ``flexible``), faithful to the authors' code as the digest reads it; a sixth,
@@ -69,9 +69,9 @@ __all__ = [
     "CIFAR_STD",
 ]
 
-#: The paper's ℓ2 radii for CIFAR-10 (digest §4.9): 0, 8/255, 16/255, 36/255, 0.3, 0.5, 0.6, 0.8, 1.
+#: The paper's ℓ2 radii for CIFAR-10 (digest, section 4.9): 0, 8/255, 16/255, 36/255, 0.3, 0.5, 0.6, 0.8, 1.
 EPS_PAPER = (0.0, 8 / 255, 16 / 255, 36 / 255, 0.3, 0.5, 0.6, 0.8, 1.0)
-#: The normalisation of the authors' CIFAR-10 training (digest §4.8; pitfall 3: their attack wrapper
+#: The normalisation of the authors' CIFAR-10 training (digest, section 4.8; pitfall 3: their attack wrapper
 #: used other values).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -128,7 +128,7 @@ def expansive_step_bound(h_c: float, a: float = 0.5, substeps: int = 2) -> float
 
 
 def flexible_step_bound(h_c: float, a: float = 0.5, substeps: int = 2) -> float:
-    """The coupled condition that the flexible regime's clamps lack (digest §4.7): the largest
+    """The coupled condition that the flexible regime's clamps lack (digest, section 4.7): the largest
     ``h_e`` for which ``S`` non-expansive sub-steps ``h_c/S`` followed by one expansive step
     ``x ↦ x + h_e A_cᵀReLU(A_c x + b)`` with the same orthogonal ``A_c`` are 1-Lipschitz, by the
     exact factor: ``h_e = max(|1 − h_c/S|, 1 − a h_c/S)^(−S) − 1``. ``h_c ∈ (0, 2S)``."""
@@ -433,7 +433,7 @@ RULES = ("prescribed", "flexible", "coupled")
 
 class SwitchingBlock(nn.Module):
     """A pair of an expansive and a non-expansive step, each split into ``substeps`` sub-steps, with
-    trainable step sizes (:prf:ref:`thm-switching`; digest §4.7):
+    trainable step sizes (:prf:ref:`thm-switching`; digest, section 4.7):
 
     * ``rule="prescribed"``: ``S`` times ``x ← x + (h_e/S) r σ(A_e x + b_e)``, then
       ``x ← x − (h_c/S) A_cᵀσ(A_c x + b_c)``, with σ = LeakyReLU(``a``). :meth:`project` sets
@@ -622,7 +622,7 @@ KINDS = ("resnet", "naive", "nonexpansive", "switching")
 
 
 class StructuredNet(nn.Module):
-    """The paper's skeleton (digest §4.7): normalise, then per block a :class:`Lift` to the block's
+    """The paper's skeleton (digest, section 4.7): normalise, then per block a :class:`Lift` to the block's
     width, ``layers`` dynamic layers and (convolutional) a 2 × 2 max-pool, then flatten and a
     :class:`Head`. ``kind`` chooses the dynamic layers: ``"resnet"`` (:class:`ResidualStep`, ``s =
     1``), ``"naive"`` (``s = ½``), ``"nonexpansive"`` (:class:`NonExpansiveStep`, ReLU) or
@@ -724,14 +724,14 @@ class StructuredNet(nn.Module):
 
 
 # fmt: off
-#: The paper's five regimes (digest §4.7–4.8) and the certified variant. Each gives the network's
+#: The paper's five regimes (digest, section 4.7–4.8) and the certified variant. Each gives the network's
 #: keywords and its training recipe: hinge ``margin`` (one model per margin in the paper: 0.07,
 #: 0.15, 0.3; 0.15 here), orthogonality weight ``gamma``, SGD with momentum 0.9 at learning rate
 #: ``lr`` (decayed ×0.1 every 30 epochs by :func:`fit`). ``nominal`` is the Lipschitz constant the
 #: regime claims for its dynamic layers (``None``: no claim). The certified preset is ours: exactly
 #: orthogonal 1 × 1 ``A_c`` (:class:`OrthogonalConv2d`; ``orthogonal_kernel=3`` gives 3 × 3 at
 #: about three times the cost), hard-normalised ``A_e``, lift and head, the shortest ``h_c`` (0.3,
-#: the least forced contraction, §5.4), the margin 0.7 (its certified radii are margins over
+#: the least forced contraction, §5.2.2), the margin 0.7 (its certified radii are margins over
 #: √2 · its bound, which includes the ``1/min std ≈ 5`` of the input normalisation) and Adam at
 #: 10⁻³ as in Chapter 4 (SGD at the paper's rate trains this contracting network slowly).
 PRESETS = {
@@ -792,7 +792,7 @@ class NonFiniteLoss(FloatingPointError):
 def fit(model: StructuredNet, data: Dataset, epochs: int, *, margin: float = 0.15, gamma: float = 0.0,
         lr: float = 0.01, decay_every: int = 30, batch_size: int = 128, augment: bool = True,
         optimizer: str = "sgd", restarts: int = 2, seed: int = 0, device=None, progress=None) -> dict:  # fmt: skip
-    """Train with the authors' recipe (digest §4.8): SGD (momentum 0.9) at ``lr``, ×0.1 every
+    """Train with the authors' recipe (digest, section 4.8): SGD (momentum 0.9) at ``lr``, ×0.1 every
     ``decay_every`` epochs (``steps`` per epoch), the summed hinge :func:`hinge_loss` plus ``gamma``
     × the orthogonality penalty, crops and flips (``augment``), and the model's projections after
     every step. If the loss becomes NaN or infinite, training restarts from the initial weights with
@@ -836,7 +836,7 @@ def fit(model: StructuredNet, data: Dataset, epochs: int, *, margin: float = 0.1
 
 def block_jacobian_norms(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The exact ``‖J(x)‖₂`` of ``block`` at each input of ``x`` (one Jacobian per input, by autograd,
-    in the block's dtype): the check of DESIGN §7, not random pairs."""
+    in the block's dtype): the check the design notes ask for, not random pairs."""
     n = x[0].numel()
     J = torch.func.vmap(torch.func.jacrev(lambda t: block(t[None])[0]))(x.detach())
     return torch.linalg.matrix_norm(J.reshape(x.shape[0], -1, n), ord=2).detach()
@@ -866,8 +866,8 @@ class _SkewStep(nn.Module):
 
 
 class MassPreservingNet(nn.Module):
-    """A network that keeps the linear invariant ``𝟙ᵀx`` of its input whatever its weights (§5.6;
-    digest §4.5): zero-padding lifts ``dim → widths[0] → …`` (the padded coordinates are 0, so the
+    """A network that keeps the linear invariant ``𝟙ᵀx`` of its input whatever its weights (§5.5;
+    digest, section 4.5): zero-padding lifts ``dim → widths[0] → …`` (the padded coordinates are 0, so the
     sum is kept), ``layers`` steps :class:`_SkewStep` of size ``h`` per width, and a projection to
     ``dim`` that adds the dropped coordinates' sum back, spread evenly. ``plain=True`` builds the
     same network with an unconstrained increment ``x ↦ x + h N(x)`` (the comparison)."""
@@ -914,7 +914,7 @@ class _PlainStep(nn.Module):
 
 
 def sir_field(x: torch.Tensor, r0: float = 1.0) -> torch.Tensor:
-    """The SIR model ``Ṡ = −R₀SI, İ = R₀SI − I, Ṙ = I`` (digest §4.5), whose total ``S + I + R`` is a
+    """The SIR model ``Ṡ = −R₀SI, İ = R₀SI − I, Ṙ = I`` (digest, section 4.5), whose total ``S + I + R`` is a
     linear first integral."""
     S, I = x[..., 0], x[..., 1]
     return torch.stack([-r0 * S * I, r0 * S * I - I, I], -1)

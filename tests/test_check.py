@@ -275,6 +275,62 @@ WRONG = {
 }
 
 
+
+def _leaky(z, a):
+    return torch.where(z > 0, z, a * z)
+
+
+def _skew(entries, n, transpose=False, sign=-1):
+    rows, cols = torch.triu_indices(n, n, 1)
+    U = torch.zeros(entries.shape[0], n, n, dtype=entries.dtype)
+    U[:, rows, cols] = entries
+    G = U + sign * U.transpose(1, 2)
+    return G.sum(1) if transpose else G.sum(2)
+
+
+def _jac_norm(f, x, ord=2):
+    return torch.linalg.matrix_norm(torch.autograd.functional.jacobian(f, x), ord=ord)
+
+
+RIGHT.update(
+    {
+        "switching_rule": lambda h, a, S: S * (1 / math.sqrt(1 - 2 * a * h / S + (h / S) ** 2) - 1),
+        "nonexpansive_step": lambda x, A, b, g, a: x - g * _leaky(x @ A.T + b, a) @ A,
+        "expansive_step": lambda x, A, b, tau, a: x + tau * _leaky(x @ A.T + b, a),
+        "jacobian_norm": _jac_norm,
+        "skew_field": _skew,
+    }
+)
+WRONG.update(
+    {
+        "switching_rule": [
+            lambda h, a, S: 1 / math.sqrt(1 - 2 * a * h / S + (h / S) ** 2) - 1,  # forgot the factor S
+            lambda h, a, S: S * (1 / math.sqrt(1 - 2 * a * h + h**2) - 1),  # the whole step, not the sub-step
+            lambda h, a, S: 4 / math.sqrt(h**2 - 2 * h + 4) - 2,  # the a = ½, S = 2 rule everywhere
+        ],
+        "nonexpansive_step": [
+            lambda x, A, b, g, a: x - g * torch.relu(x @ A.T + b) @ A,  # ReLU, not leaky
+            lambda x, A, b, g, a: x + g * _leaky(x @ A.T + b, a) @ A,  # ascent
+            lambda x, A, b, g, a: x - g * _leaky(x @ A.T, a) @ A,  # no bias
+        ],
+        "expansive_step": [
+            lambda x, A, b, tau, a: x + tau * torch.relu(x @ A.T + b),
+            lambda x, A, b, tau, a: x + tau * _leaky(x @ A + b, a),  # A, not Aᵀ, on rows
+            lambda x, A, b, tau, a: x - tau * _leaky(x @ A.T + b, a),
+        ],
+        "jacobian_norm": [
+            lambda f, x: _jac_norm(f, x, ord="fro"),
+            lambda f, x: (f(x + 1e-3 * torch.ones_like(x)) - f(x)).norm() / (1e-3 * x.numel() ** 0.5),  # one pair
+            lambda f, x: torch.linalg.matrix_norm(torch.autograd.functional.jacobian(f, x), ord=1),
+        ],
+        "skew_field": [
+            lambda e, n: _skew(e, n, sign=1),  # symmetric
+            lambda e, n: _skew(e, n, transpose=True),  # column sums: −G𝟙
+            lambda e, n: _skew(e, n, sign=0),  # only the upper part
+        ],
+    }
+)
+
 @pytest.mark.parametrize("name", sorted(RIGHT))
 def test_check_accepts_the_right_answer(name):
     getattr(check, name)(RIGHT[name])

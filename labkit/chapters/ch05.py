@@ -1,8 +1,8 @@
 """Chapter 5's experiment: the paper's five training regimes and the certified switching network on
 CIFAR-10, each attacked by the paper's 10-step ℓ2 PGD and by a stronger one at the paper's nine
 radii, with sound Lipschitz bounds beside adversarial lower bounds and, for the certified network,
-certified accuracy checked by attacks at 0.99 of each radius (§5.5); and the SIR fit of a
-mass-preserving network against a plain one (§5.6).
+certified accuracy checked by attacks at 0.99 of each radius (§5.4); and the SIR fit of a
+mass-preserving network against a plain one (§5.5).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ __all__ = [
     "verify",
     "table",
     "values",
+    "findings",
     "paper_table",
     "bench_table",
 ]
@@ -63,7 +64,7 @@ SIZES = per_mode({
 #: The full-mode record, in ``book/data``.
 RECORD = "ch05_full.json"
 
-#: The repository's CIFAR-10 results (digest §4.10; % of the first 1 024 test images under Foolbox's
+#: The repository's CIFAR-10 results (digest, section 4.10; % of the first 1 024 test images under Foolbox's
 #: L2PGD with 10 steps) at the paper's radii, one row per regime and margin.
 PAPER = {
     ("resnet", 0.07): [88.2, 86.8, 84.6, 78.1, 63.8, 42.9, 33.2, 17.3, 7.3],
@@ -98,7 +99,7 @@ def _first_dynamic(model, x):
 
 
 def evaluate(model, name: str, recipe: dict, test, s, *, device=None) -> dict:
-    """The protocol of §5.5 for one trained model, as a :func:`labkit.experiment.result`: clean
+    """The protocol of §5.4 for one trained model, as a :func:`labkit.experiment.result`: clean
     accuracy on the test images; on the first ``n_attack`` of them, accuracy under the paper's
     attack (``paper_steps`` steps of ``paper_rel_step · ε``, each radius attacked afresh) and
     under a stronger one (``strong_steps`` steps of ``2.5 ε / steps``, ``strong_restarts`` starts,
@@ -158,7 +159,7 @@ def evaluate(model, name: str, recipe: dict, test, s, *, device=None) -> dict:
 
 
 def sir(s, *, seed=0) -> dict:
-    """§5.6: fit the time-1 map of the SIR model (:func:`labkit.structured.sir_data`) with a
+    """§5.5: fit the time-1 map of the SIR model (:func:`labkit.structured.sir_data`) with a
     :class:`labkit.structured.MassPreservingNet` and with the same network with unconstrained steps
     (Adam, full batch, ``sir_steps`` steps, float64); then iterate each ``sir_iterations`` times
     from held-out states and record the largest drift ``|𝟙ᵀx_k − 𝟙ᵀx_0|`` after each iteration, and
@@ -254,7 +255,7 @@ _LABEL = {
 
 
 def table(results: dict) -> report.Table:
-    """§5.5's table: per preset the clean accuracy, the paper's attack and the strong attack at
+    """§5.4's table: per preset the clean accuracy, the paper's attack and the strong attack at
     36/255, 0.5 and 1, the certified accuracy at 36/255, the layer's and the network's bounds."""
     rows = [{"key": k, **r} for k, r in _models(results).items()]
 
@@ -310,6 +311,51 @@ def values(results: dict) -> dict:
             out[f"sir/{label}/mse"] = results["sir"][label]["mse"]
             out[f"sir/{label}/drift"] = results["sir"][label]["drift"][-1]
     return out
+
+
+def findings(results: dict) -> str:
+    """What the run shows, as Markdown bullets computed from ``results`` (§5.4): the most accurate
+    regime, which regime keeps most accuracy at ε = 0.5 and at ε = 1 under the strong attack, the
+    largest gap between the two attacks, the dynamic layers whose adversarial lower bound exceeds
+    1, the restarts, and the certified network's certified accuracy and check."""
+    models = {k.split("/")[1]: r for k, r in _models(results).items()}
+    if not models:
+        return "No model was run."
+    i05, i1 = structured.EPS_PAPER.index(0.5), structured.EPS_PAPER.index(1.0)
+    name = lambda n: _LABEL.get(n, n)  # noqa: E731
+    best = max(models, key=lambda n: models[n]["clean"])
+    keep05 = max(models, key=lambda n: models[n]["empirical"]["strong"][i05])
+    keep1 = max(models, key=lambda n: models[n]["empirical"]["strong"][i1])
+    gaps = {n: max(p - q for p, q in zip(r["empirical"]["paper"], r["empirical"]["strong"])) for n, r in models.items()}
+    widest = max(gaps, key=gaps.get)
+    over = [n for n, r in models.items() if r["lipschitz"]["layer_lower"] > 1]
+    lines = [
+        f"- **Clean accuracy**: the {name(best)} network is the most accurate ({models[best]['clean']:.1%}); the "
+        + ", ".join(f"{name(n)} {r['clean']:.1%}" for n, r in models.items() if n != best) + ".",
+        f"- **Under the strong attack** the {name(keep05)} network keeps the most at ε = 0.5 "
+        f"({models[keep05]['empirical']['strong'][i05]:.1%}) and the {name(keep1)} network at ε = 1 "
+        f"({models[keep1]['empirical']['strong'][i1]:.1%}); the unconstrained ResNet keeps "
+        + (f"{models['resnet']['empirical']['strong'][i1]:.1%} at ε = 1." if "resnet" in models else "– (not run)."),
+        f"- **The paper's attack is weak**: the strong attack lowers the accuracy by up to {gaps[widest]:.1%} "
+        f"(the {name(widest)} network); the smallest largest gap is {min(gaps.values()):.1%}.",
+        "- **Dynamic layers above 1**: "
+        + (", ".join(f"{name(n)} ({models[n]['lipschitz']['layer_lower']:.2f})" for n in over) + " — the pair "
+           "search finds a first dynamic layer that expands." if over else
+           "the pair search finds no first dynamic layer that expands; that is not a proof that none does."),
+    ]  # fmt: skip
+    restarted = [n for n, r in models.items() if r.get("history", {}).get("restarts")]
+    if restarted:
+        lines.append("- **Restarts**: the loss became NaN and training restarted at a tenth of the rate for "
+                     + ", ".join(name(n) for n in restarted) + ".")  # fmt: skip
+    if "certified" in models:
+        c = models["certified"]
+        lines.append(
+            f"- **The certified network** is {c['clean']:.1%} accurate and certifies "
+            + ", ".join(f"{c['certified'][i]:.1%} at {e:.3g}" for i, e in enumerate(c["radii"]) if 0 < e <= 0.31)
+            + f" with L = {c['lipschitz']['upper']:.2f}; no attack broke a certificate "
+            f"({c['check']['flipped']} of {c['check']['points']} points flipped by PGD at 0.99 of their radii)."
+        )
+    return "\n".join(lines)
 
 
 def paper_table(results: dict | None = None, *, margin: float = 0.15) -> report.Table:
