@@ -61,6 +61,7 @@ __all__ = [
     "report",
     "runtime",
     "snode",
+    "structured",
     "seed_everything",
     "setup",
     "train",

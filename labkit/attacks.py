@@ -266,8 +266,20 @@ def minimal_l2(model, x, y, radii, *, steps: int = 20, clamp=(0.0, 1.0), generat
     return out
 
 
-def pgd_curve(model, x, y, radii, *, steps: int = 10, rel_step: float | None = None, restarts: int = 1,
-              monotone: bool = True, clamp=(0.0, 1.0), batch_size: int = 256, generator=None) -> list[float]:  # fmt: skip
+def pgd_curve(
+    model,
+    x,
+    y,
+    radii,
+    *,
+    steps: int = 10,
+    rel_step: float | None = None,
+    restarts: int = 1,
+    monotone: bool = True,
+    clamp=(0.0, 1.0),
+    batch_size: int = 256,
+    generator=None,
+) -> list[float]:
     """Accuracy of ``model`` on ``(x, y)`` under ℓ2 :func:`pgd` at each radius of ``radii`` (§5.4).
 
     Each attack takes ``steps`` steps of ``rel_step · ε`` (Foolbox's relative step size; default

@@ -220,7 +220,8 @@ class ConvOp(_Op):
 
     def _check(self, x):
         if x.ndim != 4 or tuple(x.shape[1:]) != self.in_shape:
-            raise ValueError(f"expected input of shape (N, {', '.join(map(str, self.in_shape))}), got {tuple(x.shape)}.")
+            shape = ", ".join(map(str, self.in_shape))
+            raise ValueError(f"expected input of shape (N, {shape}), got {tuple(x.shape)}.")
 
     def forward(self, x, bias=True):
         self._check(x)
@@ -307,7 +308,8 @@ class OrthogonalConv2d(_Op):
 
     def _transform(self, x, q):
         if x.ndim != 4 or tuple(x.shape[1:]) != self.in_shape:
-            raise ValueError(f"expected input of shape (N, {', '.join(map(str, self.in_shape))}), got {tuple(x.shape)}.")
+            shape = ", ".join(map(str, self.in_shape))
+            raise ValueError(f"expected input of shape (N, {shape}), got {tuple(x.shape)}.")
         if q.ndim == 2:
             return F.conv2d(x, q.to(x.dtype)[:, :, None, None])
         xf = torch.fft.rfft2(x).permute(2, 3, 1, 0)  # (H, W//2+1, C, N)
@@ -632,7 +634,8 @@ class StructuredNet(nn.Module):
 
     def __init__(self, kind="switching", *, in_shape=(3, 32, 32), widths=(32, 64, 128), layers=4, classes=10,
                  conv=True, a=0.5, substeps=2, rule="prescribed", orthogonal=False, orthogonal_kernel=3,
-                 normalized=False, h_c=1.0, lift_project=None, head_project=None, mean=None, std=None, seed=0):  # fmt: skip
+                 normalized=False, h_c=1.0, lift_project=None, head_project=None, mean=None, std=None,
+                 seed=0):  # fmt: skip
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
@@ -654,8 +657,12 @@ class StructuredNet(nn.Module):
         std = torch.ones(channels) if std is None else torch.as_tensor(std, dtype=torch.float32)
         if mean.numel() != channels or std.numel() != channels or bool((std <= 0).any()):
             raise ValueError(f"mean and std must have one entry per channel ({channels}), std > 0.")
-        self.register_buffer("mean", mean.reshape(shape) if conv else mean.repeat_interleave(math.prod(in_shape[1:])).reshape(1, -1))  # noqa: E501
-        self.register_buffer("std", std.reshape(shape) if conv else std.repeat_interleave(math.prod(in_shape[1:])).reshape(1, -1))  # noqa: E501
+        self.register_buffer(
+            "mean", mean.reshape(shape) if conv else mean.repeat_interleave(math.prod(in_shape[1:])).reshape(1, -1)
+        )  # noqa: E501
+        self.register_buffer(
+            "std", std.reshape(shape) if conv else std.repeat_interleave(math.prod(in_shape[1:])).reshape(1, -1)
+        )  # noqa: E501
         gain = math.sqrt(2 / (1 + a**2)) if kind == "switching" else math.sqrt(2)
         blocks, size, c_in = [], in_shape[1:] if conv else None, channels if conv else math.prod(in_shape)
         for width in widths:
@@ -668,8 +675,10 @@ class StructuredNet(nn.Module):
                                               normalized=normalized, h_c=h_c, generator=gen))  # fmt: skip
                     continue
 
-                def op():
-                    return ConvOp(width, size=size, gain=gain, generator=gen) if conv else DenseOp(width, gain=gain, generator=gen)  # noqa: E501
+                def op(width=width, size=size):
+                    if conv:
+                        return ConvOp(width, size=size, gain=gain, generator=gen)
+                    return DenseOp(width, gain=gain, generator=gen)
 
                 if kind == "nonexpansive":
                     dyn.append(NonExpansiveStep(op(), step=1.0, a=0.0))
@@ -688,7 +697,9 @@ class StructuredNet(nn.Module):
 
     def forward(self, x):
         if x.ndim < 2 or math.prod(x.shape[1:]) != math.prod(self.in_shape):
-            raise ValueError(f"expected inputs of shape (N, {', '.join(map(str, self.in_shape))}), got {tuple(x.shape)}.")  # noqa: E501
+            raise ValueError(
+                f"expected inputs of shape (N, {', '.join(map(str, self.in_shape))}), got {tuple(x.shape)}."
+            )  # noqa: E501
         x = x.reshape(x.shape[0], *self.in_shape) if self.mean.ndim == 4 else x.flatten(1)
         z = self.blocks((x - self.mean) / self.std)
         return self.head(z.flatten(1))
@@ -823,7 +834,8 @@ def fit(model: StructuredNet, data: Dataset, epochs: int, *, margin: float = 0.1
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=decay_every * steps, gamma=0.1)
         try:
             hist = _train.fit(model, train_data, epochs, batch_size=batch_size, optimizer=opt, loss_fn=loss_fn,
-                              after_step=_Projection(sched, model), seed=seed, device=device, progress=progress)  # fmt: skip
+                              after_step=_Projection(sched, model), seed=seed, device=device,
+                              progress=progress)  # fmt: skip
             return {**hist.as_dict(), "restarts": log, "lr": lr}
         except NonFiniteLoss as err:
             if attempt == restarts:

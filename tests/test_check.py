@@ -275,7 +275,6 @@ WRONG = {
 }
 
 
-
 def _leaky(z, a):
     return torch.where(z > 0, z, a * z)
 
@@ -330,6 +329,7 @@ WRONG.update(
         ],
     }
 )
+
 
 @pytest.mark.parametrize("name", sorted(RIGHT))
 def test_check_accepts_the_right_answer(name):

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labkit import attacks, lipschitz, structured as st
+from labkit import attacks, lipschitz
+from labkit import structured as st
 from labkit.convex import conv_matrix
 
 GRID = [(a, S, h) for a in (0.1, 0.25, 0.5, 0.9, 1.0) for S in (1, 2, 3, 5) for h in (0.05, 0.3, 0.7, 1.0)]
@@ -240,7 +241,8 @@ def test_hinge_loss_sums_over_classes():
     y = torch.tensor([0, 2])
     # first: max(0, .15+.5-1) + max(0, .15+.9-1) = 0 + 0.05; second: 0.15 + 2.15
     assert float(st.hinge_loss(logits, y, 0.15)) == pytest.approx((0.05 + 2.3) / 2)
-    assert float(st.hinge_loss(logits, y, 0.15)) == pytest.approx(3 * float(F.multi_margin_loss(logits, y, margin=0.15)))
+    pytorch = float(F.multi_margin_loss(logits, y, margin=0.15))
+    assert float(st.hinge_loss(logits, y, 0.15)) == pytest.approx(3 * pytorch)
 
 
 def test_mass_preserving_net_keeps_the_sum_whatever_the_weights():

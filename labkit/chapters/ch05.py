@@ -54,6 +54,7 @@ SIZES = per_mode({
     "lower_steps":      (10,               30,               100),
     "check_steps":      (5,                20,               50),
     "n_audit":          (2,                16,               100),
+    "min_checked":      (1,                200,              200),
     "audit_steps":      (5,                20,               50),
     "sir_train":        (100,              400,              2000),
     "sir_steps":        (20,               400,              3000),
@@ -231,15 +232,20 @@ def _models(results):
 
 
 def verify(results: dict) -> None:
-    """Raise ``AssertionError`` if an adversarial lower bound exceeds a model's sound upper bound, or
-    if an attack flipped a point of the certified network at 0.99 of its certified radius (our PGD
-    on every certified point, and the independent library's AutoPGD on the first few)."""
+    """Raise ``AssertionError`` if an adversarial lower bound exceeds a model's sound upper bound, if
+    an attack flipped a point of the certified network at 0.99 of its certified radius (our PGD on
+    every certified point, and the independent library's AutoPGD on the first few), or if fewer
+    certified points than the size ``min_checked`` were checked."""
     for key, r in _models(results).items():
         lip_ = r["lipschitz"]
         assert lip_["lower"] <= lip_["upper"] * (1 + 1e-5), f"{key}: lower bound above the sound bound"
         assert lip_["layer_lower"] <= lip_["layer_upper"] * (1 + 1e-5), f"{key}: layer lower bound above its bound"
         if "check" in r:
             assert r["check"]["flipped"] == 0, f"{key}: PGD flipped {r['check']['flipped']} certified points"
+            least = r.get("sizes", {}).get("min_checked", 0)
+            assert r["check"]["points"] >= least, (
+                f"{key}: only {r['check']['points']} certified test points were checked, fewer than {least}"
+            )
             a = r["audit"]
             assert a["flipped"] == 0, f"{key}: {a['attack']['library']} flipped certified points {a['flipped_index']}"
 
@@ -272,8 +278,10 @@ def table(results: dict) -> report.Table:
             ("at 0.5", pair(0.5)),
             ("at 1.0", pair(1.0)),
             ("certified at 36/255", lambda r: r["certified"][3], "{:.3f}"),
-            ("layer: lower / bound", lambda r: f"{r['lipschitz']['layer_lower']:.2f} / "
-                                               f"{r['lipschitz']['layer_upper']:.3g}"),  # fmt: skip
+            (
+                "layer: lower / bound",
+                lambda r: f"{r['lipschitz']['layer_lower']:.2f} / {r['lipschitz']['layer_upper']:.3g}",
+            ),  # fmt: skip
             ("network: lower / bound", lambda r: f"{r['lipschitz']['lower']:.2f} / {r['lipschitz']['upper']:.3g}"),
             ("training", "seconds", "{:.0f} s"),
         ],
@@ -333,8 +341,9 @@ def findings(results: dict) -> str:
         f"- **Clean accuracy**: the {name(best)} network is the most accurate ({models[best]['clean']:.1%}); the "
         + ", ".join(f"{name(n)} {r['clean']:.1%}" for n, r in models.items() if n != best) + ".",
         f"- **Under the strong attack** the {name(keep05)} network keeps the most at ε = 0.5 "
-        f"({models[keep05]['empirical']['strong'][i05]:.1%}) and the {name(keep1)} network at ε = 1 "
-        f"({models[keep1]['empirical']['strong'][i1]:.1%}); the unconstrained ResNet keeps "
+        f"({models[keep05]['empirical']['strong'][i05]:.1%}) and "
+        + ("" if keep1 == keep05 else f"the {name(keep1)} network ")
+        + f"at ε = 1 ({models[keep1]['empirical']['strong'][i1]:.1%}); the unconstrained ResNet keeps "
         + (f"{models['resnet']['empirical']['strong'][i1]:.1%} at ε = 1." if "resnet" in models else "– (not run)."),
         f"- **The paper's attack is weak**: the strong attack lowers the accuracy by up to {gaps[widest]:.1%} "
         f"(the {name(widest)} network); the smallest largest gap is {min(gaps.values()):.1%}.",
@@ -366,9 +375,14 @@ def paper_table(results: dict | None = None, *, margin: float = 0.15) -> report.
         rows.append({"model": f"{_LABEL[name]} (repository, m = {margin})", "v": PAPER[(name, margin)]})
         r = (results or {}).get(f"cifar10/{name}")
         if r is not None:
-            rows.append({"model": f"{_LABEL[name]} (ours, strong attack)", "v": [100 * a for a in r["empirical"]["strong"]]})  # noqa: E501
+            ours = [100 * a for a in r["empirical"]["strong"]]
+            rows.append({"model": f"{_LABEL[name]} (ours, strong attack)", "v": ours})
     names = ["0", "8/255", "16/255", "36/255", "0.3", "0.5", "0.6", "0.8", "1.0"]
-    return report.table(rows, [("model", "model")] + [(n, (lambda i: lambda r: r["v"][i])(i), "{:.1f}") for i, n in enumerate(names)])  # noqa: E501
+
+    def column(i):
+        return lambda r: r["v"][i]
+
+    return report.table(rows, [("model", "model")] + [(n, column(i), "{:.1f}") for i, n in enumerate(names)])
 
 
 def bench_table(bench: dict) -> report.Table:
