@@ -201,7 +201,7 @@ def partial_path(out) -> Path:
 
 
 def main(argv=None) -> int:
-    """``python -m labkit.experiment CHAPTER [--out FILE] [--restart]``: run a chapter's experiment
+    """``python -m labkit.experiment CHAPTER [--out FILE] [--restart] [--set SIZE=VALUE …]``: run a chapter's experiment
     (:mod:`labkit.chapters`) at its full-mode sizes on the default device and write its record
     (default: the file the book reads). For experiments made of independent seeded runs, each
     finished run is kept in a partial file beside the record, and a later call with the same sizes
@@ -218,11 +218,27 @@ def main(argv=None) -> int:
     parser.add_argument("chapter", choices=with_record)
     parser.add_argument("--out", type=Path, help="record file (default: the one the book reads)")
     parser.add_argument("--restart", action="store_true", help="ignore the results of an unfinished run")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SIZE=VALUE",
+        help="change one full-mode size (a JSON value), e.g. --set epochs=10 for a shortened schedule; "
+        "the record keeps the sizes it ran with, and the page shows them",
+    )
     args = parser.parse_args(argv)
     chapter = chapters.get(args.chapter)
     out_path = args.out or chapters.DATA / chapter.RECORD
-    _validate.writable(out_path, "record")
     sizes = chapter.sizes("full")
+    for item in args.set:
+        key, eq, raw = item.partition("=")
+        if not eq or key not in sizes:
+            parser.error(f"--set {item!r}: give SIZE=VALUE with SIZE one of {', '.join(sorted(sizes))}.")
+        try:
+            sizes[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            sizes[key] = raw
+    _validate.writable(out_path, "record")
     env = environment()
     seed_everything(0)
     t0 = time.perf_counter()

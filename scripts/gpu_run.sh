@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# One run on the GPU machine, everything in one go (../shared/notes/gpu.md):
-#   1. the CUDA cases of the tests;
-#   2. the GPU benchmarks (Chapter 4's CPL-S training step, Chapter 3's NCG epoch and adjoint);
-#   3. the full-mode records that fit, each under a time limit, resumable (a partial record comes
-#      back when the limit stops a run).
+# Runs on the GPU machine, each phase in one call (../shared/notes/gpu.md):
+#   all    the CUDA cases of the tests, the GPU benchmarks (Chapter 4's CPL-S training step,
+#          Chapter 3's NCG epoch and adjoint, Chapter 5's networks) and Chapter 2 in full mode;
+#   probe  the CUDA cases of the tests and the benchmarks only (while CIFAR-10 parts travel);
+#   parts  nothing but a check of which CIFAR-10 parts have arrived (a call that carries one);
+#   cifar  Chapter 5's experiment on the full CIFAR-10 with a shortened schedule (the sizes set
+#          below are kept in the record), then CPL-S (Chapter 4) for as many epochs as fit.
+# Full-mode steps run under a time limit and are resumable: a partial record comes back when the
+# limit stops a run.
 #
-#   OUT=/path bash scripts/gpu_run.sh          # on the GPU machine ($OUT is the device tool's)
-#   OUT=/tmp/gpu-smoke bash scripts/gpu_run.sh --smoke   # here, on the CPU: the same steps, tiny
+#   OUT=/path bash scripts/gpu_run.sh [PHASE]        # on the GPU machine ($OUT is the device tool's)
+#   OUT=/tmp/gpu-smoke bash scripts/gpu_run.sh --smoke [PHASE]   # here, on the CPU: the same steps, tiny
 #
-# Data: `python scripts/gpu_prepare.py pack` first, and carry `.device-data` with the run.
-# Every step runs even if an earlier one failed; $OUT/summary.txt says how each ended, and the
-# logs of all steps are in $OUT/gpu_run.log (few files: at most 8 come back).
+# Data: `python scripts/gpu_prepare.py pack [--cifar]` first, and carry `.device-data` (or one
+# CIFAR-10 part per call) with the run. Every step runs even if an earlier one failed;
+# $OUT/summary.txt says how each ended, and the logs of all steps are in $OUT/gpu_run.log (few
+# files: at most 8 come back).
 set -uo pipefail
 
 SMOKE=0
-[ "${1:-}" = "--smoke" ] && SMOKE=1
+[ "${1:-}" = "--smoke" ] && SMOKE=1 && shift
+PHASE=${1:-all}
+case "$PHASE" in all|probe|parts|cifar) ;; *) echo "unknown phase $PHASE (all, probe, parts, cifar)" >&2; exit 2;; esac
 OUT=${OUT:?set OUT to the folder for the results}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
@@ -34,29 +41,66 @@ step() {  # step NAME LIMIT_S COMMAND...: run, log, and record the status and th
 }
 
 DEVICE=$($PY -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
-export LABKIT_DATA=$($PY scripts/gpu_prepare.py unpack)
+# The independent attack library of the audits (ART) and its dependencies travel as wheels in
+# .device-data/wheels (pip download --no-deps …); they are installed beside the tree, not into it.
+if ! $PY -c "import art" 2>/dev/null && ls .device-data/wheels/*.whl >/dev/null 2>&1; then
+    $PY -m pip install --quiet --no-index --no-deps --target /tmp/device-site .device-data/wheels/*.whl >> "$LOG" 2>&1
+    export PYTHONPATH=$PYTHONPATH:/tmp/device-site
+fi
+if [ "$PHASE" = parts ]; then
+    ls -l .device-data/cifar-parts 2>&1 | tee -a "$OUT/summary.txt"
+    exit 0
+fi
+if [ "$PHASE" = cifar ]; then
+    export LABKIT_DATA=$($PY scripts/gpu_prepare.py unpack) || { echo "unpack failed" | tee -a "$OUT/summary.txt"; exit 1; }
+elif [ -f .device-data/MNIST/raw/train-images-idx3-ubyte.gz ]; then
+    export LABKIT_DATA=$PWD/.device-data
+fi
 $PY - >> "$OUT/summary.txt" <<'EOF'
 import platform, torch
 name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.machine()
 print(f"device: {name}; torch {torch.__version__}; python {platform.python_version()}")
 EOF
-echo "data: $LABKIT_DATA" >> "$OUT/summary.txt"
+echo "data: ${LABKIT_DATA:-the bundled samples}; phase $PHASE" >> "$OUT/summary.txt"
 
 if [ "$SMOKE" = 1 ]; then
     export LABKIT_MODE=smoke
-    step tests 300 $PY -m pytest -q -p no:cacheprovider tests/test_core.py tests/test_lognorm.py -k "device or cuda"
-    step bench_convex 300 $PY scripts/bench_convex.py --device "$DEVICE" --preset mnist --batch 8 --steps 1 \
-        --json "$OUT/bench_convex_$DEVICE.json"
-    step bench_snode 300 $PY scripts/bench_snode.py --device "$DEVICE" --dim 16 --steps 5 --batch 20 --images 40 \
-        --json "$OUT/bench_snode_$DEVICE.json"
-    step full_ch02 120 $PY -m labkit.experiment ch02 --help
+    if [ "$PHASE" != cifar ]; then
+        step tests 300 $PY -m pytest -q -p no:cacheprovider tests/test_core.py tests/test_lognorm.py -k "device or cuda"
+        step bench_convex 300 $PY scripts/bench_convex.py --device "$DEVICE" --preset mnist --batch 8 --steps 1 \
+            --json "$OUT/bench_convex_$DEVICE.json"
+        step bench_snode 300 $PY scripts/bench_snode.py --device "$DEVICE" --dim 16 --steps 5 --batch 20 --images 40 \
+            --json "$OUT/bench_snode_$DEVICE.json"
+        step bench_structured 300 $PY scripts/bench_structured.py --device "$DEVICE" --sizes book --batch 8 --steps 1 \
+            --json "$OUT/bench_structured_$DEVICE.json"
+    fi
+    [ "$PHASE" = all ] && step full_ch02 120 $PY -m labkit.experiment ch02 --help
+    [ "$PHASE" = cifar ] && step full_ch05 300 $PY -m labkit.experiment ch05 --out "$OUT/ch05_full.json" \
+        --set n_train=200 --set n_test=100 --set 'widths=[4, 8, 8]' --set layers=2 --set epochs=1 \
+        --set require_full_cifar=false --set n_attack=20 --set strong_steps=3 --set n_audit=2 --set sir_steps=5 \
+        --set 'presets=["switching", "certified"]' --set min_checked=1
 else
-    # one call may last 10 minutes: the limits below add up to 9
-    step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_core.py tests/test_lognorm.py \
-        tests/test_chapters.py tests/test_reliability.py tests/test_snode.py
-    step bench_convex 90 $PY scripts/bench_convex.py --device "$DEVICE" --json "$OUT/bench_convex_$DEVICE.json"
-    step bench_snode 90 $PY scripts/bench_snode.py --device "$DEVICE" --json "$OUT/bench_snode_$DEVICE.json"
+    # one call may last 10 minutes: the limits of a phase add up to at most 9
+    if [ "$PHASE" = all ]; then
+        step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_core.py tests/test_lognorm.py \
+            tests/test_chapters.py tests/test_reliability.py tests/test_snode.py tests/test_structured.py
+        step bench_convex 60 $PY scripts/bench_convex.py --device "$DEVICE" --json "$OUT/bench_convex_$DEVICE.json"
+        step bench_snode 60 $PY scripts/bench_snode.py --device "$DEVICE" --json "$OUT/bench_snode_$DEVICE.json"
+    fi
+    if [ "$PHASE" = probe ]; then  # what is new since the last GPU run
+        step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_structured.py tests/test_experiment.py
+    fi
+    if [ "$PHASE" != cifar ]; then
+        step bench_structured 60 $PY scripts/bench_structured.py --device "$DEVICE" \
+            --json "$OUT/bench_structured_$DEVICE.json"
+    fi
     # Chapter 2 on all of MNIST: resumable run by run; what the limit stops comes back as a partial record
-    step full_ch02 270 $PY -m labkit.experiment ch02 --out "$OUT/ch02_full.json"
+    [ "$PHASE" = all ] && step full_ch02 270 $PY -m labkit.experiment ch02 --out "$OUT/ch02_full.json"
+    # Chapter 5 on the full CIFAR-10: the paper's network, a shortened schedule (stated in the record)
+    # (the certified and the prescribed network first, so that a limit that stops the run keeps them)
+    [ "$PHASE" = cifar ] && step full_ch05 "${CH05_LIMIT:-420}" $PY -m labkit.experiment ch05 \
+        --out "$OUT/ch05_full.json" --set epochs="${CH05_EPOCHS:-6}" --set decay_every="${CH05_DECAY:-4}" \
+        --set strong_steps=50 --set strong_restarts=2 --set n_audit=32 --set audit_steps=30 \
+        --set 'presets=["certified", "switching", "resnet", "flexible", "nonexpansive", "naive"]'
 fi
 ls -l "$OUT" >> "$LOG"

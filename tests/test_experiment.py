@@ -154,3 +154,17 @@ def test_load_record_names_a_corrupt_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="rec.json"):
         experiment.load_record(bad)
+
+
+def test_main_set_changes_a_size_in_the_run_and_the_record_and_refuses_unknown_ones(tmp_path, monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(chapters.get("ch05"), "run", lambda **kw: seen.append(kw) or {})
+    out = tmp_path / "rec.json"
+    experiment.main(["ch05", "--out", str(out), "--set", "epochs=3", "--set", "widths=[4, 8, 8]"])
+    assert seen[0]["epochs"] == 3 and seen[0]["widths"] == [4, 8, 8]
+    assert experiment.load_record(out)["sizes"]["epochs"] == 3
+    for bad in ("epoch=3", "epochs"):
+        with pytest.raises(SystemExit):
+            experiment.main(["ch05", "--out", str(tmp_path / "other.json"), "--set", bad])
+        assert "SIZE=VALUE" in capsys.readouterr().err
+    assert len(seen) == 1 and not (tmp_path / "other.json").exists()

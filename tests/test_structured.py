@@ -271,3 +271,22 @@ def test_pgd_curve_is_monotone_starts_at_clean_accuracy_and_refuses_bad_radii():
     assert fresh[0] == curve[0] and len(fresh) == 4
     with pytest.raises(ValueError, match="non-decreasing"):
         attacks.pgd_curve(model, x, y, [0.3, 0.1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_presets_train_bound_and_evaluate_on_cuda(monkeypatch):
+    from labkit.chapters import ch05
+
+    monkeypatch.setenv("LABKIT_MODE", "smoke")
+    x = torch.rand(8, 3, 8, 8, device="cuda")
+    for name in st.PRESETS:
+        model, _ = st.preset(name, widths=(4, 6), layers=2, in_shape=(3, 8, 8), std=st.CIFAR_STD)
+        model = model.cuda()
+        model(x).sum().backward()
+        model.project()
+        cpu, _ = st.preset(name, widths=(4, 6), layers=2, in_shape=(3, 8, 8), std=st.CIFAR_STD)
+        cpu.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
+        assert model.lipschitz_bound() == pytest.approx(cpu.lipschitz_bound(), rel=1e-5)
+    sizes = {**ch05.sizes("smoke"), "presets": ["certified"]}
+    results = ch05.run(**sizes, device="cuda", progress=False)
+    ch05.verify(results)
