@@ -241,7 +241,8 @@ def conv_norm_upper_bound(weight: torch.Tensor, input_size, padding: int) -> flo
         raise ValueError("kernel larger than the padded input.")
     # the kernel is real, so the matrices at ω and −ω are conjugate, with the same singular values:
     # the half-spectrum of rfft2 holds them all
-    K = torch.fft.rfft2(weight.detach().double(), s=(N1, N2))  # (C_out, C_in, N1, N2 // 2 + 1)
+    # on the CPU: batched small complex SVDs are far slower on a GPU
+    K = torch.fft.rfft2(weight.detach().cpu().double(), s=(N1, N2))  # (C_out, C_in, N1, N2 // 2 + 1)
     mats = K.permute(2, 3, 0, 1)
     return float(torch.linalg.matrix_norm(mats, ord=2).max())
 

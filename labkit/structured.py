@@ -191,7 +191,7 @@ class DenseOp(_Op):
         return y @ self.weight
 
     def norm_bound(self):
-        return float(torch.linalg.matrix_norm(self.weight.detach().double(), ord=2))
+        return float(torch.linalg.matrix_norm(self.weight.detach().cpu().double(), ord=2))
 
     def orthogonality(self):
         W = self.weight
@@ -266,7 +266,7 @@ class OrthogonalLinear(_Op):
         return y @ self.weight
 
     def norm_bound(self):
-        V = self.skew.detach().double()
+        V = self.skew.detach().cpu().double()
         return float(torch.linalg.matrix_norm(torch.linalg.matrix_exp(V - V.T), ord=2))
 
     def rescale(self, factor):  # an orthogonal operator needs no projection
@@ -336,8 +336,14 @@ class OrthogonalConv2d(_Op):
         return self._transform(y, q.conj().transpose(-1, -2))
 
     def norm_bound(self):
-        with torch.no_grad():
-            return float(torch.linalg.matrix_norm(self._q(torch.float64), ord=2).max())  # per frequency
+        with torch.no_grad():  # on the CPU, per frequency
+            return float(torch.linalg.matrix_norm(self.cpu_copy()._q(torch.float64), ord=2).max())
+
+    def cpu_copy(self):
+        copy = OrthogonalConv2d.__new__(OrthogonalConv2d)
+        nn.Module.__init__(copy)
+        copy.kernel, copy.size = self.kernel.detach().cpu(), self.size
+        return copy
 
     def rescale(self, factor):  # an orthogonal operator needs no projection
         pass
@@ -617,7 +623,7 @@ class Head(nn.Linear):
             self.weight.div_(max(1.0, self.lipschitz_bound()))
 
     def lipschitz_bound(self) -> float:
-        return float(torch.linalg.matrix_norm(self.weight.detach().double(), ord=2))
+        return float(torch.linalg.matrix_norm(self.weight.detach().cpu().double(), ord=2))
 
 
 KINDS = ("resnet", "naive", "nonexpansive", "switching")
