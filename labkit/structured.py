@@ -69,10 +69,10 @@ __all__ = [
     "CIFAR_STD",
 ]
 
-#: The paper's ℓ2 radii for CIFAR-10 (digest, section 4.9): 0, 8/255, 16/255, 36/255, 0.3, 0.5, 0.6, 0.8, 1.
+#: The paper's ℓ2 radii for CIFAR-10 (digest, section 4.9), 0, 8/255, 16/255, 36/255, 0.3, 0.5, 0.6, 0.8 and 1.
 EPS_PAPER = (0.0, 8 / 255, 16 / 255, 36 / 255, 0.3, 0.5, 0.6, 0.8, 1.0)
-#: The normalisation of the authors' CIFAR-10 training (digest, section 4.8; pitfall 3: their attack wrapper
-#: used other values).
+#: The normalisation of the authors' CIFAR-10 training (digest, section 4.8; by pitfall 3 their attack
+#: wrapper used other values).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
@@ -366,7 +366,7 @@ def _nonexp_factor(g, op, a):
 
 class NonExpansiveStep(nn.Module):
     """``x ↦ x − h Aᵀσ(Ax + b)``, one explicit Euler step of the gradient flow of a convex potential
-    (the CPL step), with a trainable ``h = |u|`` clamped by :meth:`project` to ``clamp`` (the
+    (the CPL step), with a trainable ``h = |u|`` clamped by ``project()`` to ``clamp`` (the
     authors' ``[0, 1.9]``; :prf:ref:`lem-nonexpansive`). ``a`` is the activation's smallest slope
     (0: ReLU)."""
 
@@ -444,7 +444,7 @@ class SwitchingBlock(nn.Module):
     trainable step sizes (:prf:ref:`thm-switching`; digest, section 4.7):
 
     * ``rule="prescribed"``: ``S`` times ``x ← x + (h_e/S) r σ(A_e x + b_e)``, then
-      ``x ← x − (h_c/S) A_cᵀσ(A_c x + b_c)``, with σ = LeakyReLU(``a``). :meth:`project` sets
+      ``x ← x − (h_c/S) A_cᵀσ(A_c x + b_c)``, with σ = LeakyReLU(``a``). ``project()`` sets
       ``h_c ← clip(|u_c|, 0.3, 1)``, ``h_e ← expansive_step_bound(h_c, a, S)`` and ``r ← clip(r, 0, 1)``,
       as the authors' code does for ``a = ½, S = 2``.
     * ``rule="flexible"``: ``S`` sub-steps ``x ← x − (h_c/S) A_cᵀσ(A_c x + b_c)``, then
@@ -456,7 +456,7 @@ class SwitchingBlock(nn.Module):
 
     ``orthogonal=True`` makes ``A_c`` exactly orthogonal (the certified preset; convolutional:
     :class:`OrthogonalConv2d` with ``orthogonal_kernel``); ``normalized=True``
-    divides ``A_e`` by ``max(1, ‖A_e‖)`` (a sound bound) in :meth:`project`. ``conv`` and ``size``
+    divides ``A_e`` by ``max(1, ‖A_e‖)`` (a sound bound) in ``project()``. ``conv`` and ``size``
     choose convolutions on ``(width, *size)`` images instead of matrices on ``width`` features."""
 
     def __init__(self, width: int, *, conv: bool = True, size=(32, 32), a: float = 0.5, substeps: int = 2,
@@ -562,7 +562,7 @@ class SwitchingBlock(nn.Module):
 
 class Lift(nn.Module):
     """The authors' lift ``x ↦ ReLU(ρ · A x)`` with a ``k × k`` convolution (or a matrix) ``A`` without
-    bias and a trainable scalar ``ρ``. :meth:`project`: ``"power"`` divides ``A`` by ``max(1, σ̂²)``
+    bias and a trainable scalar ``ρ``. ``project()``: ``"power"`` divides ``A`` by ``max(1, σ̂²)``
     with ``σ̂`` from one power step on a persistent vector (the authors' projection, which squares
     the estimate), ``"hard"`` divides ``A`` by ``max(1, ‖A‖)`` from a sound bound and clips ``ρ`` to
     ``[−1, 1]``, ``None`` does nothing. Bound: ``|ρ| ‖A‖``."""
@@ -600,7 +600,7 @@ class Lift(nn.Module):
 
 
 class Head(nn.Linear):
-    """The linear classifier. :meth:`project`: ``"frobenius"`` divides ``W`` by ``max(1, ‖W‖_F)``
+    """The linear classifier. ``project()``: ``"frobenius"`` divides ``W`` by ``max(1, ‖W‖_F)``
     (the authors' ``torch.norm(W, 2)`` on a matrix, pitfall 4), ``"spectral"`` by ``max(1, ‖W‖₂)``,
     ``None`` does nothing. Bound: the exact ``‖W‖₂``."""
 
@@ -885,9 +885,10 @@ class _SkewStep(nn.Module):
 
 class MassPreservingNet(nn.Module):
     """A network that keeps the linear invariant ``𝟙ᵀx`` of its input whatever its weights (§5.5;
-    digest, section 4.5): zero-padding lifts ``dim → widths[0] → …`` (the padded coordinates are 0, so the
-    sum is kept), ``layers`` steps :class:`_SkewStep` of size ``h`` per width, and a projection to
-    ``dim`` that adds the dropped coordinates' sum back, spread evenly. ``plain=True`` builds the
+    digest, section 4.5): zero-padding lifts ``dim → widths[0] → …`` (the padded coordinates are 0,
+    so the sum is kept), ``layers`` steps ``x ↦ x + h G(x) 𝟙`` per width (``G(x)`` skew-symmetric,
+    from a small ReLU network), and a projection to ``dim`` that adds the dropped coordinates' sum
+    back, spread evenly. ``plain=True`` builds the
     same network with an unconstrained increment ``x ↦ x + h N(x)`` (the comparison)."""
 
     def __init__(self, dim: int = 3, widths=(10, 10, 15), *, layers: int = 3, hidden: int = 50, h: float = 0.5,

@@ -90,7 +90,9 @@ def test_book_and_student_edition_build_in_smoke_mode(tmp_path):
         "book/ch01_lognorm.html",
         "book/ch02_clip.html",
         "book/ch04_convex.html",
+        "book/ch05_structured.html",
         "labs/lab00_foundations.html",
+        "labs/lab05_structured.html",
     ):
         assert page in pages, f"{page} was not built"
     for name, text in pages.items():  # every glued number and every table came out of a run
@@ -104,6 +106,7 @@ def test_book_and_student_edition_build_in_smoke_mode(tmp_path):
     # theorem-like directives take the chapter number of the file name too
     assert "Definition 2.1" in pages["book/ch02_clip.html"] and "Definition 3.1" in pages["book/ch03_snode.html"]
     assert "Definition 4.1" in pages["book/ch04_convex.html"] and "Definition 5.1" not in pages["book/ch04_convex.html"]
+    assert "Definition 5.1" in pages["book/ch05_structured.html"] and "Theorem 5.1" in pages["book/ch05_structured.html"]
     assert "0. Foundations" in pages["book/ch01_lognorm.html"]  # the link to the previous chapter
     assert "| data |" not in pages["book/ch01_lognorm.html"]  # tables are rendered, not shown as source
     assert pages["labs/lab00_foundations.html"].count("Exercise 1 passed") >= 2  # source and executed output

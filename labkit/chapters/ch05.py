@@ -34,8 +34,8 @@ __all__ = [
 ]
 
 # fmt: off
-#: The sizes per mode. Book mode: the CPU-sized skeleton (widths 8/16/32, one switching pair per
-#: block) on the first 2 000 CIFAR-10 training images for 5 epochs; full mode: the paper's network
+#: The sizes per mode. Book mode trains the CPU-sized skeleton (widths 8/16/32, one switching pair per
+#: block) on the first 2 000 CIFAR-10 training images for 5 epochs, full mode the paper's network
 #: (widths 32/64/128, 4 dynamic layers per block) and recipe (100 epochs, batch 128) on all of CIFAR-10,
 #: which needs a GPU and the full data set (a subset is refused before anything is trained).
 SIZES = per_mode({
