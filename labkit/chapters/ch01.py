@@ -72,12 +72,14 @@ def label(target, architecture: str = "free") -> str:
     return name if architecture == "free" else f"{name}, {architecture}"
 
 
-def run(*, seed=0, device=None, **sizes) -> dict:
+def run(*, seed=0, device=None, done=None, on_result=None, **sizes) -> dict:
     """Train and evaluate every (data set, architecture, target) with the :data:`SIZES` given;
     results keyed ``"<data set>/<label>"`` (:func:`label`), each a :func:`labkit.experiment.result`
     with the block's bounds (``map: "block"``: the pair-ascent lower bound and the Euler bound), the
     ``certificate``, the stabilisation ``history`` and the ``certification`` of the whole
-    classifier (:func:`certification`)."""
+    classifier (:func:`certification`). Each run is seeded on its own, so an interrupted full run
+    resumes: results in ``done`` are kept, and ``on_result(key, result)`` is called after each new
+    one."""
     s = given(sizes, SIZES)
     out = {}
     for name in s.datasets:
@@ -86,6 +88,10 @@ def run(*, seed=0, device=None, **sizes) -> dict:
         for arch, delta in [(a, d) for a in s.architectures for d in s.targets]:
             if arch not in ("free", "unit norm"):
                 raise ValueError(f"architectures must be 'free' or 'unit norm', got {arch!r}.")
+            key = f"{name}/{label(delta, arch)}"
+            if done and key in done:
+                out[key] = done[key]
+                continue
             torch.manual_seed(seed)
             model = lognorm.ODEClassifier(width=s.width, T=1.0, steps=s.steps, activation="tanh",
                                           unit_norm=arch == "unit norm")  # fmt: skip
@@ -103,7 +109,9 @@ def run(*, seed=0, device=None, **sizes) -> dict:
             r["certificate"] = certificate = model.certificate()
             r["lipschitz"] = {"lower": lower, "upper": certificate["euler_bound"], "map": "block"}
             r["certification"] = certification(model, te, s.radii, n_audit=s.n_audit, steps=s.pgd_steps, seed=seed)
-            out[f"{name}/{label(delta, arch)}"] = r
+            out[key] = r
+            if on_result is not None:
+                on_result(key, r)
     return out
 
 
