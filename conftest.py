@@ -16,6 +16,18 @@ os.environ.setdefault("LABKIT_MODE", "smoke")
 os.environ.setdefault("LABKIT_OFFLINE", "1")
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (``make test``: two workers on two cores) each worker computes with one
+    thread: with torch's default of a thread per core in both, the workers' threads fight for the
+    cores and tests take several times as long. Only the worker's own torch is set; the kernels and
+    builds it starts keep their defaults (setting ``OMP_NUM_THREADS`` for them too was followed by
+    a hung lab kernel once)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def _is_executable_page(path: Path) -> bool:
     if path.suffix != ".md":
         return False

@@ -23,7 +23,7 @@ import torch
 
 from . import _validate, attacks, train
 from ._version import __version__
-from .runtime import resolve_device, seed_everything
+from .runtime import init_distributed, resolve_device, seed_everything
 
 __all__ = ["result", "at", "robustness", "environment", "save_record", "load_record", "partial_path", "main"]
 
@@ -230,6 +230,7 @@ def main(argv=None) -> int:
     chapter = chapters.get(args.chapter)
     out_path = args.out or chapters.DATA / chapter.RECORD
     sizes = chapter.sizes("full")
+    rank, world = init_distributed()  # under torchrun: data-parallel training, rank 0 writes
     for item in args.set:
         key, eq, raw = item.partition("=")
         if not eq or key not in sizes:
@@ -261,10 +262,16 @@ def main(argv=None) -> int:
 
         def keep(key, result):
             finished[key] = result
-            save_record(part, finished, mode="partial", seconds=before + time.perf_counter() - t0, sizes=sizes, env=env)
+            if rank == 0:
+                save_record(part, finished, mode="partial", seconds=before + time.perf_counter() - t0, sizes=sizes,
+                            env=env)  # fmt: skip
 
         kwargs.update(done=done, on_result=keep)
     results = chapter.run(**kwargs)
+    if rank != 0:  # every rank ran the experiment; one writes it
+        return 0
+    if world > 1:
+        extra = {**(extra or {}), "world_size": world}
     out = save_record(
         out_path, results, mode="full", seconds=before + time.perf_counter() - t0, sizes=sizes, env=env, extra=extra
     )

@@ -146,3 +146,29 @@ def setup(seed: int = 0, *, quiet: bool = False) -> Config:
 def progress_enabled() -> bool:
     """Progress bars are shown in ``book`` and ``full`` mode and hidden in ``smoke`` mode."""
     return mode() != "smoke"
+
+
+def distributed() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process: from ``torch.distributed`` when a process group is
+    initialised (under ``torchrun``, see :func:`init_distributed`), else ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group that ``torchrun`` describes (``WORLD_SIZE`` > 1 in the environment):
+    NCCL on GPUs, each rank on the GPU ``LOCAL_RANK``, gloo on CPUs. Without ``torchrun`` it does
+    nothing. Returns :func:`distributed`'s ``(rank, world_size)``. No launcher of labkit's own:
+    ``torchrun`` starts the processes and ``torch.distributed`` is the engine (README, *Modes*)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device().type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("nccl")
+        else:
+            dist.init_process_group("gloo")
+    return distributed()

@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from . import _validate
-from .runtime import progress_enabled, resolve_device
+from .runtime import distributed, progress_enabled, resolve_device
 
-__all__ = ["History", "fit", "every_step", "evaluate", "inputs", "save_checkpoint", "load_checkpoint"]
+__all__ = ["History", "fit", "every_step", "evaluate", "inputs", "save_checkpoint", "load_checkpoint", "ShardSampler"]
 
 
 @dataclass
@@ -141,6 +142,37 @@ def _check_resume(state: dict, path, model, optimizer, stateful: dict) -> None:
                          f"{sorted(stateful)}.")  # fmt: skip
 
 
+class ShardSampler(DistributedSampler):
+    """The ``DistributedSampler`` of :func:`fit` under ``torchrun``: each rank's share of every global
+    batch of the *one-process* order of the epoch (the order of a shuffling ``DataLoader`` with the
+    generator seeded ``seed + epoch``), so that ``W`` ranks with ``batch_size / W`` examples each see,
+    step by step, the batches that one process sees. (PyTorch's own sampler permutes differently and
+    interleaves the ranks.) The last batch is split as evenly as it goes."""
+
+    def __init__(self, data: Dataset, world: int, rank: int, *, seed: int, batch_size: int):
+        super().__init__(data, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.batch_size = batch_size
+
+    def _indices(self) -> list:
+        n = len(self.dataset)
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        # built exactly as fit's one-process loader is iterated, through tqdm: tqdm.auto opens an
+        # iterator of its own first, which draws from the generator and so changes the permutation
+        loader = DataLoader(range(n), batch_size=max(n, 1), shuffle=True, generator=gen)
+        order = torch.cat(list(tqdm(loader, disable=True)))
+        return [
+            i
+            for batch in order.split(self.batch_size)
+            for i in batch.tensor_split(self.num_replicas)[self.rank].tolist()
+        ]
+
+    def __iter__(self):
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+
 def inputs(data: Dataset, limit: int | None = None) -> torch.Tensor:
     """The first ``limit`` inputs (all by default) of any map-style dataset as one tensor: a
     ``TensorDataset``'s first tensor, or the stacked first elements of a ``Subset`` or any
@@ -209,6 +241,15 @@ def fit(
     refused. A checkpoint of another model, optimiser or set of hooks is refused before anything
     is loaded, and an unwritable checkpoint path before the first epoch. Progress bars are shown
     except in smoke mode.
+
+    **Data parallel.** Under ``torchrun`` (after :func:`labkit.runtime.init_distributed`) the same
+    call trains with PyTorch's ``DistributedDataParallel``: each of the ``W`` ranks reads its share
+    of every global batch of the one-process order through a ``DistributedSampler``
+    (:class:`ShardSampler`), ``batch_size / W`` examples per step (``batch_size`` stays the global
+    batch and must be divisible by ``W``), and the gradients are averaged; so with a mean loss and a
+    data set whose size is a multiple of the batch, ``W`` processes end with the weights of one. Only rank 0
+    shows progress and writes the checkpoint (atomically); every rank resumes from it. A custom
+    ``step_fn`` is refused there (its forward passes would bypass the gradient averaging).
     """
     epochs = _validate.positive_int(epochs, "epochs")
     batch_size = _validate.positive_int(batch_size, "batch_size")
@@ -218,6 +259,14 @@ def fit(
         _validate.finite(tensor, "train_data", "training on it gives a NaN loss")
     dev = resolve_device(device)
     model.to(dev)
+    rank, world = distributed()
+    net = model
+    if world > 1:
+        if batch_size % world:
+            raise ValueError(f"batch_size {batch_size} (the global batch) must be divisible by the {world} ranks.")
+        if step_fn is not None:
+            raise ValueError("a custom step_fn cannot train under DistributedDataParallel; use the default step.")
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=_validate.positive(lr, "lr"))
     loss_fn = loss_fn or F.cross_entropy
     history = History()
@@ -236,18 +285,23 @@ def fit(
         for name, owner in stateful.items():
             owner.load_state_dict(state["hooks"][name])
         history = History(**state["history"])
-    show = progress_enabled() if progress is None else progress
+    show = (progress_enabled() if progress is None else progress) and rank == 0
     for epoch in range(start, epochs):
         gen = torch.Generator().manual_seed(seed + epoch)
         torch.manual_seed(seed + epoch)  # dropout and other in-model randomness
-        loader = DataLoader(train_data, batch_size=batch_size, shuffle=True, generator=gen)
+        if world > 1:
+            sampler = ShardSampler(train_data, world, rank, seed=seed, batch_size=batch_size)
+            sampler.set_epoch(epoch)
+            loader = DataLoader(train_data, batch_size=batch_size // world, sampler=sampler)
+        else:
+            loader = DataLoader(train_data, batch_size=batch_size, shuffle=True, generator=gen)
         model.train()
         loss_sum, correct, total = 0.0, 0, 0
         bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", disable=not show, leave=False)
         for xb, yb in bar:
             xb, yb = xb.to(dev), yb.to(dev)
             if step_fn is None:
-                out = model(xb)
+                out = net(xb)
                 if loss_fn is F.cross_entropy:  # a label past the outputs: say so, not an IndexError
                     _validate.labels_fit(out, yb, "train_data's labels")
                 loss = loss_fn(out, yb)
@@ -270,7 +324,7 @@ def fit(
             metrics = evaluate(model, val_data, device=dev, loss_fn=loss_fn)
             history.val_loss.append(metrics["loss"])
             history.val_accuracy.append(metrics["accuracy"])
-        if checkpoint is not None:
+        if checkpoint is not None and rank == 0:
             save_checkpoint(
                 checkpoint,
                 {
@@ -282,4 +336,6 @@ def fit(
                     "history": history.as_dict(),
                 },
             )
+        if checkpoint is not None and world > 1:
+            torch.distributed.barrier()  # no rank runs ahead of the checkpoint it would resume from
     return history

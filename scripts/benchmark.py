@@ -62,6 +62,12 @@ def main() -> int:
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--skip-book", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--pages",
+        nargs="+",
+        help="time only the pages and labs whose path contains one of these strings; with --json the other "
+        "entries of an existing record are kept, and the re-timed ones are listed with this commit",
+    )
     args = parser.parse_args()
     import torch
 
@@ -85,11 +91,16 @@ def main() -> int:
         secs, proc = timed(pytest, env)  # make test's command: the unit tests and the smoke-mode book
         summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
         print(f"tests (smoke): {secs:6.1f} s   {summary}")
+    chosen = [p for p in pages() if not args.pages or any(k in str(p.relative_to(ROOT)) for k in args.pages)]
+    if args.pages and args.json and args.json.exists():  # keep the other pages' times, say which are new
+        old = json.loads(args.json.read_text(encoding="utf-8"))
+        retimed = {str(p.relative_to(ROOT)): commit for p in chosen}
+        record = {**old, "seconds": dict(old["seconds"]), "retimed": {**old.get("retimed", {}), **retimed}}
     for mode in args.modes:
-        for page in pages():
+        for page in chosen:
             rel = str(page.relative_to(ROOT))
             secs, error = execute(page, mode)
-            record["seconds"].setdefault(rel, {})[mode] = None if error else round(secs, 1)
+            record["seconds"][rel] = {**record["seconds"].get(rel, {}), mode: None if error else round(secs, 1)}
             print(f"{rel} ({mode}): {secs:6.1f} s  {'ok' if not error else 'FAILED ' + error}")
     if not args.skip_book:
         mode = args.modes[-1]
