@@ -25,6 +25,8 @@ __all__ = [
     "Config",
     "by_mode",
     "device",
+    "distributed",
+    "init_distributed",
     "mode",
     "progress_enabled",
     "resolve_device",
