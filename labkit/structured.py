@@ -747,7 +747,7 @@ class StructuredNet(nn.Module):
 #: ``lr`` (decayed ×0.1 every 30 epochs by :func:`fit`). ``nominal`` is the Lipschitz constant the
 #: regime claims for its dynamic layers (``None``: no claim). The certified preset is ours: exactly
 #: orthogonal 1 × 1 ``A_c`` (:class:`OrthogonalConv2d`; ``orthogonal_kernel=3`` gives 3 × 3 at
-#: about three times the cost), hard-normalised ``A_e``, lift and head, the shortest ``h_c`` (0.3,
+#: more cost on the CPU), hard-normalised ``A_e``, lift and head, the shortest ``h_c`` (0.3,
 #: the least forced contraction, §5.2.2), the margin 0.7 (its certified radii are margins over
 #: √2 · its bound, which includes the ``1/min std ≈ 5`` of the input normalisation) and Adam at
 #: 10⁻³ as in Chapter 4 (SGD at the paper's rate trains this contracting network slowly).
