@@ -17,6 +17,7 @@ tables, banners and glue names come from :mod:`labkit.report`.
 from . import (  # noqa: E402  (the idea modules, so that ``import labkit`` reaches every one)
     attacks,
     audit,
+    bench,
     certify,
     chapters,
     check,
@@ -43,6 +44,7 @@ __all__ = [
     "__version__",
     "attacks",
     "audit",
+    "bench",
     "by_mode",
     "certify",
     "chapters",

@@ -17,7 +17,7 @@ import torch
 
 from . import _validate, attacks
 
-__all__ = ["certificates"]
+__all__ = ["certificates", "certificates_batch", "apgd_robust", "apgd_accuracy", "deepfool_norms", "library"]
 
 
 def _library():
@@ -27,6 +27,126 @@ def _library():
     from art.estimators.classification.pytorch import PyTorchClassifier
 
     return art.__version__, AutoProjectedGradientDescent, PyTorchClassifier
+
+
+def library() -> str:
+    """The independent library and its version, as the records name it."""
+    return f"adversarial-robustness-toolbox {_library()[0]}"
+
+
+def _classifier(model, x, clamp, batch_size=512):
+    """``(ART classifier, number of classes)`` for ``model`` on inputs shaped like ``x``."""
+    _, _, Classifier = _library()
+    with torch.no_grad(), attacks.frozen(model):
+        classes = int(model(x[:1]).shape[1])
+    kind = "gpu" if next(model.parameters()).device.type == "cuda" else "cpu"
+    clf = Classifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
+                     nb_classes=classes, clip_values=tuple(clamp), device_type=kind)  # fmt: skip
+    clf._batch_size = batch_size
+    return clf, classes
+
+
+def _predict(model, adv, like) -> torch.Tensor:
+    with torch.no_grad(), attacks.frozen(model):
+        t = torch.as_tensor(adv, dtype=like.dtype, device=like.device)
+        return torch.cat([model(b).argmax(1) for b in t.split(512)])
+
+
+def apgd_accuracy(model, x, y, eps: float, **options) -> float:
+    """Accuracy of ``model`` on ``(x, y)`` under ART's AutoPGD at radius ``eps``: the mean of
+    :func:`apgd_robust` (same options)."""
+    return float(apgd_robust(model, x, y, eps, **options).float().mean())
+
+
+def apgd_robust(model, x, y, eps: float, *, norm: str = "l2", steps: int = 20, restarts: int = 1,
+                clamp=(0.0, 1.0), seed: int = 0) -> torch.Tensor:  # fmt: skip
+    """Which points of ``(x, y)`` stay correctly classified under ART's AutoPGD at radius ``eps`` in
+    ``norm`` (``"l2"`` or ``"linf"``), the AutoAttack pair (§6.2): a point counts as robust only if
+    neither the cross-entropy nor the DLR loss (three classes or more) flips it, each with ``steps``
+    iterations and ``restarts`` random starts, batched. ``eps = 0`` gives the clean predictions."""
+    if norm not in attacks.NORMS:
+        raise ValueError(f"norm must be one of {attacks.NORMS}, got {norm!r}.")
+    eps = _validate.nonneg(eps, "eps")
+    steps, restarts = _validate.positive_int(steps, "steps"), _validate.positive_int(restarts, "restarts")
+    _validate.batch(x, y)
+    ok = _predict(model, x, x) == y
+    if eps == 0 or not bool(ok.any()):
+        return ok
+    _, APGD, _ = _library()
+    clf, classes = _classifier(model, x, clamp)
+    losses = ["cross_entropy"] + (["difference_logits_ratio"] if classes >= 3 else [])
+    np.random.seed(seed)
+    with attacks.frozen(model):
+        for loss in losses:
+            idx = torch.nonzero(ok).flatten()
+            if idx.numel() == 0:
+                break
+            apgd = APGD(clf, norm=2 if norm == "l2" else np.inf, eps=eps, eps_step=eps / 4 if norm == "l2" else eps / 2,
+                        max_iter=steps, nb_random_init=restarts, batch_size=len(idx), loss_type=loss,
+                        verbose=False)  # fmt: skip
+            point = x[idx].detach().cpu().numpy()
+            adv = apgd.generate(point, y=np.eye(classes)[y[idx].cpu().numpy()])
+            ok[idx] = _predict(model, adv, x) == y[idx]
+    return ok
+
+
+def deepfool_norms(model, x, y, *, max_iter: int = 50, overshoot: float = 0.02,
+                   clamp=(0.0, 1.0)) -> torch.Tensor:  # fmt: skip
+    """ART's DeepFool (a minimal-norm attack in ℓ2, §6.2) on ``(x, y)``: per point the ℓ2 norm of the
+    adversarial perturbation it found (an upper estimate of the minimal adversarial norm), 0 for a
+    point misclassified already, ``inf`` where it did not change the prediction within
+    ``max_iter`` iterations (``overshoot`` pushes each step slightly past the boundary)."""
+    from art.attacks.evasion.deepfool import DeepFool
+
+    _validate.batch(x, y)
+    clf, classes = _classifier(model, x, clamp)
+    pred = _predict(model, x, x)
+    out = torch.where(pred != y, 0.0, float("inf")).to(torch.float64)
+    idx = torch.nonzero(pred == y).flatten()
+    if idx.numel():
+        attack = DeepFool(clf, max_iter=_validate.positive_int(max_iter, "max_iter"),
+                          epsilon=_validate.nonneg(overshoot, "overshoot"), nb_grads=classes,
+                          batch_size=len(idx), verbose=False)  # fmt: skip
+        with attacks.frozen(model):
+            adv = attack.generate(x[idx].detach().cpu().numpy())
+        fooled = (_predict(model, adv, x) != y[idx]).cpu()
+        dist = torch.linalg.vector_norm(
+            torch.as_tensor(adv, dtype=torch.float64) - x[idx].detach().cpu().double(), dim=tuple(range(1, x.ndim))
+        )
+        out[idx.cpu()] = torch.where(fooled, dist, torch.full_like(dist, float("inf")))
+    return out
+
+
+def certificates_batch(model, x, y, radii, *, fraction: float = 0.99, steps: int = 20,
+                       clamp=(0.0, 1.0)) -> dict:  # fmt: skip
+    """The batched audit of every certified point (§6.2): ART's PGD in ℓ2 with a per-point radius,
+    ``fraction`` of each point's certified radius in ``radii`` (points with radius 0 are not
+    attacked), ``steps`` iterations of a quarter of the radius from the point itself (ART draws no random start
+    for per-point ℓ2 radii), inside the box ``clamp``. Returns ``{"points", "flipped", "flipped_index", "attack"}`` as
+    :func:`certificates` does; a sound certificate flips none."""
+    from art.attacks.evasion.projected_gradient_descent.projected_gradient_descent import ProjectedGradientDescent
+
+    fraction = _validate.positive(fraction, "fraction")
+    steps = _validate.positive_int(steps, "steps")
+    _validate.batch(x, y)
+    radii = torch.as_tensor(radii, dtype=torch.float64).flatten().cpu()
+    if radii.shape[0] != x.shape[0] or not bool(torch.isfinite(radii).all()):
+        raise ValueError(f"radii must be {x.shape[0]} finite values, one per point, got {tuple(radii.shape)}.")
+    idx = torch.nonzero(radii > 0).flatten()
+    flipped = []
+    if idx.numel():
+        clf, classes = _classifier(model, x, clamp)
+        eps = (fraction * radii[idx]).numpy().astype(np.float32).reshape(-1, *([1] * (x.ndim - 1)))
+        attack = ProjectedGradientDescent(clf, norm=2, eps=eps, eps_step=eps / 4, max_iter=steps,
+                                          num_random_init=0, batch_size=len(idx), verbose=False)  # fmt: skip
+        sel = idx.to(x.device)
+        with attacks.frozen(model):
+            adv = attack.generate(x[sel].detach().cpu().numpy(), y=np.eye(classes)[y[sel].cpu().numpy()])
+        bad = (_predict(model, adv, x) != y[sel]).cpu()
+        flipped = idx[bad].tolist()
+    attack = {"library": library(), "attack": "PGD, l2, per-point radius", "steps": steps, "restarts": 0,
+              "fraction": fraction}  # fmt: skip
+    return {"points": int(idx.numel()), "flipped": len(flipped), "flipped_index": flipped, "attack": attack}
 
 
 def certificates(model, x, y, radii, *, fraction: float = 0.99, steps: int = 50, restarts: int = 1,

@@ -43,6 +43,8 @@ __all__ = [
     "sensitivity_attack",
     "smoothness",
     "adaptive_gradient",
+    "lipschitz_bound",
+    "OnImages",
 ]
 
 
@@ -577,6 +579,38 @@ def smoothness(model: SNODE) -> float:
     with torch.no_grad():
         dW, db = model.W[1:] - model.W[:-1], model.b[1:] - model.b[:-1]
         return float((dW.pow(2).sum() + db.pow(2).sum()) / model.h)
+
+
+#: The largest slope of each activation, for :func:`lipschitz_bound`.
+MAX_SLOPE = {"tanh": 1.0, "sigmoid": 0.25, "relu": 1.0, "softplus": 1.0}
+
+
+@torch.no_grad()
+def lipschitz_bound(model: SNODE) -> float:
+    """A sound upper bound of the ℓ2 Lipschitz constant of the logits as a function of the images
+    (§3.5, used by the bench of §6.1): the Euler step ``x ↦ x + hσ(W_k x + b_k)`` has Jacobian
+    ``I + h D W_k`` with ``D`` diagonal in ``[0, s]`` (``s`` the activation's largest slope), so its
+    constant is at most ``1 + h s ‖W_k‖₂``; :meth:`SNODE.encode` and taking the first ``classes``
+    components have norm 1. The norms are computed exactly in float64."""
+    norms = torch.linalg.matrix_norm(model.W.detach().double(), ord=2)
+    return float(torch.prod(1 + model.h * MAX_SLOPE[model.activation] * norms))
+
+
+class OnImages(nn.Module):
+    """An :class:`SNODE` trained on images block-averaged by ``factor`` (:func:`downsample`), as a
+    classifier of the full-size images (§6.1): ``model(downsample(x, factor))``. Block averaging
+    has ℓ2 norm ``1/factor``, so :meth:`lipschitz_bound` is :func:`lipschitz_bound` over
+    ``factor``."""
+
+    def __init__(self, model: SNODE, factor: int = 2):
+        super().__init__()
+        self.model, self.factor = model, _validate.positive_int(factor, "factor")
+
+    def forward(self, images):
+        return self.model(downsample(images, self.factor))
+
+    def lipschitz_bound(self) -> float:
+        return lipschitz_bound(self.model) / self.factor
 
 
 class _Field(nn.Module):

@@ -254,10 +254,23 @@ class OrthogonalLinear(_Op):
         self.skew = nn.Parameter(torch.randn(n, n, generator=generator) * scale / math.sqrt(n))
         self.bias = nn.Parameter(torch.zeros(n)) if bias else None
         self.in_shape = self.out_shape = (n,)
+        self._cache = None
 
     @property
     def weight(self):
+        if self._cache is not None:
+            return self._cache
         return torch.linalg.matrix_exp(self.skew - self.skew.T)
+
+    @contextlib.contextmanager
+    def cached(self):
+        """Compute ``A`` once for the forward maps and adjoints inside a switching block, which
+        applies ``A`` and ``Aᵀ`` ``2S`` times per forward pass (the gradient still reaches ``V``)."""
+        self._cache = torch.linalg.matrix_exp(self.skew - self.skew.T)
+        try:
+            yield self
+        finally:
+            self._cache = None
 
     def forward(self, x, bias=True):
         return F.linear(x, self.weight, self.bias if bias else None)
@@ -507,7 +520,7 @@ class SwitchingBlock(nn.Module):
         return x - g * self.op_c.adjoint(self.act_c(self.op_c(x)))
 
     def forward(self, x):
-        if isinstance(self.op_c, OrthogonalConv2d):
+        if isinstance(self.op_c, (OrthogonalConv2d, OrthogonalLinear)):
             with self.op_c.cached():
                 return self._forward(x)
         return self._forward(x)

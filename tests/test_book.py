@@ -91,6 +91,7 @@ def test_book_and_student_edition_build_in_smoke_mode(tmp_path):
         "book/ch02_clip.html",
         "book/ch04_convex.html",
         "book/ch05_structured.html",
+        "book/ch06_bench.html",
         "labs/lab00_foundations.html",
         "labs/lab05_structured.html",
     ):
@@ -108,6 +109,9 @@ def test_book_and_student_edition_build_in_smoke_mode(tmp_path):
     assert "Definition 4.1" in pages["book/ch04_convex.html"] and "Definition 5.1" not in pages["book/ch04_convex.html"]
     ch05_page = pages["book/ch05_structured.html"]
     assert "Definition 5.1" in ch05_page and "Theorem 5.1" in ch05_page
+    ch06_page = pages["book/ch06_bench.html"]
+    assert "Definition 6.1" in ch06_page and "Proposition 6.1" in ch06_page and "VIOLATION" not in ch06_page
+    assert "No full-mode record yet" in ch06_page or "Full mode" in ch06_page
     assert "0. Foundations" in pages["book/ch01_lognorm.html"]  # the link to the previous chapter
     assert "| data |" not in pages["book/ch01_lognorm.html"]  # tables are rendered, not shown as source
     assert pages["labs/lab00_foundations.html"].count("Exercise 1 passed") >= 2  # source and executed output

@@ -92,6 +92,11 @@ def test_orthogonal_linear_and_the_operators_adjoints_and_bounds():
     q = st.OrthogonalLinear(7, generator=torch.Generator().manual_seed(0)).double()
     W = q.weight
     assert torch.allclose(W.T @ W, torch.eye(7, dtype=W.dtype), atol=1e-12)
+    x = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+    with q.cached():  # one matrix exponential for the whole block: the same map, and the gradient reaches V
+        assert torch.equal(q.weight, W) and torch.allclose(q(x), x @ W.T + q.bias, atol=1e-14)
+        q.adjoint(q(x)).sum().backward()
+    assert q.skew.grad is not None and q._cache is None
     conv = st.ConvOp(3, 4, (5, 5), generator=torch.Generator().manual_seed(1)).double()
     with torch.no_grad():
         conv.weight.add_(0.3 * torch.randn(conv.weight.shape, dtype=torch.float64))

@@ -26,7 +26,7 @@ from .. import runtime
 __all__ = ["CHAPTERS", "DATA", "get", "pick", "per_mode", "given"]
 
 #: The chapters that have an experiment module, in book order.
-CHAPTERS = ("ch00", "ch01", "ch02", "ch03", "ch04", "ch05")
+CHAPTERS = ("ch00", "ch01", "ch02", "ch03", "ch04", "ch05", "ch06")
 #: The folder of the records, the book's ``book/data``.
 DATA = Path(__file__).resolve().parents[2] / "book" / "data"
 

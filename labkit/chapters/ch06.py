@@ -1,0 +1,480 @@
+"""Chapter 6's experiment: every method of :mod:`labkit.bench` on MNIST and Fashion-MNIST (and the
+convolutional ones on CIFAR-10) under one protocol, with the soundness audit of every certificate,
+and the chapter's tables and figures (§6.3–§6.5)."""
+
+from __future__ import annotations
+
+import statistics
+
+from .. import bench, report, runtime
+from . import DATA, given, per_mode, pick
+
+__all__ = [
+    "SIZES",
+    "RECORD",
+    "FULL",
+    "DATA",
+    "LITERATURE",
+    "sizes",
+    "methods_table",
+    "run",
+    "verify",
+    "table",
+    "audit_table",
+    "budget",
+    "paper_table",
+    "when_table",
+    "literature_table",
+    "values",
+    "plot_curves",
+    "plot_pareto",
+    "plot_gap",
+    "plot_paper",
+]
+
+_CONV = [name for name, m in bench.METHODS.items() if "conv" in m.kinds]
+_ALL = list(bench.DATASETS)
+# fmt: off
+#: The sizes per mode. Book mode: 4 000 training images of each MNIST-like set (500 of them the CLIP
+#: validation split) and 2 000 CIFAR-10 images, 3 epochs in batches of 64 for every method, 1 000 test
+#: images (so that at least 200 certified points are audited), attacks on the first 100 (50 on CIFAR-10);
+#: on CIFAR-10 five of the eight convolutional methods (the families: CPL, SLL, the unconstrained
+#: ResNet, the paper's switching network and the certified one). Full mode: all the data and all the
+#: methods, 20 epochs, three seeds, attacks on 1 000 images with 100 AutoPGD steps and two restarts.
+SIZES = per_mode({
+    #                 smoke                 book                                     full
+    "datasets":      (["mnist", "cifar10"], _ALL,                                    _ALL),
+    "seeds":         ([0],                  [0],                                     [0, 1, 2]),
+    "n_train":       (200,                  4000,                                    None),
+    "n_val":         (50,                   500,                                     5000),
+    "n_test":        (100,                  1000,                                    None),
+    "cifar_train":   (100,                  2000,                                    None),
+    "cifar_test":    (50,                   1000,                                    None),
+    "epochs":        (1,                    3,                                       20),
+    "batch_size":    (64,                   64,                                      128),
+    "n_attack":      (20,                   100,                                     1000),
+    "cifar_attack":  (20,                   50,                                      1000),
+    "cifar_methods": (_CONV,                ["cpl", "sll", "sp-resnet", "sp-switching", "sp-certified"], _CONV),
+    "pgd_steps":     (5,                    10,                                      50),
+    "apgd_steps":    (5,                    10,                                      100),
+    "apgd_restarts": (1,                    1,                                       2),
+    "deepfool_steps": (10,                  20,                                      50),
+    "n_lower":       (4,                    16,                                      64),
+    "lower_steps":   (10,                   30,                                      100),
+    "audit_steps":   (5,                    10,                                      50),
+    "n_audit_apgd":  (1,                    2,                                       50),
+    "min_checked":   (0,                    200,                                     200),
+}, methods=list(bench.METHODS))
+# fmt: on
+#: No single record file: the full grid is a folder of records, :data:`FULL`.
+RECORD = None
+#: The folder of the full-mode records (one per run, written by ``python -m labkit.bench --mode full``).
+FULL = DATA / "bench_full"
+
+#: Published CIFAR-10 ℓ2 certified accuracies at ε = 36/255 (digest, section 3; "Prach T4" is Table 4 of
+#: Prach et al. 2024, which collects them): (method, venue, clean %, certified %, parameters, source).
+LITERATURE = [
+    ("BCOP Large", "NeurIPS'19", 72.1, 58.2, "2 M", "Prach et al. 2024, Table 4"),
+    ("Cayley KW-Large", "ICLR'21", 75.3, 59.1, "2 M", "Prach et al. 2024, Table 4"),
+    ("SOC LipConvNet-25", "ICML'21", 76.4, 61.9, "24 M", "Prach et al. 2024, Table 4"),
+    ("AOL Large", "ECCV'22", 71.6, 64.0, "136 M", "Prach et al. 2024, Table 4"),
+    ("LOT LipNet-25", "NeurIPS'22", 76.8, 64.4, "27 M", "Prach et al. 2024, Table 4"),
+    ("SOC-15 + CRC", "NeurIPS'22", 79.4, 67.0, "21 M", "Prach et al. 2024, Table 4"),
+    ("CPL XL", "ICML'22", 78.5, 64.4, "236 M", "Prach et al. 2024, Table 4"),
+    ("SLL X-Large", "ICLR'23", 73.3, 65.8, "236 M", "Prach et al. 2024, Table 4"),
+    ("LiResNet + generated data", "ICLR'24", 87.0, 78.1, "–", "README of the LiResNet code"),
+]
+
+
+def sizes(mode: str | None = None) -> dict:
+    """The sizes of :func:`run` in ``mode`` (default: the current mode)."""
+    return pick(SIZES, mode)
+
+
+def methods_table() -> report.Table:
+    """§6.1's registry: each method of :data:`labkit.bench.METHODS` with its chapter, what it is, what
+    it guarantees, the paper evaluation it comes with and the data sets it runs on."""
+    rows = [{"name": m.name, "chapter": int(m.chapter[2:]), "title": m.title, "guarantee": m.guarantee,
+             "paper": m.paper or "–", "data": "MNIST-like" + (", CIFAR-10" if "conv" in m.kinds else "")}
+            for m in bench.METHODS.values()]  # fmt: skip
+    return report.table(
+        rows,
+        [
+            ("method", "name"),
+            ("chapter", "chapter"),
+            ("what it is", "title"),
+            ("what it guarantees", "guarantee"),
+            ("paper's evaluation", "paper"),
+            ("data", "data"),
+        ],
+    )
+
+
+def run(*, device=None, progress=None, **sizes) -> dict:
+    """The bench grid of the :data:`SIZES` given (every method on every data set it applies to, on
+    CIFAR-10 those of ``cifar_methods``, for every seed), in memory: :func:`labkit.bench.run_grid`
+    without a results folder."""
+    s = given(sizes, SIZES)
+    runs = bench.grid(s.methods, s.datasets, s.seeds, only={"cifar10": s.cifar_methods})
+    return bench.run_grid(runs, sizes, mode=runtime.mode(), device=device, progress=progress)
+
+
+def verify(results: dict, *, min_checked: int = 1) -> None:
+    """Raise ``AssertionError`` if the soundness audit of any run found a violation (a certified point
+    flipped at 0.99 of its radius, a DeepFool norm below a certified radius, a lower bound above the
+    stated bound), or if a method that certifies had fewer than ``min_checked`` certified points
+    audited."""
+    for key, r in results.items():
+        a = r["audit"]
+        assert a["flipped"] == 0 and not (a["apgd"] or {}).get("flipped"), (
+            f"{key}: {a['attack']['library']} flipped certified points {a['flipped_index']}"
+        )
+        below = a["deepfool_below_radius"]
+        assert not below, f"{key}: DeepFool went below certified radii at {below}"
+        assert not a["lower_above_bound"], f"{key}: the lower bound {r['lipschitz']['lower']} exceeds the bound"
+        if r["certifies"]:
+            assert a["points"] >= min_checked, f"{key}: only {a['points']} certified points audited (< {min_checked})"
+
+
+def _split(key):
+    data, name, seed = key.split("/")
+    return data, name, seed
+
+
+def _title(data: str) -> str:
+    return {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}.get(data, data)
+
+
+def _mean_over_seeds(results: dict) -> dict:
+    """``{(data, method): [results of its seeds]}`` in the results' order."""
+    groups = {}
+    for key, r in results.items():
+        data, name, _ = _split(key)
+        groups.setdefault((data, name), []).append(r)
+    return groups
+
+
+def _avg(rs, f):
+    vals = [f(r) for r in rs]
+    vals = [v for v in vals if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def table(results: dict) -> report.Table:
+    """§6.3's main table, one row per (data set, method), averaged over seeds: parameters, training
+    time, throughput, clean accuracy, and at the first ℓ2 radius certified accuracy, labkit's PGD and
+    ART's AutoPGD; AutoPGD in ℓ∞ at the larger radius; the median DeepFool norm; the bounds."""
+    rows = []
+    for (data, name), rs in _mean_over_seeds(results).items():
+        r0 = rs[0]
+        rows.append({
+            "data": _title(data), "method": name, "seeds": len(rs),
+            "params": r0["parameters"] / 1e3, "seconds": _avg(rs, lambda r: r["seconds"]),
+            "ips": _avg(rs, lambda r: r["throughput"]), "clean": _avg(rs, lambda r: r["clean"]),
+            "eps": r0["radii"][0], "eps_inf": r0["linf"]["radii"][-1],
+            "cert": _avg(rs, lambda r: r["certified"][0]),
+            "pgd": _avg(rs, lambda r: r["empirical"]["pgd"][0]), "apgd": _avg(rs, lambda r: r["empirical"]["apgd"][0]),
+            "apgd_inf": _avg(rs, lambda r: r["linf"]["empirical"]["apgd"][-1]),
+            "deepfool": _avg(rs, lambda r: r["minimal"]["median"]),
+            "lower": _avg(rs, lambda r: r["lipschitz"]["lower"]), "upper": _avg(rs, lambda r: r["lipschitz"]["upper"]),
+        })  # fmt: skip
+    first = next(iter(results.values()), None)
+    strength = ""
+    if first:
+        a = first["attack"]
+        strength = (
+            f" Attacks on the first {a['apgd']['points']} test images: PGD {a['pgd']['steps']} steps, 1 start; "
+            f"AutoPGD (CE and DLR) {a['apgd']['steps']} steps, {a['apgd']['restarts']} start(s); DeepFool "
+            f"{a['deepfool']['steps']} steps ({a['apgd']['library']})."
+        )
+    return report.table(
+        rows,
+        [
+            ("data", "data"),
+            ("method", "method"),
+            ("parameters", "params", "{:.0f} k"),
+            ("training", "seconds", "{:.0f} s"),
+            ("images/s", "ips", "{:.0f}"),
+            ("clean", "clean", "{:.3f}"),
+            ("ε₁ (ℓ2)", "eps", "{:.3g}"),
+            ("certified", "cert", "{:.3f}"),
+            ("PGD", "pgd", "{:.3f}"),
+            ("AutoPGD", "apgd", "{:.3f}"),
+            ("AutoPGD ℓ∞", lambda r: f"{r['apgd_inf']:.3f} at {r['eps_inf']:.3g}"),
+            ("median DeepFool", "deepfool", "{:.2f}"),
+            ("lower / upper L", lambda r: f"{r['lower']:.3g} / {r['upper']:.3g}"),
+        ],
+        caption="Accuracies averaged over the seeds; certified, PGD and AutoPGD at the first ℓ2 radius ε₁ of the "
+        f"data set.{strength}",
+    )
+
+
+def audit_table(results: dict) -> report.Table:
+    """§6.4's soundness audit, one row per run: certified points attacked by ART's PGD at 0.99 of
+    their radii and how many flipped, the per-point AutoPGD audit, DeepFool norms below a radius, and
+    whether the lower bound stayed below the bound. A violation is marked **VIOLATION**."""
+    rows = []
+    for key, r in results.items():
+        a = r["audit"]
+        apgd = a["apgd"] or {"points": 0, "flipped": 0}
+        rows.append({
+            "key": key, "certifies": "yes" if r["certifies"] else "computed bound",
+            "batch": f"{a['flipped']} / {a['points']}", "apgd": f"{apgd['flipped']} / {apgd['points']}",
+            "below": len(a["deepfool_below_radius"]),
+            "bounds": f"{r['lipschitz']['lower']:.3g} ≤ {r['lipschitz']['upper']:.3g}" if not a["lower_above_bound"]
+            else f"**{r['lipschitz']['lower']:.3g} > {r['lipschitz']['upper']:.3g}**",
+            "verdict": "sound" if a["sound"] else "**VIOLATION**",
+        })  # fmt: skip
+    return report.table(
+        rows,
+        [
+            ("run", "key"),
+            ("certificate", "certifies"),
+            ("PGD at 0.99 r: flipped / attacked", "batch"),
+            ("AutoPGD at 0.99 r", "apgd"),
+            ("DeepFool below r", "below"),
+            ("lower ≤ upper", "bounds"),
+            ("audit", "verdict"),
+        ],
+    )
+
+
+def budget(results: dict) -> dict:
+    """The matched budget (§6.1): the epochs (the same for every method), the smallest and largest
+    parameter counts per data set and their ratio with and without the log-norm ODE (its exact
+    certificate limits its width to 16), and the training times."""
+    out = {}
+    for data in {(_split(k)[0]) for k in results}:
+        rs = {_split(k)[1]: r for k, r in results.items() if _split(k)[0] == data}
+        params = {m: r["parameters"] for m, r in rs.items()}
+        rest = {m: p for m, p in params.items() if not m.startswith("lognorm")} or params
+        out[data] = {
+            "epochs": sorted({r["epochs"] for r in rs.values()}),
+            "min": min(params.values()),
+            "max": max(params.values()),
+            "ratio": max(params.values()) / min(params.values()),
+            "ratio_without_lognorm": max(rest.values()) / min(rest.values()),
+            "seconds": (min(r["seconds"] for r in rs.values()), max(r["seconds"] for r in rs.values())),
+        }
+    return out
+
+
+def paper_table(results: dict) -> report.Table:
+    """Each paper's own evaluation of its method against the protocol's number at the same radius and
+    norm (§6.5): AutoPGD (CE and DLR) for an empirical claim, the same certificate for a certified one."""
+    rows = []
+    for (data, name), rs in _mean_over_seeds(results).items():
+        p = rs[0].get("paper")
+        if not p:
+            continue
+        rows.append({"data": _title(data), "method": name, **p, "value": _avg(rs, lambda r: r["paper"]["value"]),
+                     "common": _avg(rs, lambda r: _protocol(r))})  # fmt: skip
+    return report.table(
+        rows,
+        [
+            ("data", "data"),
+            ("method", "method"),
+            ("paper's evaluation", "evaluation"),
+            ("radius", lambda r: f"{r['radius']:.3g} ({'ℓ∞' if r['norm'] == 'linf' else 'ℓ2'})"),
+            ("paper's way", "value", "{:.3f}"),
+            ("protocol", "common", "{:.3f}"),
+            ("change", lambda r: r["common"] - r["value"], "{:+.3f}"),
+        ],
+    )
+
+
+def _protocol(r: dict) -> float:
+    """The protocol's number at the radius and norm of the result's paper evaluation."""
+    p = r["paper"]
+    res = r["linf"] if p["norm"] == "linf" else r
+    curve = res["certified"] if p["protocol"] == "certified" else res["empirical"]["apgd"]
+    for e, v in zip(res["radii"], curve):
+        if abs(e - p["radius"]) < 1e-9:
+            return v
+    raise KeyError(f"the protocol has no radius {p['radius']}.")
+
+
+def when_table(results: dict) -> report.Table:
+    """§6.6's "which method when": per method what it guarantees, what it costs (parameters, training
+    time relative to the fastest method on the same data), and, from this bench, the data sets on
+    which it is best and worst in clean accuracy, certified accuracy and AutoPGD accuracy at ε₁."""
+    groups = _mean_over_seeds(results)
+    by_data = {}
+    for (data, name), rs in groups.items():
+        by_data.setdefault(data, {})[name] = {
+            "clean": _avg(rs, lambda r: r["clean"]), "certified": _avg(rs, lambda r: r["certified"][0]),
+            "AutoPGD": _avg(rs, lambda r: r["empirical"]["apgd"][0]), "seconds": _avg(rs, lambda r: r["seconds"]),
+            "params": rs[0]["parameters"],
+        }  # fmt: skip
+    rows = []
+    for name, m in bench.METHODS.items():
+        wins, loses, cost = [], [], []
+        for data, ms in by_data.items():
+            if name not in ms:
+                continue
+            fastest = min(v["seconds"] for v in ms.values())
+            cost.append(f"{ms[name]['seconds'] / fastest:.0f}×")
+            for what in ("clean", "certified", "AutoPGD"):
+                vals = [v[what] for v in ms.values()]
+                if ms[name][what] == max(vals):
+                    wins.append(f"{what} ({_title(data)})")
+                elif ms[name][what] == min(vals):
+                    loses.append(f"{what} ({_title(data)})")
+        if not cost:
+            continue
+        rows.append({"method": name, "what": m.title, "guarantee": m.guarantee, "cost": ", ".join(cost),
+                     "wins": "; ".join(wins) or "–", "loses": "; ".join(loses) or "–"})  # fmt: skip
+    return report.table(
+        rows,
+        [
+            ("method", "method"),
+            ("what it is", "what"),
+            ("what it guarantees", "guarantee"),
+            ("training time vs the fastest", "cost"),
+            ("best on this bench", "wins"),
+            ("worst on this bench", "loses"),
+        ],
+    )
+
+
+def literature_table(results: dict, *, where: str) -> report.Table:
+    """The literature anchor (§6.7): :data:`LITERATURE` (the papers' numbers, as published) and this
+    bench's CIFAR-10 runs of the certifying methods at 36/255 (ours, with ``where`` they ran)."""
+    rows = [{"method": f"{m} ({v})", "clean": c, "cert": k, "params": p, "source": f"published; {s}"}
+            for m, v, c, k, p, s in LITERATURE]  # fmt: skip
+    for (data, name), rs in _mean_over_seeds(results).items():
+        if data != "cifar10" or not rs[0]["certifies"]:
+            continue
+        rows.append({"method": f"{name} (this bench)", "clean": 100 * _avg(rs, lambda r: r["clean"]),
+                     "cert": 100 * _avg(rs, lambda r: r["certified"][0]),
+                     "params": f"{rs[0]['parameters'] / 1e3:.0f} k", "source": f"ours; {where}"})  # fmt: skip
+    return report.table(
+        rows,
+        [
+            ("method", "method"),
+            ("clean %", "clean", "{:.1f}"),
+            ("certified % at 36/255", "cert", "{:.1f}"),
+            ("parameters", "params"),
+            ("source", "source"),
+        ],
+    )
+
+
+def values(results: dict) -> dict:
+    """The numbers the prose quotes: per run ``"<data>/<method>/<what>"`` (clean, cert0, apgd0, pgd0,
+    the paper evaluation), the audit totals ``audited``, ``flipped`` and ``violations``, and on the
+    MNIST-like sets the range of certified accuracy at ε₁ of the methods that certify
+    (``certifying_low``, ``certifying_high``) and the best of the others (``others_best`` and its
+    ``others_best_method``)."""
+    out = {"audited": 0, "flipped": 0, "violations": 0, "runs": len(results)}
+    for (data, name), rs in _mean_over_seeds(results).items():
+        key = f"{data}/{name}"
+        out[f"{key}/clean"] = _avg(rs, lambda r: r["clean"])
+        out[f"{key}/cert0"] = _avg(rs, lambda r: r["certified"][0])
+        out[f"{key}/apgd0"] = _avg(rs, lambda r: r["empirical"]["apgd"][0])
+        out[f"{key}/pgd0"] = _avg(rs, lambda r: r["empirical"]["pgd"][0])
+        if rs[0].get("paper"):
+            out[f"{key}/paper"] = _avg(rs, lambda r: r["paper"]["value"])
+            out[f"{key}/protocol"] = _avg(rs, _protocol)
+    dense = {(d, n): _avg(rs, lambda r: r["certified"][0]) for (d, n), rs in _mean_over_seeds(results).items()
+             if d != "cifar10"}  # fmt: skip
+    certifying = [v for (_, n), v in dense.items() if bench.METHODS[n].certifies]
+    others = {n: v for (_, n), v in dense.items() if not bench.METHODS[n].certifies}
+    if certifying and others:
+        best = max(others, key=others.get)
+        out.update(certifying_low=min(certifying), certifying_high=max(certifying), others_best=others[best],
+                   others_best_method=best)  # fmt: skip
+    for r in results.values():
+        a = r["audit"]
+        out["audited"] += a["points"]
+        out["flipped"] += a["flipped"] + ((a["apgd"] or {}).get("flipped") or 0)
+        out["violations"] += 0 if a["sound"] else 1
+    return out
+
+
+# -- figures --------------------------------------------------------------------------------------------
+
+
+def _colors(names):
+    import matplotlib.pyplot as plt
+
+    cmap = plt.get_cmap("tab20")
+    return {n: cmap(i % 20) for i, n in enumerate(names)}
+
+
+def plot_curves(results: dict, data: str, ax=None):
+    """Robust accuracy against ε in ℓ2 on ``data``: certified curves solid, AutoPGD curves dashed,
+    one colour per method, both on the attacked test points; the clean accuracy at ε = 0 (§6.3)."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(7, 4))[1]
+    groups = {n: rs for (d, n), rs in _mean_over_seeds(results).items() if d == data}
+    colors = _colors(bench.METHODS)
+    for name, rs in groups.items():
+        eps = [0.0, *rs[0]["radii"]]
+        clean = _avg(rs, lambda r: r["attacked"]["clean"])
+        emp = [clean, *[_avg(rs, lambda r, i=i: r["empirical"]["apgd"][i]) for i in range(len(eps) - 1)]]
+        cert = [clean, *[_avg(rs, lambda r, i=i: r["attacked"]["certified"][i]) for i in range(len(eps) - 1)]]
+        ax.plot(eps, emp, "--", color=colors[name], lw=1.2)
+        ax.plot(eps, cert, "-", color=colors[name], lw=1.8, label=name)
+    ax.set_xlabel("ℓ2 radius ε")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{_title(data)}: certified (solid) and AutoPGD (dashed)")
+    ax.legend(fontsize=7, ncol=2)
+    return ax
+
+
+def plot_pareto(results: dict, ax=None):
+    """Clean accuracy against robust accuracy at ε₁ (ℓ2): AutoPGD as open markers, certified as
+    filled ones, one marker shape per data set (§6.3)."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(7, 4.5))[1]
+    colors = _colors(bench.METHODS)
+    marks = {"mnist": "o", "fashion_mnist": "s", "cifar10": "^"}
+    for (data, name), rs in _mean_over_seeds(results).items():
+        clean = _avg(rs, lambda r: r["clean"])
+        ax.scatter(_avg(rs, lambda r: r["empirical"]["apgd"][0]), clean, marker=marks[data], facecolors="none",
+                   edgecolors=colors[name])  # fmt: skip
+        ax.scatter(_avg(rs, lambda r: r["certified"][0]), clean, marker=marks[data], color=colors[name], s=18)
+    for name in {n for _, n in _mean_over_seeds(results)}:
+        ax.scatter([], [], color=colors[name], label=name)
+    for data, mk in marks.items():
+        ax.scatter([], [], marker=mk, color="gray", label=_title(data))
+    ax.set_xlabel("robust accuracy at ε₁ (open: AutoPGD, filled: certified)")
+    ax.set_ylabel("clean accuracy")
+    ax.legend(fontsize=6, ncol=3)
+    return ax
+
+
+def plot_gap(results: dict, ax=None):
+    """The gap between each method's AutoPGD and certified accuracy at ε₁ on the attacked test points
+    (§6.3): what neither the attack nor the certificate decides."""
+    import matplotlib.pyplot as plt
+
+    groups = _mean_over_seeds(results)
+    ax = ax or plt.subplots(figsize=(8, 3.6))[1]
+    labels = [f"{n}\n{_title(d)}" for d, n in groups]
+    gaps = [_avg(rs, lambda r: r["empirical"]["apgd"][0] - r["attacked"]["certified"][0]) for rs in groups.values()]
+    colors = _colors(bench.METHODS)
+    ax.bar(range(len(gaps)), gaps, color=[colors[n] for _, n in groups])
+    ax.set_xticks(range(len(gaps)), labels, rotation=90, fontsize=6)
+    ax.set_ylabel("AutoPGD − certified at ε₁")
+    return ax
+
+
+def plot_paper(results: dict, ax=None):
+    """Each paper's evaluation (circle) and the protocol's number at the same radius (arrow head)
+    (§6.5)."""
+    import matplotlib.pyplot as plt
+
+    rows = [(f"{n} ({_title(d)})", _avg(rs, lambda r: r["paper"]["value"]), _avg(rs, _protocol))
+            for (d, n), rs in _mean_over_seeds(results).items() if rs[0].get("paper")]  # fmt: skip
+    ax = ax or plt.subplots(figsize=(7, 0.3 * len(rows) + 1))[1]
+    for i, (_, paper, common) in enumerate(rows):
+        ax.annotate("", xy=(common, i), xytext=(paper, i), arrowprops=dict(arrowstyle="->", color="C3"))
+        ax.plot([paper], [i], "o", color="C0")
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=7)
+    ax.set_xlabel("accuracy: the paper's evaluation (circle) → the protocol (arrow)")
+    ax.set_xlim(0, 1)
+    return ax
