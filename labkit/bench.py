@@ -1,4 +1,4 @@
-"""All methods on one bench (Chapter 6): a registry of the book's methods, one evaluation protocol
+"""All methods on one bench (§6): a registry of the book's methods, one evaluation protocol
 for every trained model, a soundness audit of every certificate, and a command line that runs a
 grid of (data set, method, seed) with one JSON record per run.
 
@@ -48,13 +48,13 @@ __all__ = [
     "main",
 ]
 
-#: The data sets of the bench: the two MNIST-like ones for every method, CIFAR-10 for the convolutional ones.
+#: The data sets of the bench, the two MNIST-like ones for every method and CIFAR-10 for the convolutional ones.
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
 #: The image shape of each data set.
 IMAGES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-#: The radii of the protocol, per data set and norm (ℓ2: Chapter 4's and CLIP's radii for the MNIST-like
+#: The radii of the protocol, per data set and norm. In ℓ2 Chapter 4's and CLIP's radii for the MNIST-like
 #: sets, the certified-robustness radii 36/255, 72/255, 108/255 and the structure-preserving paper's 0.5
-#: for CIFAR-10; ℓ∞: 0.05 and 0.1 (Chapter 1), 2/255 and 8/255).
+#: for CIFAR-10; in ℓ∞ 0.05 and 0.1 as in §1.4, and 2/255 and 8/255.
 RADII = {
     "mnist": {"l2": (0.5, 1.0, 1.58, 2.0), "linf": (0.05, 0.1)},
     "fashion_mnist": {"l2": (0.5, 1.0, 1.58, 2.0), "linf": (0.05, 0.1)},
@@ -207,7 +207,7 @@ def _structured(name):
 _DENSE, _BOTH = ("dense",), ("dense", "conv")
 _PRODUCT = "none; a product of layer norms, computed after training"
 # fmt: off
-#: The registry: every method of the book, by name (§6.1).
+#: The registry of every method of the book, by name (§6.1).
 METHODS = {m.name: m for m in [
     Method("plain", "ch02", "plain network (784-200-80-10)", _DENSE, False, _PRODUCT, None, _ch2("none"), _product),
     Method("weight-decay", "ch02", "weight decay 5·10⁻⁴", _DENSE, False, _PRODUCT, None, _ch2("weight decay"),
@@ -310,8 +310,9 @@ def _accuracy(model, x, y) -> float:
 
 
 def _paper(m: Method, model, dataset, xa, ya, s, radii) -> dict | None:
-    """The paper's own evaluation of ``model`` (its headline number, measured its way) and the
-    protocol's number at the same radius and norm."""
+    """The paper's own evaluation of ``model``, its headline number measured its way, on the attacked
+    points ``xa, ya`` (a certified number on all test points, whose certified ``radii`` are given), and
+    which protocol curve answers it at the same radius and norm (``protocol``)."""
     gen = torch.Generator().manual_seed(0)
     if m.paper == "fgsm":  # Chapter 1's paper: FGSM in ℓ∞
         eps = RADII[dataset]["linf"][-1]
@@ -366,7 +367,8 @@ def evaluate(m: Method, model, test, dataset: str, s, *, device=None) -> dict:
     * on the first ``n_attack`` images: labkit's PGD (``pgd_steps`` steps) and ART's AutoPGD
       (cross-entropy and DLR, ``apgd_steps`` steps, ``apgd_restarts`` starts) in ℓ2 and ℓ∞ at each
       radius, from the smallest up, each radius attacking the points still robust at the one below;
-      the minimal adversarial ℓ2 norms found by ART's DeepFool;
+      the minimal adversarial ℓ2 norms found by ART's DeepFool (0 for a misclassified point, ``None``
+      where it failed) and their median over the correctly classified points;
     * the adversarial lower bound (``n_lower`` images, ``lower_steps`` steps) and the upper bound of
       the map the method bounds;
     * the paper's own evaluation beside the protocol's number (``paper``);
@@ -419,8 +421,8 @@ def evaluate(m: Method, model, test, dataset: str, s, *, device=None) -> dict:
         minimal={
             "attack": "DeepFool",
             "norms": [v if math.isfinite(v) else None for v in minimal.tolist()],
-            "median": float(minimal.median()),
-        },  # fmt: skip
+            "median": float(minimal[minimal > 0].median()) if bool((minimal > 0).any()) else None,
+        },
         parameters=sum(p.numel() for p in model.parameters()),
         throughput=throughput,
         certifies=m.certifies,
@@ -428,7 +430,7 @@ def evaluate(m: Method, model, test, dataset: str, s, *, device=None) -> dict:
         certified_points=int((radii > 0).sum()),
         attacked={"clean": _accuracy(model, xa, ya), "certified": [float((radii[:n] > e).float().mean()) for e in l2]},
     )
-    res["paper"] = _paper(m, model, dataset, xa, ya, s, radii[:n])
+    res["paper"] = _paper(m, model, dataset, xa, ya, s, radii)
     res["audit"] = soundness(model, x, y, radii, lower=lower, bound=bound, minimal=minimal, steps=s.audit_steps,
                              n_apgd=s.n_audit_apgd)  # fmt: skip
     return res

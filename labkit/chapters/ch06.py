@@ -35,12 +35,13 @@ __all__ = [
 _CONV = [name for name, m in bench.METHODS.items() if "conv" in m.kinds]
 _ALL = list(bench.DATASETS)
 # fmt: off
-#: The sizes per mode. Book mode: 4 000 training images of each MNIST-like set (500 of them the CLIP
-#: validation split) and 2 000 CIFAR-10 images, 3 epochs in batches of 64 for every method, 1 000 test
-#: images (so that at least 200 certified points are audited), attacks on the first 100 (50 on CIFAR-10);
-#: on CIFAR-10 five of the eight convolutional methods (the families: CPL, SLL, the unconstrained
-#: ResNet, the paper's switching network and the certified one). Full mode: all the data and all the
-#: methods, 20 epochs, three seeds, attacks on 1 000 images with 100 AutoPGD steps and two restarts.
+#: The sizes per mode. Book mode trains on 4 000 images of each MNIST-like set (500 of them the CLIP
+#: validation split) and 2 000 CIFAR-10 images, 3 epochs in batches of 64 for every method, with 1 000 test
+#: images (so that at least 200 certified points are audited) and attacks on the first 100 (50 on
+#: CIFAR-10); on CIFAR-10 it runs five of the eight convolutional methods (the families CPL, SLL, the
+#: unconstrained ResNet, the paper's switching network and the certified one). Full mode takes all the data
+#: and all the methods, 20 epochs, three seeds, attacks on 1 000 images with 100 AutoPGD steps and two
+#: restarts.
 SIZES = per_mode({
     #                 smoke                 book                                     full
     "datasets":      (["mnist", "cifar10"], _ALL,                                    _ALL),
@@ -66,13 +67,13 @@ SIZES = per_mode({
     "min_checked":   (0,                    200,                                     200),
 }, methods=list(bench.METHODS))
 # fmt: on
-#: No single record file: the full grid is a folder of records, :data:`FULL`.
+#: No single record file, since the full grid is a folder of records, :data:`FULL`.
 RECORD = None
 #: The folder of the full-mode records (one per run, written by ``python -m labkit.bench --mode full``).
 FULL = DATA / "bench_full"
 
-#: Published CIFAR-10 ℓ2 certified accuracies at ε = 36/255 (digest, section 3; "Prach T4" is Table 4 of
-#: Prach et al. 2024, which collects them): (method, venue, clean %, certified %, parameters, source).
+#: Published CIFAR-10 ℓ2 certified accuracies at ε = 36/255 (digest, section 3, which takes them from Table 4
+#: of Prach et al. 2024), as rows of method, venue, clean %, certified %, parameters and source.
 LITERATURE = [
     ("BCOP Large", "NeurIPS'19", 72.1, 58.2, "2 M", "Prach et al. 2024, Table 4"),
     ("Cayley KW-Large", "ICLR'21", 75.3, 59.1, "2 M", "Prach et al. 2024, Table 4"),
@@ -193,7 +194,7 @@ def table(results: dict) -> report.Table:
             ("data", "data"),
             ("method", "method"),
             ("parameters", "params", "{:.0f} k"),
-            ("training", "seconds", "{:.0f} s"),
+            ("training", "seconds", "{:.1f} s"),
             ("images/s", "ips", "{:.0f}"),
             ("clean", "clean", "{:.3f}"),
             ("ε₁ (ℓ2)", "eps", "{:.3g}"),
@@ -201,7 +202,7 @@ def table(results: dict) -> report.Table:
             ("PGD", "pgd", "{:.3f}"),
             ("AutoPGD", "apgd", "{:.3f}"),
             ("AutoPGD ℓ∞", lambda r: f"{r['apgd_inf']:.3f} at {r['eps_inf']:.3g}"),
-            ("median DeepFool", "deepfool", "{:.2f}"),
+            ("median DeepFool (correct points)", "deepfool", "{:.2f}"),
             ("lower / upper L", lambda r: f"{r['lower']:.3g} / {r['upper']:.3g}"),
         ],
         caption="Accuracies averaged over the seeds; certified, PGD and AutoPGD at the first ℓ2 radius ε₁ of the "
@@ -295,9 +296,9 @@ def _protocol(r: dict) -> float:
 
 
 def when_table(results: dict) -> report.Table:
-    """§6.6's "which method when": per method what it guarantees, what it costs (parameters, training
-    time relative to the fastest method on the same data), and, from this bench, the data sets on
-    which it is best and worst in clean accuracy, certified accuracy and AutoPGD accuracy at ε₁."""
+    """§6.6's "which method when": per method what it guarantees, what it costs (training time and
+    parameters per data set), and, from this bench, where it is the single best or the single worst
+    method in clean accuracy, certified accuracy and AutoPGD accuracy at ε₁ (ties are not listed)."""
     groups = _mean_over_seeds(results)
     by_data = {}
     for (data, name), rs in groups.items():
@@ -312,13 +313,12 @@ def when_table(results: dict) -> report.Table:
         for data, ms in by_data.items():
             if name not in ms:
                 continue
-            fastest = min(v["seconds"] for v in ms.values())
-            cost.append(f"{ms[name]['seconds'] / fastest:.0f}×")
+            cost.append(f"{_title(data)} {ms[name]['seconds']:.1f} s, {ms[name]['params'] / 1e3:.0f} k")
             for what in ("clean", "certified", "AutoPGD"):
                 vals = [v[what] for v in ms.values()]
-                if ms[name][what] == max(vals):
+                if ms[name][what] == max(vals) and vals.count(max(vals)) == 1:
                     wins.append(f"{what} ({_title(data)})")
-                elif ms[name][what] == min(vals):
+                elif ms[name][what] == min(vals) and vals.count(min(vals)) == 1:
                     loses.append(f"{what} ({_title(data)})")
         if not cost:
             continue
@@ -330,7 +330,7 @@ def when_table(results: dict) -> report.Table:
             ("method", "method"),
             ("what it is", "what"),
             ("what it guarantees", "guarantee"),
-            ("training time vs the fastest", "cost"),
+            ("training time, parameters", "cost"),
             ("best on this bench", "wins"),
             ("worst on this bench", "loses"),
         ],
