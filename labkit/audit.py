@@ -3,9 +3,14 @@ labkit does not write, the Adversarial Robustness Toolbox (ART), with its AutoPG
 of each point's certified radius. A sound certificate loses no point; a flipped one means the
 certificate, or the bound it rests on, is wrong.
 
-Why ART: it is maintained, has AutoPGD with both the cross-entropy and the DLR loss (and FAB,
-DeepFool and AutoAttack, which the bench of Chapter 6 needs) in one package, runs PyTorch models on
-the CPU and the GPU, and installs beside the book's tools with ``pip check`` clean. ``torchattacks``
+The bench of §6 uses the same library for its empirical numbers: AutoPGD with the cross-entropy and
+the DLR loss in ℓ2 and ℓ∞ (:func:`apgd_robust`), DeepFool for minimal perturbations
+(:func:`deepfool_norms`) and a batched audit at each point's own radius (:func:`certificates_batch`),
+all through ART's public classes.
+
+Why ART: it is maintained, has AutoPGD with both losses, DeepFool and AutoAttack in one package,
+runs PyTorch models on the CPU and the GPU, and installs beside the book's tools with ``pip check``
+clean. ``torchattacks``
 3.5.1 pins ``requests~=2.25.1``, below what Sphinx needs, so it cannot share the book's
 environment.
 """
@@ -23,8 +28,8 @@ __all__ = ["certificates", "certificates_batch", "apgd_robust", "apgd_accuracy",
 def _library():
     # imported here: ART takes two seconds to import, and only an audit needs it
     import art
-    from art.attacks.evasion.auto_projected_gradient_descent import AutoProjectedGradientDescent
-    from art.estimators.classification.pytorch import PyTorchClassifier
+    from art.attacks.evasion import AutoProjectedGradientDescent
+    from art.estimators.classification import PyTorchClassifier
 
     return art.__version__, AutoProjectedGradientDescent, PyTorchClassifier
 
@@ -34,7 +39,7 @@ def library() -> str:
     return f"adversarial-robustness-toolbox {_library()[0]}"
 
 
-def _classifier(model, x, clamp, batch_size=512):
+def _classifier(model, x, clamp):
     """``(ART classifier, number of classes)`` for ``model`` on inputs shaped like ``x``."""
     _, _, Classifier = _library()
     with torch.no_grad(), attacks.frozen(model):
@@ -42,7 +47,6 @@ def _classifier(model, x, clamp, batch_size=512):
     kind = "gpu" if next(model.parameters()).device.type == "cuda" else "cpu"
     clf = Classifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
                      nb_classes=classes, clip_values=tuple(clamp), device_type=kind)  # fmt: skip
-    clf._batch_size = batch_size
     return clf, classes
 
 
@@ -96,7 +100,7 @@ def deepfool_norms(model, x, y, *, max_iter: int = 50, overshoot: float = 0.02,
     adversarial perturbation it found (an upper estimate of the minimal adversarial norm), 0 for a
     point misclassified already, ``inf`` where it did not change the prediction within
     ``max_iter`` iterations (``overshoot`` pushes each step slightly past the boundary)."""
-    from art.attacks.evasion.deepfool import DeepFool
+    from art.attacks.evasion import DeepFool
 
     _validate.batch(x, y)
     clf, classes = _classifier(model, x, clamp)
@@ -124,7 +128,7 @@ def certificates_batch(model, x, y, radii, *, fraction: float = 0.99, steps: int
     attacked), ``steps`` iterations of a quarter of the radius from the point itself (ART draws no random start
     for per-point ℓ2 radii), inside the box ``clamp``. Returns ``{"points", "flipped", "flipped_index", "attack"}`` as
     :func:`certificates` does; a sound certificate flips none."""
-    from art.attacks.evasion.projected_gradient_descent.projected_gradient_descent import ProjectedGradientDescent
+    from art.attacks.evasion import ProjectedGradientDescent
 
     fraction = _validate.positive(fraction, "fraction")
     steps = _validate.positive_int(steps, "steps")
