@@ -24,6 +24,9 @@ from . import _validate, attacks
 
 __all__ = ["certificates", "certificates_batch", "apgd_robust", "apgd_accuracy", "deepfool_norms", "library"]
 
+#: The largest batch the batched attacks hand to ART at once (they attack every point; this bounds the memory).
+BATCH = 1024
+
 
 def _library():
     # imported here: ART takes two seconds to import, and only an audit needs it
@@ -86,7 +89,7 @@ def apgd_robust(model, x, y, eps: float, *, norm: str = "l2", steps: int = 20, r
             if idx.numel() == 0:
                 break
             apgd = APGD(clf, norm=2 if norm == "l2" else np.inf, eps=eps, eps_step=eps / 4 if norm == "l2" else eps / 2,
-                        max_iter=steps, nb_random_init=restarts, batch_size=len(idx), loss_type=loss,
+                        max_iter=steps, nb_random_init=restarts, batch_size=min(len(idx), BATCH), loss_type=loss,
                         verbose=False)  # fmt: skip
             point = x[idx].detach().cpu().numpy()
             adv = apgd.generate(point, y=np.eye(classes)[y[idx].cpu().numpy()])
@@ -110,7 +113,7 @@ def deepfool_norms(model, x, y, *, max_iter: int = 50, overshoot: float = 0.02,
     if idx.numel():
         attack = DeepFool(clf, max_iter=_validate.positive_int(max_iter, "max_iter"),
                           epsilon=_validate.nonneg(overshoot, "overshoot"), nb_grads=classes,
-                          batch_size=len(idx), verbose=False)  # fmt: skip
+                          batch_size=min(len(idx), BATCH), verbose=False)  # fmt: skip
         with attacks.frozen(model):
             adv = attack.generate(x[idx].detach().cpu().numpy())
         fooled = (_predict(model, adv, x) != y[idx]).cpu()
@@ -141,8 +144,8 @@ def certificates_batch(model, x, y, radii, *, fraction: float = 0.99, steps: int
     if idx.numel():
         clf, classes = _classifier(model, x, clamp)
         eps = (fraction * radii[idx]).numpy().astype(np.float32).reshape(-1, *([1] * (x.ndim - 1)))
-        attack = ProjectedGradientDescent(clf, norm=2, eps=eps, eps_step=eps / 4, max_iter=steps,
-                                          num_random_init=0, batch_size=len(idx), verbose=False)  # fmt: skip
+        attack = ProjectedGradientDescent(clf, norm=2, eps=eps, eps_step=eps / 4, max_iter=steps, num_random_init=0,
+                                          batch_size=min(len(idx), BATCH), verbose=False)  # fmt: skip
         sel = idx.to(x.device)
         with attacks.frozen(model):
             adv = attack.generate(x[sel].detach().cpu().numpy(), y=np.eye(classes)[y[sel].cpu().numpy()])

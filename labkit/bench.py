@@ -497,7 +497,7 @@ def run_grid(runs, sizes: dict, *, mode: str, folder=None, device=None, progress
     there with the same mode and sizes is read, not run again (so a killed grid resumes where it
     stopped; the run that was cut off starts again and, being seeded, gives the same numbers).
     A record there with other sizes stops the grid before anything runs, unless ``restart``.
-    A progress bar counts the runs."""
+    A progress bar counts the runs (in full mode each training shows its own as well)."""
     from tqdm.auto import tqdm
 
     from .chapters import ch06, given
@@ -508,12 +508,12 @@ def run_grid(runs, sizes: dict, *, mode: str, folder=None, device=None, progress
     show = progress_enabled() if progress is None else progress
     for run, path in tqdm(todo, desc="bench", disable=not show):
         t0 = time.perf_counter()
-        res = run_one(*run, s, device=device, progress=False)
+        res = run_one(*run, s, device=device, progress=show and mode == "full")  # a run's own bars: long runs only
         if path is not None:
             experiment.save_record(path, res, mode=mode, seconds=time.perf_counter() - t0, sizes=sizes, env=env,
                                    extra={"run": _key(run)})  # fmt: skip
         out[_key(run)] = res
-    return out
+    return {_key(run): out[_key(run)] for run in runs}
 
 
 def _plan(runs, sizes, *, mode, folder, restart):
