@@ -544,7 +544,7 @@ def collect(folder) -> dict:
     found = {}
     for path in sorted(folder.glob("*__*__seed*.json")) if folder.is_dir() else []:
         rec = experiment.load_record(path)
-        keep = ("mode", "created", "device", "device_name", "torch", "commit", "dirty", "seconds")
+        keep = ("mode", "created", "device", "device_name", "torch", "commit", "dirty", "seconds", "sizes")
         found[rec["run"]] = {**rec["results"], "record": {k: rec.get(k) for k in keep}}
     order = {(d, m): i for i, (d, m) in enumerate((d, m) for d in DATASETS for m in METHODS)}
     return dict(sorted(found.items(), key=lambda kv: (order.get(tuple(kv[0].split("/")[:2]), 1e9), kv[0])))
@@ -571,10 +571,16 @@ def main(argv=None) -> int:
     parser.add_argument("--results", type=Path, help="results folder (default: book/data/bench_<mode>)")
     parser.add_argument("--shard", default="1/1", metavar="I/N", help="run part I of N of the grid (default 1/1)")
     parser.add_argument("--restart", action="store_true", help="run again the runs that have a record")
+    parser.add_argument("--set", action="append", default=[], metavar="SIZE=VALUE",
+                        help="change one of the mode's sizes (a JSON value), e.g. --set epochs=5 for a shortened "
+                        "schedule; every record keeps the sizes it ran with")  # fmt: skip
     parser.add_argument("--summary", action="store_true", help="print the tables of the records and stop")
     args = parser.parse_args(argv)
     mode = args.mode or runtime.mode()
-    sizes = ch06.sizes(mode)
+    try:
+        sizes = experiment.set_sizes(ch06.sizes(mode), args.set)
+    except ValueError as err:
+        parser.error(str(err))
     folder = args.results or ch06.DATA / f"bench_{mode}"
     if args.summary:
         results = collect(folder)

@@ -25,7 +25,17 @@ from . import _validate, attacks, train
 from ._version import __version__
 from .runtime import init_distributed, resolve_device, seed_everything
 
-__all__ = ["result", "at", "robustness", "environment", "save_record", "load_record", "partial_path", "main"]
+__all__ = [
+    "result",
+    "at",
+    "robustness",
+    "environment",
+    "save_record",
+    "load_record",
+    "set_sizes",
+    "partial_path",
+    "main",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,6 +204,22 @@ def load_record(path) -> dict | None:
         raise ValueError(f"the record {path} is not valid JSON ({err}); restore it from git or run again.") from None
 
 
+def set_sizes(sizes: dict, items) -> dict:
+    """``sizes`` with the changes ``items``, each ``"SIZE=VALUE"`` with a JSON value (a bare word is
+    taken as a string), as the ``--set`` options of the command lines give them (a shortened
+    schedule, say). ``ValueError`` names the sizes that exist when ``SIZE`` is not one of them."""
+    sizes = dict(sizes)
+    for item in items:
+        key, eq, raw = item.partition("=")
+        if not eq or key not in sizes:
+            raise ValueError(f"--set {item!r}: give SIZE=VALUE with SIZE one of {', '.join(sorted(sizes))}.")
+        try:
+            sizes[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            sizes[key] = raw
+    return sizes
+
+
 def partial_path(out) -> Path:
     """Where :func:`main` keeps the results of an unfinished full run next to its record ``out``."""
     out = Path(out)
@@ -231,14 +257,10 @@ def main(argv=None) -> int:
     out_path = args.out or chapters.DATA / chapter.RECORD
     sizes = chapter.sizes("full")
     rank, world = init_distributed()  # under torchrun: data-parallel training, rank 0 writes
-    for item in args.set:
-        key, eq, raw = item.partition("=")
-        if not eq or key not in sizes:
-            parser.error(f"--set {item!r}: give SIZE=VALUE with SIZE one of {', '.join(sorted(sizes))}.")
-        try:
-            sizes[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            sizes[key] = raw
+    try:
+        sizes = set_sizes(sizes, args.set)
+    except ValueError as err:
+        parser.error(str(err))
     _validate.writable(out_path, "record")
     env = environment()
     seed_everything(0)

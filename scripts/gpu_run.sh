@@ -5,7 +5,10 @@
 #   probe  the CUDA cases of the tests and the benchmarks only (while CIFAR-10 parts travel);
 #   parts  nothing but a check of which CIFAR-10 parts have arrived (a call that carries one);
 #   cifar  Chapter 5's experiment on the full CIFAR-10 with a shortened schedule (the sizes set
-#          below are kept in the record), then CPL-S (Chapter 4) for as many epochs as fit.
+#          below are kept in the record), then CPL-S (Chapter 4) for as many epochs as fit;
+#   bench  Chapter 6's full grid on the MNIST-like sets (BENCH_SHARD=i/n picks a part), resumable:
+#          the records already in book/data/bench_full travel with the tree and are skipped, and the
+#          folder comes back as $OUT/bench_full.tgz (unpack it into book/data/).
 # Full-mode steps run under a time limit and are resumable: a partial record comes back when the
 # limit stops a run.
 #
@@ -21,7 +24,7 @@ set -uo pipefail
 SMOKE=0
 [ "${1:-}" = "--smoke" ] && SMOKE=1 && shift
 PHASE=${1:-all}
-case "$PHASE" in all|probe|parts|cifar) ;; *) echo "unknown phase $PHASE (all, probe, parts, cifar)" >&2; exit 2;; esac
+case "$PHASE" in all|probe|parts|cifar|bench) ;; *) echo "unknown phase $PHASE (all, probe, parts, cifar, bench)" >&2; exit 2;; esac
 OUT=${OUT:?set OUT to the folder for the results}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
@@ -65,7 +68,7 @@ echo "data: ${LABKIT_DATA:-the bundled samples}; phase $PHASE" >> "$OUT/summary.
 
 if [ "$SMOKE" = 1 ]; then
     export LABKIT_MODE=smoke
-    if [ "$PHASE" != cifar ]; then
+    if [ "$PHASE" != cifar ] && [ "$PHASE" != bench ]; then
         step tests 300 $PY -m pytest -q -p no:cacheprovider tests/test_core.py tests/test_lognorm.py -k "device or cuda"
         step bench_convex 300 $PY scripts/bench_convex.py --device "$DEVICE" --preset mnist --batch 8 --steps 1 \
             --json "$OUT/bench_convex_$DEVICE.json"
@@ -79,6 +82,8 @@ if [ "$SMOKE" = 1 ]; then
         --set n_train=200 --set n_test=100 --set 'widths=[4, 8, 8]' --set layers=2 --set epochs=1 \
         --set require_full_cifar=false --set n_attack=20 --set strong_steps=3 --set n_audit=2 --set sir_steps=5 \
         --set 'presets=["switching", "certified"]' --set min_checked=1
+    [ "$PHASE" = bench ] && step bench 300 $PY -m labkit.bench --mode smoke --methods plain cpl --datasets mnist \
+        --results "$OUT/bench_full"
 else
     # one call may last 10 minutes: the limits of a phase add up to at most 9
     if [ "$PHASE" = all ]; then
@@ -90,7 +95,7 @@ else
     if [ "$PHASE" = probe ]; then  # what is new since the last GPU run
         step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_structured.py tests/test_experiment.py
     fi
-    if [ "$PHASE" != cifar ]; then
+    if [ "$PHASE" != cifar ] && [ "$PHASE" != bench ]; then
         step bench_structured 60 $PY scripts/bench_structured.py --device "$DEVICE" \
             --json "$OUT/bench_structured_$DEVICE.json"
     fi
@@ -103,4 +108,11 @@ else
         --set strong_steps=50 --set strong_restarts=2 --set n_audit=32 --set audit_steps=30 \
         --set 'presets=["certified", "switching", "resnet", "flexible", "nonexpansive", "naive"]'
 fi
+# Chapter 6's full grid: one record per run, written as each run ends, so a limit loses at most one run
+if [ "$PHASE" = bench ] && [ "$SMOKE" = 0 ]; then
+    mkdir -p "$OUT/bench_full" && cp book/data/bench_full/*.json "$OUT/bench_full/" 2>/dev/null
+    step bench "${BENCH_LIMIT:-540}" $PY -m labkit.bench --mode full --datasets mnist fashion_mnist \
+        --shard "${BENCH_SHARD:-1/1}" --results "$OUT/bench_full"
+fi
+[ "$PHASE" = bench ] && tar czf "$OUT/bench_full.tgz" -C "$OUT" bench_full && rm -rf "$OUT/bench_full"
 ls -l "$OUT" >> "$LOG"

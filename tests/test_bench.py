@@ -174,6 +174,9 @@ def test_the_chapter_tables_figures_and_values_come_from_the_records(smoke, caps
     assert "cpl" in ch06.when_table(results) and "Prach" in ch06.literature_table(results, where="CPU")
     assert "ours; CPU" in ch06.literature_table(results, where="CPU")
     assert "convex potential" in ch06.methods_table()
+    banner = ch06.full_banner(results)  # these are smoke records: the banner names every size that differs
+    assert f"{len(results)} runs" in banner and "epochs = 1" in banner and "n_train = 200" in banner
+    assert "No full-mode record" in ch06.full_banner({})
     values = ch06.values(results)
     assert values["runs"] == len(results) and values["violations"] == 0 and values["flipped"] == 0
     assert values["audited"] == sum(r["audit"]["points"] for r in results.values())
@@ -236,6 +239,7 @@ def test_bad_input_gets_a_clear_error_and_writes_nothing(tmp_path, capsys):
         (["--shard", "3/2"], "i/n"),
         (["--methods", "clip", "--datasets", "cifar10"], "no method"),
         (["--seeds", "-1"], "non-negative"),
+        (["--set", "warp=9"], "give SIZE=VALUE"),
     ]:
         with pytest.raises(SystemExit) as err:
             bench.main(["--mode", "smoke", "--results", str(out), *args])

@@ -16,6 +16,7 @@ __all__ = [
     "DATA",
     "LITERATURE",
     "sizes",
+    "full_banner",
     "methods_table",
     "run",
     "verify",
@@ -118,6 +119,28 @@ def run(*, device=None, progress=None, **sizes) -> dict:
     s = given(sizes, SIZES)
     runs = bench.grid(s.methods, s.datasets, s.seeds, only={"cifar10": s.cifar_methods})
     return bench.run_grid(runs, sizes, mode=runtime.mode(), device=device, progress=progress)
+
+
+def full_banner(results: dict) -> report.Table:
+    """Where and how the full-mode records (:func:`labkit.bench.collect` of :data:`FULL`) were made:
+    device, dates, the number of runs and their total time, torch, commit, and every size that differs
+    from the full-mode :data:`SIZES` (a shortened schedule says so here)."""
+    recs = [r["record"] for r in results.values()]
+    if not recs:
+        return report.banner(None, command="python -m labkit.bench --mode full")
+    first, full = recs[0], sizes("full")
+    changed = {k: v for k, v in (first.get("sizes") or {}).items() if full.get(k) != v}
+    dates = sorted({str(r.get("created"))[:10] for r in recs})
+    hours = sum(float(r.get("seconds") or 0) for r in recs) / 3600
+    dirty = " (with local changes)" if first.get("dirty") else ""
+    line = (
+        f"Full-mode records: {len(recs)} runs on {first.get('device')} ({first.get('device_name')}), "
+        f"{' to '.join([dates[0], dates[-1]] if len(dates) > 1 else dates)}, {hours:.1f} h in all, torch "
+        f"{first.get('torch')}, commit {str(first.get('commit'))[:10]}{dirty}."
+    )
+    if changed:
+        line += " Sizes changed from the full-mode table: " + ", ".join(f"{k} = {v}" for k, v in changed.items()) + "."
+    return report.Table(line)
 
 
 def verify(results: dict, *, min_checked: int = 1) -> None:
