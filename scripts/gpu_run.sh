@@ -7,8 +7,9 @@
 #   cifar  Chapter 5's experiment on the full CIFAR-10 with a shortened schedule (the sizes set
 #          below are kept in the record), then CPL-S (Chapter 4) for as many epochs as fit;
 #   bench  Chapter 6's full grid on the MNIST-like sets (BENCH_SHARD=i/n picks a part), resumable:
-#          the records already in book/data/bench_full travel with the tree and are skipped, and the
-#          folder comes back as $OUT/bench_full.tgz (unpack it into book/data/).
+#          the records of an earlier call, unpacked into .device-data/bench_full and carried, are
+#          skipped; the folder comes back as $OUT/bench_full.tgz. (The records in book/data/bench_full
+#          ran with other sizes and are not mixed in: the command refuses records of other sizes.)
 # Full-mode steps run under a time limit and are resumable: a partial record comes back when the
 # limit stops a run.
 #
@@ -110,7 +111,7 @@ else
 fi
 # Chapter 6's full grid: one record per run, written as each run ends, so a limit loses at most one run
 if [ "$PHASE" = bench ] && [ "$SMOKE" = 0 ]; then
-    mkdir -p "$OUT/bench_full" && cp book/data/bench_full/*.json "$OUT/bench_full/" 2>/dev/null
+    mkdir -p "$OUT/bench_full" && cp .device-data/bench_full/*.json "$OUT/bench_full/" 2>/dev/null
     step bench "${BENCH_LIMIT:-540}" $PY -m labkit.bench --mode full --datasets mnist fashion_mnist \
         --shard "${BENCH_SHARD:-1/1}" --results "$OUT/bench_full"
 fi
