@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-__all__ = ["Table", "table", "banner", "glue_name", "glue_all", "fmt"]
+__all__ = ["Table", "table", "banner", "changed_sizes", "glue_name", "glue_all", "fmt"]
 
 
 class Table(str):
@@ -84,6 +84,15 @@ def banner(record, *, command: str, missing: str | None = None) -> Table:
             f"{str(resumed.get('commit'))[:10]}"
         )
     return Table(line + ".")
+
+
+def changed_sizes(sizes: dict, reference: dict) -> Table:
+    """One line naming every size of a record (``sizes``) that differs from the mode's table
+    (``reference``), so that a shortened schedule is said where its numbers are shown."""
+    changed = {k: v for k, v in (sizes or {}).items() if reference.get(k) != v}
+    if not changed:
+        return Table("The record ran with the full-mode sizes.")
+    return Table("Sizes changed from the full-mode table: " + ", ".join(f"{k} = {v}" for k, v in changed.items()) + ".")
 
 
 _GREEK = {

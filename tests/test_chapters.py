@@ -141,6 +141,14 @@ def test_banner_says_where_a_record_ran_or_how_to_make_one():
     assert "150 min" not in line and "1 min" in report.banner({**record, "seconds": 60, "resumed": None}, command="")
 
 
+def test_changed_sizes_names_exactly_the_sizes_that_differ():
+    full = {"epochs": 20, "seeds": [0, 1, 2], "n_test": None}
+    assert report.changed_sizes(full, full) == "The record ran with the full-mode sizes."
+    line = report.changed_sizes({**full, "epochs": 5, "seeds": [0]}, full)
+    assert line == "Sizes changed from the full-mode table: epochs = 5, seeds = [0]."
+    assert "n_test" not in line and report.changed_sizes(None, full).startswith("The record ran")
+
+
 def test_runtime_resolve_device_names_the_argument():
     assert runtime.resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="device='gpu0' is not a torch device"):
@@ -314,3 +322,20 @@ def test_ch05_smoke_run_is_verified_tabled_resumed_and_its_verify_has_teeth(monk
     low = {**cert, "lipschitz": {**cert["lipschitz"], "upper": cert["lipschitz"]["lower"] / 2}}
     with pytest.raises(AssertionError, match="lower bound above"):
         ch05.verify({"cifar10/certified": low})
+
+
+def test_ch04_resumes_run_by_run_and_leaves_cifar_out_without_layers(monkeypatch):
+    sizes = {**ch04.sizes("smoke"), "datasets": ["mnist"], "dense_layers": ["cpl", "sll"], "cifar_layers": [],
+             "n_train": 100, "n_test": 40}  # fmt: skip
+    seen = {}
+    results = ch04.run(**sizes, progress=False, on_result=seen.__setitem__)
+    assert list(results) == ["mnist/cpl", "mnist/sll", "mnist/baseline"] and seen == results  # no CIFAR-10 run
+    ch04.verify(results)
+    assert results["mnist/sll"]["lipschitz"]["upper"] == 1.0 and results["mnist/sll"]["parameters"] > 0
+    trained = []
+    monkeypatch.setattr("labkit.convex.fit", lambda *a, **k: trained.append(1))
+    partial = {k: v for k, v in results.items() if k != "mnist/baseline"}
+    with pytest.raises(AttributeError):  # the stub returns no history: only the missing run is trained
+        ch04.run(**sizes, progress=False, done=partial)
+    assert trained == [1]
+    assert ch04.run(**sizes, progress=False, done=results) == results and trained == [1]

@@ -25,12 +25,15 @@ __all__ = [
 ]
 
 # fmt: off
-#: The sizes per mode. In book mode the dense ``mnist`` preset on 4 000 MNIST-like images, the ``cifar``
-#: preset on the first 2 000 CIFAR-10 images and 1 000 test images; in full mode CPL-S with the authors'
-#: recipe on all of CIFAR-10 (200 epochs; needs a GPU and the full CIFAR-10, and refuses a subset).
+#: The sizes per mode. In book mode the dense ``mnist`` preset (CPL) on 4 000 MNIST-like images, the ``cifar``
+#: preset on the first 2 000 CIFAR-10 images and 1 000 test images; in full mode the dense preset with CPL
+#: and SLL layers on all of MNIST and Fashion-MNIST (a CPU can run it), and CPL-S with the authors' recipe on
+#: all of CIFAR-10 (200 epochs; needs a GPU and the full CIFAR-10, and refuses a subset; ``--set
+#: 'cifar_layers=[]'`` leaves it out).
 SIZES = per_mode({
     #                      smoke                       book                        full
-    "datasets":           (["mnist", "fashion_mnist"], ["mnist", "fashion_mnist"], []),
+    "datasets":           (["mnist", "fashion_mnist"], ["mnist", "fashion_mnist"], ["mnist", "fashion_mnist"]),
+    "dense_layers":       (["cpl"],                    ["cpl"],                    ["cpl", "sll"]),
     "n_train":            (300,                        4000,                       None),
     "n_test":             (100,                        1000,                       None),
     "dense_epochs":       (1,                          3,                          3),
@@ -56,14 +59,16 @@ def sizes(mode: str | None = None) -> dict:
     return pick(SIZES, mode)
 
 
-def run(*, seed=0, device=None, progress=None, **sizes) -> dict:
-    """With the :data:`SIZES` given: for each MNIST-like data set, the dense ``mnist`` preset (CPL,
-    first-K head) and :func:`labkit.convex.baseline_mlp`, evaluated at
-    :data:`labkit.convex.EPS_MNIST`. If ``cifar``: the convolutional preset ``cifar_preset`` with each
-    of ``cifar_layers`` (CPL, SLL), evaluated at :data:`labkit.convex.EPS_CIFAR`;
+def run(*, seed=0, device=None, progress=None, done=None, on_result=None, **sizes) -> dict:
+    """With the :data:`SIZES` given: for each MNIST-like data set, the dense ``mnist`` preset (first-K
+    head) with each of ``dense_layers`` (CPL, SLL) and :func:`labkit.convex.baseline_mlp`, evaluated
+    at :data:`labkit.convex.EPS_MNIST`. If ``cifar``: the convolutional preset ``cifar_preset`` with
+    each of ``cifar_layers`` (CPL, SLL), evaluated at :data:`labkit.convex.EPS_CIFAR`;
     ``require_full_cifar`` refuses a training set smaller than the official 50 000 images, before
     any training. Results keyed ``"<data set>/<model>"``, each a :func:`labkit.experiment.result` by
-    :func:`labkit.convex.evaluate_robustness` with the training time and history."""
+    :func:`labkit.convex.evaluate_robustness` with the training time and history. Every run is
+    seeded on its own, so an interrupted full run resumes: results in ``done`` are kept, and
+    ``on_result(key, result)`` is called after each new one."""
     s = given(sizes, SIZES)
     attack = {"pgd_steps": s.pgd_steps, "n_attack": s.n_attack, "n_lower": s.n_lower, "lower_steps": s.lower_steps,
               "n_audit": s.n_audit, "audit_steps": s.audit_steps}  # fmt: skip
@@ -72,7 +77,8 @@ def run(*, seed=0, device=None, progress=None, **sizes) -> dict:
         return convex.evaluate_robustness(model, te, eps, lipschitz=lipc, **attack, device=device, progress=progress,
                                           seconds=seconds, sizes=sizes, history=hist.as_dict())  # fmt: skip
 
-    if s.cifar:  # refuse a subset before anything is trained
+    cifar = s.cifar and bool(s.cifar_layers)
+    if cifar:  # refuse a subset before anything is trained
         cifar_tr = data.load("cifar10", limit=s.cifar_train)
         cifar_te = data.load("cifar10", train=False, limit=s.cifar_test)
         if s.require_full_cifar and (len(cifar_tr) < 50000 or len(cifar_te) < 10000):
@@ -83,14 +89,25 @@ def run(*, seed=0, device=None, progress=None, **sizes) -> dict:
                 "network access."
             )
     out = {}
+
+    def keep(key, result):
+        out[key] = result
+        if on_result is not None:
+            on_result(key, result)
+
     for name in s.datasets:
+        todo = [label for label in (*s.dense_layers, "baseline") if not (done and f"{name}/{label}" in done)]
+        out.update({f"{name}/{label}": done[f"{name}/{label}"] for label in (*s.dense_layers, "baseline")
+                    if label not in todo})  # fmt: skip
+        if not todo:
+            continue
         tr = data.load(name, limit=s.n_train)
         te = data.load(name, train=False, limit=s.n_test)
         in_features = math.prod(tr.tensors[0].shape[1:])
-        for label in ("cpl", "baseline"):
+        for label in todo:
             seed_everything(seed)
-            if label == "cpl":
-                model = convex.preset("mnist", seed=seed)
+            if label in ("cpl", "sll"):
+                model = convex.preset("mnist", layer=label, seed=seed)
                 t0 = time.perf_counter()
                 hist = convex.fit(model, tr, s.dense_epochs, seed=seed, device=device, progress=progress)
                 lipc = None
@@ -101,10 +118,13 @@ def run(*, seed=0, device=None, progress=None, **sizes) -> dict:
                 hist = convex.fit(model, tr, s.dense_epochs, margin=None, seed=seed, device=device, progress=progress)
                 lipc = lipschitz.upper_bound(model.cpu())
             seconds = time.perf_counter() - t0
-            out[f"{name}/{label}"] = evaluate(model, te, convex.EPS_MNIST, lipc, seconds, hist)
-    if s.cifar:
+            keep(f"{name}/{label}", evaluate(model, te, convex.EPS_MNIST, lipc, seconds, hist))
+    if cifar:
         mean = cifar_tr.tensors[0].mean((0, 2, 3))
         for kind in s.cifar_layers:
+            if done and f"cifar10/{kind}" in done:
+                out[f"cifar10/{kind}"] = done[f"cifar10/{kind}"]
+                continue
             seed_everything(seed)
             model = convex.preset(s.cifar_preset, layer=kind, mean=mean, seed=seed)
             t0 = time.perf_counter()
@@ -112,7 +132,7 @@ def run(*, seed=0, device=None, progress=None, **sizes) -> dict:
                 model, cifar_tr, s.cifar_epochs, augment=True, seed=seed, device=device, progress=progress
             )
             seconds = time.perf_counter() - t0
-            out[f"cifar10/{kind}"] = evaluate(model, cifar_te, convex.EPS_CIFAR, None, seconds, hist)
+            keep(f"cifar10/{kind}", evaluate(model, cifar_te, convex.EPS_CIFAR, None, seconds, hist))
     return out
 
 

@@ -128,8 +128,7 @@ def full_banner(results: dict) -> report.Table:
     recs = [r["record"] for r in results.values()]
     if not recs:
         return report.banner(None, command="python -m labkit.bench --mode full")
-    first, full = recs[0], sizes("full")
-    changed = {k: v for k, v in (first.get("sizes") or {}).items() if full.get(k) != v}
+    first = recs[0]
     dates = sorted({str(r.get("created"))[:10] for r in recs})
     hours = sum(float(r.get("seconds") or 0) for r in recs) / 3600
     dirty = " (with local changes)" if first.get("dirty") else ""
@@ -138,9 +137,7 @@ def full_banner(results: dict) -> report.Table:
         f"{' to '.join([dates[0], dates[-1]] if len(dates) > 1 else dates)}, {hours:.1f} h in all, torch "
         f"{first.get('torch')}, commit {str(first.get('commit'))[:10]}{dirty}."
     )
-    if changed:
-        line += " Sizes changed from the full-mode table: " + ", ".join(f"{k} = {v}" for k, v in changed.items()) + "."
-    return report.Table(line)
+    return report.Table(f"{line} {report.changed_sizes(first.get('sizes'), sizes('full'))}")
 
 
 def verify(results: dict, *, min_checked: int = 1) -> None:
