@@ -339,3 +339,5 @@ def test_ch04_resumes_run_by_run_and_leaves_cifar_out_without_layers(monkeypatch
         ch04.run(**sizes, progress=False, done=partial)
     assert trained == [1]
     assert ch04.run(**sizes, progress=False, done=results) == results and trained == [1]
+    with pytest.raises(ValueError, match="dense_layers"):
+        ch04.run(**{**sizes, "dense_layers": ["cpl", "aol"]}, progress=False)

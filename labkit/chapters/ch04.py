@@ -77,6 +77,9 @@ def run(*, seed=0, device=None, progress=None, done=None, on_result=None, **size
         return convex.evaluate_robustness(model, te, eps, lipschitz=lipc, **attack, device=device, progress=progress,
                                           seconds=seconds, sizes=sizes, history=hist.as_dict())  # fmt: skip
 
+    unknown = [label for label in s.dense_layers if label not in ("cpl", "sll")]
+    if unknown:
+        raise ValueError(f"dense_layers are 'cpl' or 'sll', got {unknown}.")
     cifar = s.cifar and bool(s.cifar_layers)
     if cifar:  # refuse a subset before anything is trained
         cifar_tr = data.load("cifar10", limit=s.cifar_train)
