@@ -53,6 +53,14 @@ def _classifier(model, x, clamp):
     return clf, classes
 
 
+def _radii(radii, x) -> torch.Tensor:
+    """The certified radii as float64, one finite value per point of ``x``; ``ValueError`` otherwise."""
+    radii = torch.as_tensor(radii, dtype=torch.float64).flatten()
+    if radii.shape[0] != x.shape[0] or not bool(torch.isfinite(radii).all()):
+        raise ValueError(f"radii must be {x.shape[0]} finite values, one per point, got {tuple(radii.shape)}.")
+    return radii
+
+
 def _predict(model, adv, like) -> torch.Tensor:
     with torch.no_grad(), attacks.frozen(model):
         t = torch.as_tensor(adv, dtype=like.dtype, device=like.device)
@@ -136,9 +144,7 @@ def certificates_batch(model, x, y, radii, *, fraction: float = 0.99, steps: int
     fraction = _validate.positive(fraction, "fraction")
     steps = _validate.positive_int(steps, "steps")
     _validate.batch(x, y)
-    radii = torch.as_tensor(radii, dtype=torch.float64).flatten().cpu()
-    if radii.shape[0] != x.shape[0] or not bool(torch.isfinite(radii).all()):
-        raise ValueError(f"radii must be {x.shape[0]} finite values, one per point, got {tuple(radii.shape)}.")
+    radii = _radii(radii, x).cpu()
     idx = torch.nonzero(radii > 0).flatten()
     flipped = []
     if idx.numel():
@@ -168,15 +174,9 @@ def certificates(model, x, y, radii, *, fraction: float = 0.99, steps: int = 50,
     fraction = _validate.positive(fraction, "fraction")
     steps, restarts = _validate.positive_int(steps, "steps"), _validate.positive_int(restarts, "restarts")
     _validate.batch(x, y)
-    radii = torch.as_tensor(radii, dtype=torch.float64).flatten()
-    if radii.shape[0] != x.shape[0] or not bool(torch.isfinite(radii).all()):
-        raise ValueError(f"radii must be {x.shape[0]} finite values, one per point, got {tuple(radii.shape)}.")
-    version, APGD, Classifier = _library()
-    with torch.no_grad(), attacks.frozen(model):
-        classes = int(model(x[:1]).shape[1])
-    kind = "gpu" if next(model.parameters()).device.type == "cuda" else "cpu"
-    clf = Classifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
-                     nb_classes=classes, clip_values=tuple(clamp), device_type=kind)  # fmt: skip
+    radii = _radii(radii, x)
+    version, APGD, _ = _library()
+    clf, classes = _classifier(model, x, clamp)
     losses = ["cross_entropy"] + (["difference_logits_ratio"] if classes >= 3 else [])
     index = torch.nonzero(radii > 0).flatten()[:limit].tolist()
     np.random.seed(seed)  # ART draws its random starts from NumPy's global generator
