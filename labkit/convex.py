@@ -324,10 +324,30 @@ class SLLBase(nn.Module):
         self.activation = _activation(activation)
         self.step = _validate.positive(step, "step")
         self.theta = nn.Parameter(torch.randn(hidden, generator=generator))
+        self._scaling_cache = None  # (copies of W and θ, t) in evaluation mode
 
     def scaling(self) -> torch.Tensor:
         """The diagonal ``t`` with ``t_i = 1 / Σ_j |WWᵀ|_ij q_j/q_i``, ``q = exp(θ)`` (Gershgorin;
-        :prf:ref:`thm-sll`): then ``WᵀTW ⪯ I`` exactly, for every value of the parameters."""
+        :prf:ref:`thm-sll`): then ``WᵀTW ⪯ I`` exactly, for every value of the parameters.
+
+        In evaluation mode ``t`` is a constant (no gradient to the parameters), cached with copies
+        of ``W`` and ``θ`` and recomputed whenever their values differ from the copies (as for
+        CPL's norm bound): an attack that calls the layer on one point at a time would otherwise
+        pay for the Gram matrix ``WWᵀ`` on every call."""
+        if self.training:
+            self._scaling_cache = None
+            return self._compute_scaling()
+        params = (self.weight.detach(), self.theta.detach())
+        cached = self._scaling_cache
+        if cached is None or not all(
+            a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+            for a, b in zip(cached[0], params)
+        ):
+            with torch.no_grad():
+                self._scaling_cache = (tuple(p.clone() for p in params), self._compute_scaling())
+        return self._scaling_cache[1]
+
+    def _compute_scaling(self) -> torch.Tensor:
         q = torch.exp(self.theta)
         row = (self._abs_gram() @ q) / q
         return 1.0 / (row + 1e-12)  # a larger denominator only shortens the step: still sound

@@ -5,13 +5,19 @@
 #   probe  the CUDA cases of the tests and the benchmarks only (while CIFAR-10 parts travel);
 #   parts  nothing but a check of which CIFAR-10 parts have arrived (a call that carries one);
 #   cifar  Chapter 5's experiment on the full CIFAR-10 with a shortened schedule (the sizes set
-#          below are kept in the record), then CPL-S (Chapter 4) for as many epochs as fit;
-#   bench  Chapter 6's full grid on the MNIST-like sets (BENCH_SHARD=i/n picks a part), resumable:
-#          the records of an earlier call, unpacked into .device-data/bench_full and carried, are
-#          skipped; the folder comes back as $OUT/bench_full.tgz. (The records in book/data/bench_full
-#          ran with other sizes and are not mixed in: the command refuses records of other sizes.)
+#          below are kept in the record);
+#   cpls   Chapter 4's CPL-S on the full CIFAR-10 with the authors' recipe shortened to
+#          CPLS_EPOCHS epochs (default 20, stated in the record), nothing else;
+#   wide   Chapter 1's experiment at full size at width WIDE_WIDTH (default 20; the CPU's record
+#          stops at 16), resumable run by run;
+#   bench  Chapter 6's full grid on BENCH_DATASETS (default the MNIST-like sets; with cifar10 the
+#          CIFAR-10 parts must have arrived), BENCH_SHARD=i/n picks a part, resumable: the records
+#          of an earlier call, unpacked into .device-data/bench_full and carried, are skipped; the
+#          folder comes back as $OUT/bench_full.tgz. (The records in book/data/bench_full ran with
+#          other sizes and are not mixed in: the command refuses records of other sizes.)
 # Full-mode steps run under a time limit and are resumable: a partial record comes back when the
-# limit stops a run.
+# limit stops a run, and a partial record of an earlier call put in .device-data/resume (carried)
+# is copied into $OUT first, so that the same phase goes on from it.
 #
 #   OUT=/path bash scripts/gpu_run.sh [PHASE]        # on the GPU machine ($OUT is the device tool's)
 #   OUT=/tmp/gpu-smoke bash scripts/gpu_run.sh --smoke [PHASE]   # here, on the CPU: the same steps, tiny
@@ -25,7 +31,10 @@ set -uo pipefail
 SMOKE=0
 [ "${1:-}" = "--smoke" ] && SMOKE=1 && shift
 PHASE=${1:-all}
-case "$PHASE" in all|probe|parts|cifar|bench) ;; *) echo "unknown phase $PHASE (all, probe, parts, cifar, bench)" >&2; exit 2;; esac
+case "$PHASE" in all|probe|parts|cifar|cpls|wide|bench) ;; *) echo "unknown phase $PHASE (all, probe, parts, cifar, cpls, wide, bench)" >&2; exit 2;; esac
+BENCH_DATASETS=${BENCH_DATASETS:-mnist fashion_mnist}
+CIFAR=0
+case "$PHASE" in cifar|cpls) CIFAR=1;; bench) case " $BENCH_DATASETS " in *" cifar10 "*) CIFAR=1;; esac;; esac
 OUT=${OUT:?set OUT to the folder for the results}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
@@ -33,6 +42,7 @@ export PYTHONPATH=$PWD LABKIT_OFFLINE=1 PYTHONUNBUFFERED=1
 PY=${PYTHON:-python}
 LOG="$OUT/gpu_run.log"
 : > "$OUT/summary.txt"
+cp .device-data/resume/*.partial.json "$OUT/" 2>/dev/null
 
 step() {  # step NAME LIMIT_S COMMAND...: run, log, and record the status and the time
     local name=$1 limit=$2
@@ -55,7 +65,7 @@ if [ "$PHASE" = parts ]; then
     ls -l .device-data/cifar-parts 2>&1 | tee -a "$OUT/summary.txt"
     exit 0
 fi
-if [ "$PHASE" = cifar ]; then
+if [ "$CIFAR" = 1 ]; then
     export LABKIT_DATA=$($PY scripts/gpu_prepare.py unpack) || { echo "unpack failed" | tee -a "$OUT/summary.txt"; exit 1; }
 elif [ -f .device-data/MNIST/raw/train-images-idx3-ubyte.gz ]; then
     export LABKIT_DATA=$PWD/.device-data
@@ -69,7 +79,7 @@ echo "data: ${LABKIT_DATA:-the bundled samples}; phase $PHASE" >> "$OUT/summary.
 
 if [ "$SMOKE" = 1 ]; then
     export LABKIT_MODE=smoke
-    if [ "$PHASE" != cifar ] && [ "$PHASE" != bench ]; then
+    if [ "$PHASE" = all ] || [ "$PHASE" = probe ]; then
         step tests 300 $PY -m pytest -q -p no:cacheprovider tests/test_core.py tests/test_lognorm.py -k "device or cuda"
         step bench_convex 300 $PY scripts/bench_convex.py --device "$DEVICE" --preset mnist --batch 8 --steps 1 \
             --json "$OUT/bench_convex_$DEVICE.json"
@@ -83,8 +93,15 @@ if [ "$SMOKE" = 1 ]; then
         --set n_train=200 --set n_test=100 --set 'widths=[4, 8, 8]' --set layers=2 --set epochs=1 \
         --set require_full_cifar=false --set n_attack=20 --set strong_steps=3 --set n_audit=2 --set sir_steps=5 \
         --set 'presets=["switching", "certified"]' --set min_checked=1
-    [ "$PHASE" = bench ] && step bench 300 $PY -m labkit.bench --mode smoke --methods plain cpl --datasets mnist \
-        --results "$OUT/bench_full"
+    [ "$PHASE" = cpls ] && step full_ch04 300 $PY -m labkit.experiment ch04 --out "$OUT/ch04_cifar.json" \
+        --set 'datasets=[]' --set cifar_preset=cifar --set cifar_train=100 --set cifar_test=50 --set cifar_epochs=1 \
+        --set require_full_cifar=false --set n_attack=20 --set n_lower=4 --set lower_steps=5 --set n_audit=2 \
+        --set audit_steps=5
+    [ "$PHASE" = wide ] && step full_ch01 300 $PY -m labkit.experiment ch01 --out "$OUT/ch01_wide.json" \
+        --set width=6 --set n_train=200 --set n_test=50 --set epochs=1 --set pgd_steps=3 --set n_audit=20 \
+        --set 'targets=[null, 0.2]' --set 'datasets=["mnist"]'
+    [ "$PHASE" = bench ] && step bench 300 $PY -m labkit.bench --mode smoke --methods plain cpl \
+        --datasets $BENCH_DATASETS --results "$OUT/bench_full"
 else
     # one call may last 10 minutes: the limits of a phase add up to at most 9
     if [ "$PHASE" = all ]; then
@@ -96,7 +113,7 @@ else
     if [ "$PHASE" = probe ]; then  # what is new since the last GPU run
         step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_structured.py tests/test_experiment.py
     fi
-    if [ "$PHASE" != cifar ] && [ "$PHASE" != bench ]; then
+    if [ "$PHASE" = all ] || [ "$PHASE" = probe ]; then
         step bench_structured 60 $PY scripts/bench_structured.py --device "$DEVICE" \
             --json "$OUT/bench_structured_$DEVICE.json"
     fi
@@ -108,11 +125,19 @@ else
         --out "$OUT/ch05_full.json" --set epochs="${CH05_EPOCHS:-6}" --set decay_every="${CH05_DECAY:-4}" \
         --set strong_steps=50 --set strong_restarts=2 --set n_audit=32 --set audit_steps=30 \
         --set 'presets=["certified", "switching", "resnet", "flexible", "nonexpansive", "naive"]'
+    # CPL-S (Chapter 4) on the full CIFAR-10: the authors' recipe with the triangular schedule over
+    # CPLS_EPOCHS epochs instead of 200 (the record keeps the sizes), certified and PGD accuracy
+    [ "$PHASE" = cpls ] && step full_ch04 "${CPLS_LIMIT:-540}" $PY -m labkit.experiment ch04 \
+        --out "$OUT/ch04_cifar.json" --set 'datasets=[]' --set cifar_epochs="${CPLS_EPOCHS:-20}"
+    # Chapter 1 at a width the 2-core CPU could not reach (its record stops at 16): every run is
+    # kept as it ends, so a limit that stops the phase leaves a partial record to resume from
+    [ "$PHASE" = wide ] && step full_ch01 "${WIDE_LIMIT:-540}" $PY -m labkit.experiment ch01 \
+        --out "$OUT/ch01_wide.json" --set width="${WIDE_WIDTH:-20}"
 fi
 # Chapter 6's full grid: one record per run, written as each run ends, so a limit loses at most one run
 if [ "$PHASE" = bench ] && [ "$SMOKE" = 0 ]; then
     mkdir -p "$OUT/bench_full" && cp .device-data/bench_full/*.json "$OUT/bench_full/" 2>/dev/null
-    step bench "${BENCH_LIMIT:-540}" $PY -m labkit.bench --mode full --datasets mnist fashion_mnist \
+    step bench "${BENCH_LIMIT:-540}" $PY -m labkit.bench --mode full --datasets $BENCH_DATASETS \
         --shard "${BENCH_SHARD:-1/1}" --results "$OUT/bench_full"
 fi
 [ "$PHASE" = bench ] && tar czf "$OUT/bench_full.tgz" -C "$OUT" bench_full && rm -rf "$OUT/bench_full"

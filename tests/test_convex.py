@@ -145,6 +145,26 @@ def test_sll_scaling_satisfies_the_sdp_condition():
     assert float(torch.linalg.eigvalsh(M.T @ torch.diag(T) @ M)[-1]) <= 1 + 1e-12
 
 
+@pytest.mark.parametrize("make", [lambda: cv.SLLLayer(6, 9), lambda: cv.SLLConv2d(2, 3)])
+def test_sll_evaluation_scaling_is_cached_until_a_value_changes(make):
+    layer = make().double()
+    x = torch.randn(4, 6, dtype=torch.float64) if isinstance(layer, cv.SLLLayer) else torch.randn(
+        4, 2, 5, 5, dtype=torch.float64)  # fmt: skip
+    trained = layer(x)
+    layer.eval()
+    first = layer.scaling()
+    assert layer.scaling() is first and not first.requires_grad  # cached, a constant
+    assert torch.allclose(layer(x), trained, atol=1e-12)  # the same map as in training mode
+    with torch.no_grad():
+        layer.weight.data.mul_(1.5)  # in place: neither a new tensor nor a new storage
+    assert torch.allclose(layer.scaling(), layer._compute_scaling(), atol=0)
+    assert torch.allclose(layer.scaling(), first / 1.5**2, rtol=1e-9)
+    before = layer.scaling()
+    layer.theta.data[0] += 0.3  # one entry: a uniform shift would leave t unchanged
+    assert not torch.equal(layer.scaling(), before)
+    assert torch.allclose(layer.scaling(), layer._compute_scaling(), atol=0)
+
+
 def test_cpl_is_sll_with_t_equal_to_one_over_norm_squared():
     cpl = cv.ConvexPotentialLayer(6, 8).double().eval()
     sll = cv.SLLLayer(6, 8).double()
