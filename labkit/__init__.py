@@ -14,29 +14,28 @@ chapter's experiment (its sizes per mode, its runs and its record) is :mod:`labk
 tables, banners and glue names come from :mod:`labkit.report`.
 """
 
-from . import (  # noqa: E402  (the idea modules, so that ``import labkit`` reaches every one)
-    attacks,
-    audit,
-    bench,
-    certify,
-    chapters,
-    check,
-    clip,
-    convex,
-    course,
-    data,
-    experiment,
-    lipschitz,
-    lognorm,
-    odes,
-    report,
-    runtime,
-    snode,
-    structured,
-    train,
-)
+import importlib
+
 from ._version import __version__
 from .runtime import MODES, Config, by_mode, device, mode, progress_enabled, seed_everything, setup
+
+#: The idea modules. ``import labkit`` reaches each as ``labkit.<name>``, imported on first use, so that
+#: ``python -m labkit.experiment`` (or ``labkit.bench``) does not find its module imported already by
+#: the package (runpy warns of that).
+_MODULES = ("attacks", "audit", "bench", "certify", "chapters", "check", "clip", "convex", "course", "data",
+            "experiment", "lipschitz", "lognorm", "odes", "report", "runtime", "snode", "structured",
+            "train")  # fmt: skip
+
+
+def __getattr__(name):
+    if name in _MODULES:
+        return importlib.import_module(f".{name}", __name__)  # the import binds it on the package
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_MODULES))
+
 
 __all__ = [
     "MODES",

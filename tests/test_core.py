@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,19 @@ import labkit
 from labkit import data
 
 SHARED = os.environ.get("LABKIT_DATA")
+
+
+def test_the_package_reaches_every_module_and_the_command_lines_run_without_runpy_warnings():
+    for name in labkit.__all__:
+        assert getattr(labkit, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        labkit.nonsense  # noqa: B018
+    root = Path(__file__).resolve().parents[1]
+    for module in ("labkit.experiment", "labkit.bench"):
+        done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", module, "--help"], cwd=root,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0 and "usage" in done.stdout, done.stderr
+        assert "found in sys.modules" not in done.stderr
 
 
 def test_setup_prints_one_line_and_seeds(capsys, monkeypatch):
