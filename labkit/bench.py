@@ -44,6 +44,8 @@ __all__ = [
     "soundness",
     "run_grid",
     "record_path",
+    "GRID_SIZES",
+    "run_sizes",
     "collect",
     "main",
 ]
@@ -494,7 +496,7 @@ def run_grid(runs, sizes: dict, *, mode: str, folder=None, device=None, progress
     """Run ``runs`` (from :func:`grid`, maybe a :func:`shard`) with the bench ``sizes`` and return the
     results keyed ``"<data set>/<method>/seed <s>"``. With a results ``folder`` each finished run is
     written at once, atomically, as its own record (:func:`record_path`); a run whose record is
-    there with the same mode and sizes is read, not run again (so a killed grid resumes where it
+    there with the same mode and sizes (:func:`run_sizes`) is read, not run again (so a killed grid resumes where it
     stopped; the run that was cut off starts again and, being seeded, gives the same numbers).
     A record there with other sizes stops the grid before anything runs, unless ``restart``.
     A progress bar counts the runs (in full mode each training shows its own as well)."""
@@ -516,9 +518,20 @@ def run_grid(runs, sizes: dict, *, mode: str, folder=None, device=None, progress
     return {_key(run): out[_key(run)] for run in runs}
 
 
+#: The sizes that choose the grid (which runs), not what a run does; records are compared without them.
+GRID_SIZES = ("methods", "datasets", "seeds")
+
+
+def run_sizes(sizes: dict) -> dict:
+    """The sizes that determine a run's numbers: ``sizes`` without :data:`GRID_SIZES`, as JSON gives
+    them back. Two records of one run with the same ``run_sizes`` hold the same numbers, whether
+    their grids were chosen with ``--seeds 0`` or ``--set 'seeds=[0]'``."""
+    return {k: v for k, v in json.loads(json.dumps(sizes or {})).items() if k not in GRID_SIZES}
+
+
 def _plan(runs, sizes, *, mode, folder, restart):
-    """``(finished results, [(run, path)] to do)``; ``ValueError`` for a record made with other sizes,
-    ``OSError`` for a folder that cannot be written, before anything runs."""
+    """``(finished results, [(run, path)] to do)``; ``ValueError`` for a record made with other sizes
+    (:func:`run_sizes`), ``OSError`` for a folder that cannot be written, before anything runs."""
     out, todo = {}, []
     if folder is not None:
         _validate.writable(Path(folder) / ".bench", "results folder")
@@ -526,7 +539,7 @@ def _plan(runs, sizes, *, mode, folder, restart):
         path = None if folder is None else record_path(folder, run)
         if path is not None and path.exists() and not restart:
             old = experiment.load_record(path)
-            if old.get("mode") != mode or old.get("sizes") != json.loads(json.dumps(sizes)):
+            if old.get("mode") != mode or run_sizes(old.get("sizes")) != run_sizes(sizes):
                 raise ValueError(
                     f"{path} was made with other sizes (mode {old.get('mode')!r}); give another --results folder "
                     "or --restart to run it again."

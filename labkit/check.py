@@ -47,6 +47,10 @@ __all__ = [
     "expansive_step",
     "jacobian_norm",
     "skew_field",
+    "robust_curve",
+    "audit_flips",
+    "l2_pgd",
+    "shard_runs",
 ]
 
 
@@ -643,3 +647,163 @@ def skew_field(fn) -> None:
     total = torch.as_tensor(got, dtype=torch.float64).sum(1)
     if float(total.abs().max()) > 1e-12:
         raise AssertionError("the entries of G 𝟙 must sum to zero for a skew-symmetric G.")
+
+
+def _as_list(got, what, hint):
+    try:
+        return [float(v) for v in got]
+    except (TypeError, ValueError):
+        raise AssertionError(f"{what}: expected a list of numbers, got {type(got).__name__}. Hint: {hint}") from None
+
+
+def robust_curve(fn) -> None:
+    """Lab 6, exercise 1: ``fn(predict, robust, x, y, radii)`` returns the robust accuracy at each of
+    the increasing ``radii``, where ``robust(x, y, ε)`` (a boolean mask) is called only on the points
+    still robust at the radius below, starting from the correctly classified ones (the protocol's
+    monotone curves, :prf:ref:`def-protocol`)."""
+    g = torch.Generator().manual_seed(40)
+    x = torch.rand(40, 3, generator=g, dtype=torch.float64)
+    y = (x[:, 0] > 0.3).long()
+    predict = lambda t: (t[:, 0] > 0.35).long()  # noqa: E731  (a few points misclassified)
+    score = torch.rand(40, generator=g, dtype=torch.float64)
+    noise = torch.rand(40, 1, generator=g, dtype=torch.float64)
+    index = {tuple(row.tolist()): i for i, row in enumerate(x)}
+    radii = [0.1, 0.3, 0.5, 0.7]
+
+    def attack_log(log):
+        def robust(xs, ys, eps):  # not monotone on its own: a point may "recover" at a larger radius
+            log.append(len(xs))
+            i = torch.tensor([index[tuple(row.tolist())] for row in xs], dtype=torch.long)
+            return (score[i] > eps) != (noise[i, 0] > 0.85)
+
+        return robust
+
+    expected, seen = [], []
+    ok = predict(x) == y
+    robust = attack_log(seen)
+    for e in radii:
+        idx = torch.nonzero(ok).flatten()
+        if idx.numel():
+            ok[idx] = robust(x[idx], y[idx], e)
+        expected.append(float(ok.double().mean()))
+    calls = []
+    hint = ("start from the correctly classified points, attack at each radius only the points still robust at the "
+            "one below, and divide by the number of all points.")  # fmt: skip
+    got = _as_list(_call(fn, predict, attack_log(calls), x.clone(), y.clone(), radii), "the curve", hint)
+    _close(got, expected, "robust accuracy at the radii", hint, rtol=1e-6, atol=1e-6)  # float32 means are fine
+    if calls != seen:
+        raise AssertionError(f"the attack was called on {calls} points at the successive radii, expected {seen}. "
+                             f"Hint: {hint}")  # fmt: skip
+
+
+def _linear_case():
+    g = torch.Generator().manual_seed(41)
+    W = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    b = torch.randn(4, generator=g, dtype=torch.float64)
+    x = torch.randn(60, 6, generator=g, dtype=torch.float64)
+    return W, b, x
+
+
+def _to_boundary(W, b, x, y):
+    """The exact ℓ2 distance of each row of ``x`` from the decision boundary of ``argmax(Wx + b)`` around
+    class ``y``, and the unit direction that reaches it."""
+    z = x @ W.T + b
+    gaps = z.gather(1, y[:, None]) - z  # (N, K), zero at y
+    rows = W[y][:, None, :] - W[None, :, :]  # (N, K, n): w_y − w_j
+    norms = rows.norm(dim=2).clamp_min(1e-300)
+    dist = (gaps / norms).masked_fill(torch.nn.functional.one_hot(y, W.shape[0]).bool(), math.inf)
+    d, j = dist.min(1)
+    direction = -rows[torch.arange(len(y)), j] / norms[torch.arange(len(y)), j][:, None]
+    return d, direction
+
+
+def audit_flips(fn) -> None:
+    """Lab 6, exercise 2: ``fn(predict, attack, x, y, radii)`` returns the indices (ascending, a
+    ``LongTensor``) of the certified points (``radii > 0``) whose prediction ``attack(x, y, eps)``
+    changes from ``y`` with per-point ``eps = 0.99 · radii`` (the soundness audit,
+    :prf:ref:`prop-audit`)."""
+    W, b, x = _linear_case()
+    predict = lambda t: (t @ W.T + b).argmax(1)  # noqa: E731
+    y = predict(x)
+    y[:8] = (y[:8] + 1) % W.shape[0]  # eight misclassified points: radius 0, never certified
+
+    def attack(xs, ys, eps):  # the exact attack of a linear classifier: towards the nearest boundary, by eps
+        eps = torch.as_tensor(eps, dtype=xs.dtype).reshape(-1)
+        if eps.shape != (len(xs),):
+            raise AssertionError(f"the attack takes one radius per point ({len(xs)}), got shape {tuple(eps.shape)}.")
+        return xs + eps[:, None] * _to_boundary(W, b, xs, ys)[1]  # flips exactly the points with eps > distance
+
+    d, _ = _to_boundary(W, b, x, y)
+    hint = ("attack only the points with a positive radius, each at 0.99 of its own radius, and return the indices "
+            "(torch.nonzero(...).flatten()) of those whose prediction is no longer y.")  # fmt: skip
+    sound = torch.where(torch.arange(len(y)) < 8, 0.0, d * 0.7)
+    for name, radii in (("sound radii", sound), ("radii a hair above the true distances", d * 1.005),
+                        ("doubled radii", 2 * sound)):  # fmt: skip
+        radii = torch.where(torch.arange(len(y)) < 8, torch.zeros_like(radii), radii)
+        cert = torch.nonzero(radii > 0).flatten()
+        flipped = predict(attack(x[cert], y[cert], 0.99 * radii[cert])) != y[cert]
+        expected = cert[flipped]
+        got = _call(fn, predict, attack, x.clone(), y.clone(), radii.clone())
+        if not isinstance(got, torch.Tensor) or got.dtype not in (torch.long, torch.int64, torch.int32):
+            raise AssertionError(f"{name}: expected a tensor of indices, got {type(got).__name__}. Hint: {hint}")
+        got = got.flatten().sort().values
+        if not torch.equal(got.long(), expected):
+            first = f"first ones {got[:5].tolist()} against {expected[:5].tolist()}"
+            raise AssertionError(f"{name}: expected {len(expected)} flipped certified points, got {len(got)} "
+                                 f"({first}). Hint: {hint}")  # fmt: skip
+
+
+def l2_pgd(fn) -> None:
+    """Lab 6, exercise 3: ``fn(model, x, y, eps, steps, step)`` returns the last iterate of ℓ2 PGD on
+    the cross-entropy from the clean point: ``steps`` times a step of length ``step`` along each
+    example's normalised gradient, then the projection of the perturbation onto the ℓ2 ball of
+    radius ``eps`` and the clamp to ``[0, 1]`` (the structure-preserving paper's evaluation attack
+    with ``step = 0.025 ε``, §6.5)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).double()
+    g = torch.Generator().manual_seed(42)
+    x = torch.rand(10, 8, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (10,), generator=g)
+
+    def reference(eps, steps, step):
+        adv = x.clone()
+        for _ in range(steps):
+            adv.requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(model(adv), y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, adv)
+            with torch.no_grad():
+                adv = adv + step * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                delta = adv - x
+                delta = delta * (eps / delta.norm(dim=1, keepdim=True).clamp_min(eps)).clamp(max=1.0)
+                adv = (x + delta).clamp(0.0, 1.0)
+        return adv.detach()
+
+    hint = ("per example: step along grad / ‖grad‖ (the ℓ2 norm of each row), then scale the perturbation back "
+            "to norm eps if it is longer, then clamp to [0, 1]; start from x itself, no random start.")  # fmt: skip
+    for eps, steps, step in ((0.5, 10, 0.025 * 0.5), (0.5, 10, 0.125), (2.0, 6, 1.0)):
+        got = _call(fn, model, x.clone(), y.clone(), eps, steps, step)
+        if isinstance(got, torch.Tensor):
+            got = got.detach()
+        _close(got, reference(eps, steps, step), f"the iterate at eps = {eps}, {steps} steps of {step:g}", hint,
+               rtol=1e-7, atol=1e-9)  # fmt: skip
+
+
+def shard_runs(fn) -> None:
+    """Lab 6, exercise 4: ``fn(runs, i, n)`` returns part ``i`` (``1 ≤ i ≤ n``) of ``n`` of the list
+    ``runs`` such that the ``n`` parts together hold every run exactly once and their sizes differ by
+    at most one (what ``python -m labkit.bench --shard i/n`` needs, §6.8)."""
+    hint = ("every run in exactly one part, parts of sizes ⌊R/n⌋ or ⌈R/n⌉, and i counts from 1; runs[i - 1::n] is "
+            "one answer.")  # fmt: skip
+    for total in (0, 1, 7, 12, 23):
+        runs = [("mnist", f"m{k}", k % 3) for k in range(total)]
+        for n in (1, 2, 3, 5, 8):
+            parts = [_call(fn, list(runs), i, n) for i in range(1, n + 1)]
+            if not all(isinstance(part, list) for part in parts):
+                raise AssertionError(f"expected lists of runs. Hint: {hint}")
+            flat = [run for part in parts for run in part]
+            if sorted(flat) != sorted(runs):
+                raise AssertionError(f"{total} runs in {n} parts: the parts hold {len(flat)} runs ({len(set(flat))} "
+                                     f"distinct), not each of the {total} once. Hint: {hint}")  # fmt: skip
+            sizes = [len(part) for part in parts]
+            if sizes and max(sizes) - min(sizes) > 1:
+                raise AssertionError(f"{total} runs in {n} parts: sizes {sizes} differ by more than one. Hint: {hint}")

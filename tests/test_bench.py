@@ -253,6 +253,27 @@ def test_bad_input_gets_a_clear_error_and_writes_nothing(tmp_path, capsys):
     assert blocker.read_text() == "not a folder"
 
 
+def test_records_that_differ_only_in_the_grid_are_reused_and_the_banner_groups_by_sizes(smoke, tmp_path):
+    source, results = smoke
+    folder = tmp_path / "results"
+    folder.mkdir()
+    path = bench.record_path(folder, ("mnist", "plain", 0))
+    path.write_bytes(bench.record_path(source, ("mnist", "plain", 0)).read_bytes())
+    before = path.read_bytes()
+    # the same run chosen through another grid (seeds given as a size): read, not run again
+    assert bench.main(["--mode", "smoke", "--methods", "plain", "--datasets", "mnist", "--seeds", "0",
+                       "--set", "seeds=[0, 7]", "--results", str(folder)]) == 0  # fmt: skip
+    assert path.read_bytes() == before and sorted(folder.iterdir()) == [path]
+    assert bench.run_sizes({"seeds": [1], "epochs": 2}) == {"epochs": 2}
+    # records with other sizes are shown on lines of their own, each with what changed
+    mixed = {k: json.loads(json.dumps(r)) for k, r in results.items()}
+    key = next(k for k in mixed if k.startswith("cifar10/"))
+    mixed[key]["record"]["sizes"]["epochs"] = 9
+    banner = str(ch06.full_banner(mixed))
+    assert banner.count("Sizes changed") == 2 and "epochs = 9" in banner and "cifar10: 1 run," in banner
+    assert f"{len(mixed) - 1} runs" in banner
+
+
 def test_records_made_with_other_sizes_are_not_mixed_in(tmp_path, capsys):
     folder = tmp_path / "results"
     folder.mkdir()

@@ -94,6 +94,7 @@ def test_book_and_student_edition_build_in_smoke_mode(tmp_path):
         "book/ch06_bench.html",
         "labs/lab00_foundations.html",
         "labs/lab05_structured.html",
+        "labs/lab06_bench.html",
     ):
         assert page in pages, f"{page} was not built"
     for name, text in pages.items():  # every glued number and every table came out of a run

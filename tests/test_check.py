@@ -331,6 +331,83 @@ WRONG.update(
 )
 
 
+def _curve(predict, robust, x, y, radii, *, start_all=False, chain=True, per_robust=False):
+    ok = torch.ones(len(y), dtype=torch.bool) if start_all else predict(x) == y
+    clean, out = ok.clone(), []
+    for e in radii:
+        base = ok if chain else clean.clone()
+        idx = torch.nonzero(base).flatten()
+        if idx.numel():
+            base[idx] = robust(x[idx], y[idx], e)
+        out.append(float(base[idx].double().mean()) if per_robust and idx.numel() else float(base.double().mean()))
+    return out
+
+
+def _audit(predict, attack, x, y, radii, *, fraction=0.99, every=False):
+    idx = torch.arange(len(y)) if every else torch.nonzero(radii > 0).flatten()
+    flipped = predict(attack(x[idx], y[idx], fraction * radii[idx])) != y[idx]
+    return idx[flipped]
+
+
+def _pgd(model, x, y, eps, steps, step, *, project=True, sign=False, batch_norm=False, clamp=True):
+    adv = x.clone()
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(adv), y, reduction="sum"), adv)
+        with torch.no_grad():
+            if sign:
+                direction = grad.sign()
+            elif batch_norm:
+                direction = grad / grad.norm()
+            else:
+                direction = grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            adv = adv + step * direction
+            delta = adv - x
+            if project:
+                delta = delta * (eps / delta.norm(dim=1, keepdim=True).clamp_min(eps)).clamp(max=1.0)
+            adv = (x + delta).clamp(0.0, 1.0) if clamp else x + delta
+    return adv.detach()
+
+
+def _chunks(runs, i, n):
+    size = len(runs) // n  # the remainder is lost
+    return list(runs[(i - 1) * size : i * size])
+
+
+RIGHT.update(
+    {
+        "robust_curve": _curve,
+        "audit_flips": _audit,
+        "l2_pgd": _pgd,
+        "shard_runs": lambda runs, i, n: runs[i - 1 :: n],
+    }
+)
+WRONG.update(
+    {
+        "robust_curve": [
+            lambda *a: _curve(*a, chain=False),  # each radius on its own: not monotone
+            lambda *a: _curve(*a, start_all=True),  # misclassified points counted as robust
+            lambda *a: _curve(*a, per_robust=True),  # divided by the points attacked, not by all
+        ],
+        "audit_flips": [
+            lambda *a: _audit(*a, fraction=1.0),  # at the radius itself, where the bound may be tight
+            lambda *a: _audit(*a, every=True),  # misclassified points are not certified
+            lambda *a: int(len(_audit(*a))),  # a count, not the indices
+        ],
+        "l2_pgd": [
+            lambda *a: _pgd(*a, project=False),
+            lambda *a: _pgd(*a, sign=True),  # an ℓ∞ step
+            lambda *a: _pgd(*a, batch_norm=True),  # one norm for the whole batch
+        ],
+        "shard_runs": [
+            lambda runs, i, n: runs[i::n],  # i counted from 0
+            _chunks,
+            lambda runs, i, n: runs[(i - 1) * -(-len(runs) // n) : i * -(-len(runs) // n)],  # 12 in 5: 3, 3, 3, 3, 0
+        ],
+    }
+)
+
+
 @pytest.mark.parametrize("name", sorted(RIGHT))
 def test_check_accepts_the_right_answer(name):
     getattr(check, name)(RIGHT[name])

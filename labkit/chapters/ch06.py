@@ -4,6 +4,7 @@ and the chapter's tables and figures (§6.3–§6.5)."""
 
 from __future__ import annotations
 
+import json
 import statistics
 
 from .. import bench, report, runtime
@@ -122,22 +123,37 @@ def run(*, device=None, progress=None, **sizes) -> dict:
 
 
 def full_banner(results: dict) -> report.Table:
-    """Where and how the full-mode records (:func:`labkit.bench.collect` of :data:`FULL`) were made:
-    device, dates, the number of runs and their total time, torch, commit, and every size that differs
-    from the full-mode :data:`SIZES` (a shortened schedule says so here)."""
-    recs = [r["record"] for r in results.values()]
-    if not recs:
+    """Where and how the full-mode records (:func:`labkit.bench.collect` of :data:`FULL`) were made, one
+    line per group of records that ran with the same sizes on the same device: data sets, number of
+    runs, seeds, device, dates, total time, torch, commit, and every size that differs from the
+    full-mode :data:`SIZES` (a shortened schedule says so here)."""
+    if not results:
         return report.banner(None, command="python -m labkit.bench --mode full")
-    first = recs[0]
-    dates = sorted({str(r.get("created"))[:10] for r in recs})
-    hours = sum(float(r.get("seconds") or 0) for r in recs) / 3600
-    dirty = " (with local changes)" if first.get("dirty") else ""
-    line = (
-        f"Full-mode records: {len(recs)} runs on {first.get('device')} ({first.get('device_name')}), "
-        f"{' to '.join([dates[0], dates[-1]] if len(dates) > 1 else dates)}, {hours:.1f} h in all, torch "
-        f"{first.get('torch')}, commit {str(first.get('commit'))[:10]}{dirty}."
-    )
-    return report.Table(f"{line} {report.changed_sizes(first.get('sizes'), sizes('full'))}")
+    groups = {}
+    for key, r in results.items():
+        rec = r["record"]
+        sig = json.dumps([rec.get("device"), rec.get("device_name"), bench.run_sizes(rec.get("sizes"))], sort_keys=True)
+        groups.setdefault(sig, []).append((key, rec))
+    reference = bench.run_sizes(sizes("full"))
+    lines = []
+    for members in groups.values():
+        recs = [rec for _, rec in members]
+        first = recs[0]
+        names = sorted({key.split("/")[0] for key, _ in members}, key=bench.DATASETS.index)
+        seeds = sorted({int(key.rsplit(" ", 1)[1]) for key, _ in members})
+        dates = sorted({str(rec.get("created"))[:10] for rec in recs})
+        when = " to ".join([dates[0], dates[-1]] if len(dates) > 1 else dates)
+        hours = sum(float(rec.get("seconds") or 0) for rec in recs) / 3600
+        dirty = " (with local changes)" if any(rec.get("dirty") for rec in recs) else ""
+        commits = ", ".join(sorted({str(rec.get("commit"))[:10] for rec in recs}))
+        changed = report.changed_sizes(bench.run_sizes(first.get("sizes")), reference)
+        lines.append(
+            f"{', '.join(names)}: {len(recs)} run{'s' if len(recs) > 1 else ''}, seed{'s' if len(seeds) > 1 else ''} "
+            f"{', '.join(map(str, seeds))} (the full table has {', '.join(map(str, sizes('full')['seeds']))}), on "
+            f"{first.get('device')} ({first.get('device_name')}), {when}, "
+            f"{hours:.1f} h in all, torch {first.get('torch')}, commit {commits}{dirty}. {changed}"
+        )  # fmt: skip
+    return report.Table("Full-mode records. " + " ".join(lines))
 
 
 def verify(results: dict, *, min_checked: int = 1) -> None:
