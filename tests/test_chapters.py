@@ -214,8 +214,9 @@ def test_ch04_bench_values_and_table():
     }
     v = ch04.bench_values(bench, epochs=200)
     assert v == pytest.approx(
-        {"parameters": 41.0, "images_per_second": 25.0, "epoch_minutes": 2000 / 60, "run_hours": 2000 * 200 / 3600}
-    )
+        {"parameters": 41.0, "images_per_second": 25.0, "epoch_seconds": 2000.0, "epoch_minutes": 2000 / 60,
+         "run_hours": 2000 * 200 / 3600}
+    )  # fmt: skip
     assert "cpl-s" in ch04.bench_table(bench)
     with pytest.raises(ValueError, match="non-positive"):
         ch04.bench_values({**bench, "results": [{"images_per_second": 0.0}]}, epochs=1)
@@ -256,6 +257,18 @@ def test_ch03_claim_table_and_verify_from_synthetic_results():
         "device_name": "cpu", "threads": 2, "created": "2026-11-30T00:00:00", "commit": "abc",
     }  # fmt: skip
     assert "d = 196, N = 150" in ch03.bench_table(bench)
+    speeds = {
+        "results": [
+            {"what": "NCG epoch", "images_per_second": 100.0},
+            {"what": "Adam epoch", "images_per_second": 300.0},
+        ]
+    }
+    cost = ch03.full_cost(speeds, images=60_000)  # 600 s and 200 s per epoch; 2 NCG + 1 Adam, 10 epochs, 3 seeds
+    assert cost == pytest.approx({"ncg_epoch_minutes": 10.0, "adam_epoch_minutes": 200 / 60, "hours": 1400 * 30 / 3600})
+    with pytest.raises(ValueError, match="non-positive"):
+        ch03.full_cost(
+            {"results": [{"what": "NCG", "images_per_second": 0.0}, {"what": "Adam", "images_per_second": 1.0}]}
+        )
 
 
 def test_ch01_certification_of_the_unit_norm_classifier_is_sound():

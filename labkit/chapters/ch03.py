@@ -31,6 +31,7 @@ __all__ = [
     "propagation",
     "claim",
     "bench_table",
+    "full_cost",
 ]
 
 #: The three trainings of the experiment, by name.
@@ -287,6 +288,20 @@ def claim(results: dict) -> str:
         "lose, so the comparison of robustness is confounded with that of accuracy; the full runs of "
         "§3.7 are the test at the paper's scale."
     )
+
+
+def full_cost(bench: dict, *, images: int = 60_000) -> dict:
+    """What the full-mode record costs at the speeds of a ``scripts/bench_snode.py`` record (§3.7):
+    ``ncg_epoch_minutes`` and ``adam_epoch_minutes`` for an epoch of ``images`` images, and ``hours``
+    for the full-mode :data:`SIZES` (two NCG trainings, L² and Sobolev, and one Adam training per
+    seed, each of ``epochs`` epochs), training only."""
+    rows = {r["what"].split()[0]: r["images_per_second"] for r in bench["results"]}
+    if min(rows["NCG"], rows["Adam"]) <= 0:
+        raise ValueError(f"the benchmark record has a non-positive speed ({rows}).")
+    ncg, adam = images / rows["NCG"], images / rows["Adam"]
+    full = sizes("full")
+    return {"ncg_epoch_minutes": ncg / 60, "adam_epoch_minutes": adam / 60,
+            "hours": (2 * ncg + adam) * full["epochs"] * len(full["seeds"]) / 3600}  # fmt: skip
 
 
 def bench_table(bench: dict) -> report.Table:

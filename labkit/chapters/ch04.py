@@ -237,13 +237,14 @@ def bench_table(bench: dict) -> report.Table:
 
 def bench_values(bench: dict, *, epochs: int, images: int = 50_000) -> dict:
     """From the benchmark record: the preset's parameters (millions), training images per second,
-    minutes per epoch of ``images`` and hours for ``epochs`` epochs at that speed (§4.5)."""
+    seconds and minutes per epoch of ``images`` and hours for ``epochs`` epochs at that speed (§4.5)."""
     ips = bench["results"][0]["images_per_second"]
     if ips <= 0:
         raise ValueError(f"the benchmark record has a non-positive speed ({ips}).")
     return {
         "parameters": bench["sizes"]["parameters"] / 1e6,
         "images_per_second": ips,
+        "epoch_seconds": images / ips,
         "epoch_minutes": images / ips / 60,
         "run_hours": images / ips * epochs / 3600,
     }
