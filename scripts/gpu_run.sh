@@ -111,7 +111,7 @@ else
         step bench_snode 60 $PY scripts/bench_snode.py --device "$DEVICE" --json "$OUT/bench_snode_$DEVICE.json"
     fi
     if [ "$PHASE" = probe ]; then  # what is new since the last GPU run
-        step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_structured.py tests/test_experiment.py
+        step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_structured.py tests/test_experiment.py tests/test_convex.py
     fi
     if [ "$PHASE" = all ] || [ "$PHASE" = probe ]; then
         step bench_structured 60 $PY scripts/bench_structured.py --device "$DEVICE" \
@@ -121,7 +121,8 @@ else
     [ "$PHASE" = all ] && step full_ch02 270 $PY -m labkit.experiment ch02 --out "$OUT/ch02_full.json"
     # Chapter 5 on the full CIFAR-10: the paper's network, a shortened schedule (stated in the record).
     # The paper's regimes first, the certified network last: at paper size its exact orthogonal and
-    # sound-norm projections cost 2.7 s per step on the H200 (book/data/gpu/bench_structured_cuda.json),
+    # sound-norm projections cost 2.7 s per step on the H200 with batched SVDs (bench_structured_cuda.json;
+    # Gram iteration on the device replaces them since, not yet timed there),
     # so a limit that stops the run keeps the others (the third session's run put it first and got none)
     [ "$PHASE" = cifar ] && step full_ch05 "${CH05_LIMIT:-420}" $PY -m labkit.experiment ch05 \
         --out "$OUT/ch05_full.json" --set epochs="${CH05_EPOCHS:-6}" --set decay_every="${CH05_DECAY:-4}" \

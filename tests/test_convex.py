@@ -88,6 +88,76 @@ def test_conv_power_iteration_matches_the_svd_of_the_unrolled_convolution():
     assert layer.norm_bound() <= 1.2 * exact
 
 
+def _matrices(kind):
+    g = torch.Generator().manual_seed(4)
+    if kind == "complex":
+        return torch.randn(6, 9, 9, dtype=torch.complex128, generator=g)
+    if kind == "tall":
+        return torch.randn(5, 12, 4, dtype=torch.float64, generator=g)
+    if kind == "wide":
+        return torch.randn(5, 4, 12, dtype=torch.float32, generator=g)
+    if kind == "rank one":
+        u = torch.randn(3, 7, 1, dtype=torch.float64, generator=g)
+        return u @ torch.randn(3, 1, 5, dtype=torch.float64, generator=g)
+    A = torch.randn(4, 6, 6, dtype=torch.float64, generator=g)  # "with a zero matrix"
+    A[2] = 0
+    return A
+
+
+@pytest.mark.parametrize("kind", ["complex", "tall", "wide", "rank one", "with a zero matrix"])
+def test_gram_iteration_bounds_the_spectral_norm_from_above_within_its_tolerance(kind):
+    A = _matrices(kind)
+    exact = torch.linalg.matrix_norm(A.double() if not A.is_complex() else A, ord=2)
+    gram = cv.spectral_norm_bound(A, method="gram")
+    assert gram.dtype == torch.float64 and gram.shape == A.shape[:-2]
+    assert bool((gram >= exact * (1 - 1e-12)).all())
+    assert bool((gram <= exact * (1 + cv.GRAM_TOLERANCE)).all())
+    assert torch.equal(cv.spectral_norm_bound(A), exact)  # "auto" on the CPU: the exact SVD
+    if kind == "with a zero matrix":
+        assert float(gram[2]) == 0.0
+
+
+@pytest.mark.parametrize("n", [2, 17, 128])
+def test_gram_iteration_overestimates_equal_singular_values_by_exactly_its_worst_case_factor(n):
+    # all singular values equal (3 · an orthogonal matrix): ‖G_t‖_F^(1/2^t) = 3 · n^(1/2^(t+1))
+    Q = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n)))[0]
+    t = cv._gram_iterations(n, cv.GRAM_TOLERANCE)
+    factor = n ** (1 / 2 ** (t + 1))
+    assert 1 < factor <= 1 + cv.GRAM_TOLERANCE
+    assert float(cv.spectral_norm_bound(3 * Q, method="gram")) == pytest.approx(3 * factor, rel=1e-12)
+    loose = cv.spectral_norm_bound(3 * Q, method="gram", tolerance=0.1)  # fewer iterations, looser
+    assert 3 * factor < float(loose) <= 3 * 1.1
+
+
+def test_spectral_norm_bound_refuses_bad_input():
+    with pytest.raises(ValueError, match="method"):
+        cv.spectral_norm_bound(torch.eye(3), method="power")
+    with pytest.raises(ValueError, match="batch of matrices"):
+        cv.spectral_norm_bound(torch.ones(3))
+    with pytest.raises(ValueError, match="tolerance"):
+        cv.spectral_norm_bound(torch.eye(3), tolerance=0)
+
+
+@pytest.mark.parametrize("method", ["svd", "gram"])
+def test_conv_norm_bound_is_the_circular_convolution_norm_and_bounds_the_zero_padded_one(method):
+    conv = nn.Conv2d(3, 4, 3, padding=1, bias=False).double()
+    circular = nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular", bias=False).double()
+    circular.weight = conv.weight
+    zero_padded = float(torch.linalg.matrix_norm(cv.conv_matrix(conv, (3, 6, 6)), 2))
+    torus = float(torch.linalg.matrix_norm(cv.conv_matrix(circular, (3, 8, 8)), 2))  # (6 + 2p)²
+    bound = cv.conv_norm_upper_bound(conv.weight, (6, 6), 1, method=method)
+    assert torus <= bound * (1 + 1e-12) and bound <= torus * (1 + cv.GRAM_TOLERANCE)
+    assert zero_padded <= bound * (1 + 1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_conv_norm_bound_on_cuda_stays_on_the_device_and_bounds_the_cpu_value():
+    K = torch.randn(64, 64, 3, 3, generator=torch.Generator().manual_seed(5)) / 24
+    exact = cv.conv_norm_upper_bound(K, (16, 16), 1)
+    on_gpu = cv.conv_norm_upper_bound(K.cuda(), (16, 16), 1)  # Gram iteration
+    assert exact * (1 - 1e-12) <= on_gpu <= exact * (1 + cv.GRAM_TOLERANCE)
+
+
 @pytest.mark.parametrize("stride,size", [(1, 7), (2, 8), (2, 9)])
 def test_transposed_convolution_is_the_exact_adjoint(stride, size):
     layer = cv.ConvexPotentialConv2d(3, 5, stride=stride).double()

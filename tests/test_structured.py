@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from labkit import attacks, lipschitz
 from labkit import structured as st
-from labkit.convex import conv_matrix
+from labkit.convex import GRAM_TOLERANCE, conv_matrix
 
 GRID = [(a, S, h) for a in (0.1, 0.25, 0.5, 0.9, 1.0) for S in (1, 2, 3, 5) for h in (0.05, 0.3, 0.7, 1.0)]
 
@@ -223,7 +223,7 @@ def test_projections_keep_the_constraints_after_every_step(name, monkeypatch):
             if isinstance(m, st.Head) and m.mode == "spectral":
                 assert m.lipschitz_bound() <= 1 + 1e-5
             if isinstance(m, st.Head) and m.mode == "frobenius":
-                assert float(m.weight.norm()) <= 1 + 1e-5
+                assert float(m.weight.detach().norm()) <= 1 + 1e-5
         seen.append(1)
 
     monkeypatch.setattr(st.StructuredNet, "project", checked)
@@ -291,7 +291,10 @@ def test_presets_train_bound_and_evaluate_on_cuda(monkeypatch):
         model.project()
         cpu, _ = st.preset(name, widths=(4, 6), layers=2, in_shape=(3, 8, 8), std=st.CIFAR_STD)
         cpu.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
-        assert model.lipschitz_bound() == pytest.approx(cpu.lipschitz_bound(), rel=1e-5)
+        # on the GPU the convolutions' bounds come from Gram iteration: above the exact ones, by at
+        # most a factor 1 + GRAM_TOLERANCE per convolution
+        exact, convs = cpu.lipschitz_bound(), sum(isinstance(m, st.ConvOp) for m in model.modules())
+        assert exact * (1 - 1e-5) <= model.lipschitz_bound() <= exact * (1 + GRAM_TOLERANCE) ** convs * (1 + 1e-5)
     sizes = {**ch05.sizes("smoke"), "presets": ["certified"]}
     results = ch05.run(**sizes, device="cuda", progress=False)
     ch05.verify(results)
