@@ -253,17 +253,21 @@ def spectral_norm_bound(mats: torch.Tensor, *, method: str = "auto", tolerance: 
     by at most the factor ``min(m, n)^{1/2^{t+1}}``, and ``t`` is chosen to make that
     ``1 + tolerance``. Each ``G_k`` is rescaled to unit Frobenius norm and the scale is kept as a
     logarithm, so nothing overflows. It needs only matrix products, which is what a GPU does
-    fast; batched small SVDs are slow there. ``"auto"``: the SVD on the CPU, Gram iteration on
-    other devices. Both are exact up to float64 rounding (a relative error of order 10⁻¹⁴)."""
+    fast; batched small SVDs are slow there. ``"auto"``: Gram iteration on a CUDA device, else the
+    SVD on the CPU. Both are exact up to float64 rounding (a relative error of order 10⁻¹⁴)."""
     if method not in ("auto", "svd", "gram"):
         raise ValueError(f"method must be 'auto', 'svd' or 'gram', got {method!r}.")
     if mats.ndim < 2:
         raise ValueError(f"expected a batch of matrices (..., m, n), got shape {tuple(mats.shape)}.")
     tolerance = _validate.positive(tolerance, "tolerance")
     A = mats.detach()
+    if method == "auto" and A.device.type != "cuda":  # an SVD, on the CPU (float64 everywhere)
+        method, device, A = "svd", A.device, A.cpu()
+    else:
+        device = A.device
     A = A.to(torch.complex128) if A.is_complex() else A.double()
-    if method == "svd" or (method == "auto" and A.device.type == "cpu"):
-        return torch.linalg.matrix_norm(A, ord=2)
+    if method == "svd":
+        return torch.linalg.matrix_norm(A, ord=2).to(device)
     if A.shape[-2] < A.shape[-1]:  # the same singular values, the smaller Gram matrices
         A = A.mH
     iters = _gram_iterations(min(A.shape[-2:]), tolerance)

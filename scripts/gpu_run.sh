@@ -2,7 +2,8 @@
 # Runs on the GPU machine, each phase in one call (../shared/notes/gpu.md):
 #   all    the CUDA cases of the tests, the GPU benchmarks (Chapter 4's CPL-S training step,
 #          Chapter 3's NCG epoch and adjoint, Chapter 5's networks) and Chapter 2 in full mode;
-#   probe  the CUDA cases of the tests and the benchmarks only (while CIFAR-10 parts travel);
+#   probe  the CUDA cases of the tests and the benchmarks only (while CIFAR-10 parts travel), with
+#          the variants of Chapter 4's CPL-S training step (scripts/bench_convex.py --variants);
 #   parts  nothing but a check of which CIFAR-10 parts have arrived (a call that carries one);
 #   cifar  Chapter 5's experiment on the full CIFAR-10 with a shortened schedule (the sizes set
 #          below are kept in the record);
@@ -82,7 +83,7 @@ if [ "$SMOKE" = 1 ]; then
     if [ "$PHASE" = all ] || [ "$PHASE" = probe ]; then
         step tests 300 $PY -m pytest -q -p no:cacheprovider tests/test_core.py tests/test_lognorm.py -k "device or cuda"
         step bench_convex 300 $PY scripts/bench_convex.py --device "$DEVICE" --preset mnist --batch 8 --steps 1 \
-            --json "$OUT/bench_convex_$DEVICE.json"
+            --json "$OUT/bench_convex_$DEVICE.json" --variants cudnn-benchmark tf32 channels-last bf16 fused-adam combined
         step bench_snode 300 $PY scripts/bench_snode.py --device "$DEVICE" --dim 16 --steps 5 --batch 20 --images 40 \
             --json "$OUT/bench_snode_$DEVICE.json"
         step bench_structured 300 $PY scripts/bench_structured.py --device "$DEVICE" --sizes book --batch 8 --steps 1 \
@@ -112,6 +113,9 @@ else
     fi
     if [ "$PHASE" = probe ]; then  # what is new since the last GPU run
         step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_structured.py tests/test_experiment.py tests/test_convex.py
+        # Chapter 4's epoch goal (at most 7 s): the plain CPL-S step and its variants, one row each
+        step bench_convex 180 $PY scripts/bench_convex.py --device "$DEVICE" --json "$OUT/bench_convex_$DEVICE.json" \
+            --variants cudnn-benchmark tf32 channels-last bf16 fused-adam combined
     fi
     if [ "$PHASE" = all ] || [ "$PHASE" = probe ]; then
         step bench_structured 60 $PY scripts/bench_structured.py --device "$DEVICE" \
