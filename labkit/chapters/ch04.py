@@ -13,6 +13,7 @@ from . import DATA, given, per_mode, pick
 __all__ = [
     "SIZES",
     "RECORD",
+    "CIFAR_RECORD",
     "DATA",
     "sizes",
     "run",
@@ -52,6 +53,9 @@ SIZES = per_mode({
 }, cifar=True)
 # fmt: on
 RECORD = "ch04_full.json"
+#: The record of CPL-S on the full CIFAR-10 alone (``--set 'datasets=[]'``, as scripts/gpu_run.sh
+#: cpls writes it), shown beside the dense record.
+CIFAR_RECORD = "ch04_cifar.json"
 
 
 def sizes(mode: str | None = None) -> dict:
