@@ -133,8 +133,13 @@ def main(argv=None) -> int:
             mode="benchmark",
             seconds=sum(r["seconds"] for r in rows) * args.steps,
             env=env,
-            sizes={"preset": args.preset, "batch": args.batch, "steps": args.steps, "parameters": n_params,
-                   "variants": args.variants},  # fmt: skip
+            sizes={
+                "preset": args.preset,
+                "batch": args.batch,
+                "steps": args.steps,
+                "parameters": n_params,
+                "variants": args.variants,
+            },  # fmt: skip
         )
         print(f"wrote {args.json}")
     return 0
