@@ -841,7 +841,7 @@ def fit(model: StructuredNet, data: Dataset, epochs: int, *, margin: float = 0.1
     def loss_fn(logits, y):
         loss = hinge_loss(logits, y, margin) + (gamma * model.penalty() if gamma else 0.0)
         if not bool(torch.isfinite(loss)):
-            raise NonFiniteLoss(f"the loss is {float(loss)} at learning rate {lr:g}")
+            raise NonFiniteLoss(f"the loss is {float(loss.detach())} at learning rate {lr:g}")
         return loss
 
     log = []

@@ -228,9 +228,9 @@ def test_backprop_analogue_trains_the_same_network():
     labels = torch.randint(0, 3, (40,), generator=torch.Generator().manual_seed(2))
     m = snode.SNODE(9, T=1.0, steps=4, classes=3)
     x0 = m.encode(images)
-    before = float(m.loss(m.flow(x0), labels))
+    before = float(m.loss(m.flow(x0), labels).detach())
     snode.fit_backprop(m, TensorDataset(images, labels), epochs=3, lr=1e-2, batch_size=20, progress=False)
-    assert float(m.loss(m.flow(x0), labels)) < before
+    assert float(m.loss(m.flow(x0), labels).detach()) < before
 
 
 def test_adaptive_gradient_approaches_the_continuous_model_not_the_euler_one():

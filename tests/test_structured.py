@@ -210,12 +210,12 @@ def test_projections_keep_the_constraints_after_every_step(name, monkeypatch):
         for m in self.modules():
             if isinstance(m, st.SwitchingBlock):
                 if m.rule == "prescribed":
-                    assert 0.3 <= m.h_c <= 1.0 and 0 <= float(m.r) <= 1
+                    assert 0.3 <= m.h_c <= 1.0 and 0 <= float(m.r.detach()) <= 1
                     assert m.h_e == pytest.approx(st.expansive_step_bound(m.h_c, m.a, m.substeps), rel=1e-6)
                     if m.normalized:
                         assert m.op_e.norm_bound() <= 1 + 1e-5
                 else:
-                    assert 0.11 <= float(m.u_c) <= 1.89 and -1.9 <= float(m.u_e) <= 0.05
+                    assert 0.11 <= float(m.u_c.detach()) <= 1.89 and -1.9 <= float(m.u_e.detach()) <= 0.05
             if isinstance(m, st.NonExpansiveStep):
                 assert 0 <= float(m.u.detach()) <= 1.9
             if isinstance(m, st.Lift) and m.mode == "hard":

@@ -183,7 +183,7 @@ def sir(s, *, seed=0) -> dict:
             for _ in range(s.sir_iterations):
                 x = net(x)
                 drift.append(float((x.sum(1) - total).abs().max()))
-        out[label] = {"mse": mse, "drift": drift, "train_loss": float(loss)}
+        out[label] = {"mse": mse, "drift": drift, "train_loss": float(loss.detach())}
     return out
 
 
