@@ -228,6 +228,24 @@ def test_ch04_bench_values_and_table():
     assert v["best"] == "bf16" and v["best_epoch_seconds"] == pytest.approx(1000.0)
     with pytest.raises(ValueError, match="non-positive"):
         ch04.bench_values({**bench, "results": [{"what": "train", "images_per_second": 0.0}]}, epochs=1)
+    with pytest.raises(ValueError, match=r"non-positive speed \(0.0\)"):  # a variant's, not the first row's
+        ch04.bench_values({**bench, "results": [*rows, {"what": "train step, bf16", "images_per_second": 0.0}]},
+                          epochs=1)  # fmt: skip
+
+
+def test_ch04_cifar_values_read_the_cpls_record():
+    from labkit.chapters import ch04
+
+    run = {"radii": [0.1, 0.2, 0.3], "clean": 0.5, "certified": [0.4, 0.3, 0.2], "empirical": {"pgd": [0.45, 0.4, 0.3]},
+           "lipschitz": {"lower": 0.6, "upper": 1.0}, "n_attack": 1000, "seconds": 1440.0,
+           "sizes": {"n_audit": 50}, "audit": {"points": 50, "flipped": 0}}  # fmt: skip
+    record = {"results": {"cifar10/cpl": run}, "sizes": {"cifar_epochs": 1}, "device": "cpu", "device_name": "x86_64"}
+    v = ch04.cifar_values(record)
+    assert v["epochs"] == "1 epoch" and v["minutes"] == pytest.approx(24.0)
+    assert v["where"] == "the CPU of this book (x86_64)" and (v["audited"], v["flipped"]) == (50, 0)
+    assert v["cifar10/cpl/cert0"] == 0.4 and v["n_attack"] == 1000
+    gpu = ch04.cifar_values({**record, "sizes": {"cifar_epochs": 20}, "device": "cuda", "device_name": "H200"})
+    assert gpu["epochs"] == "20 epochs" and gpu["where"] == "a GPU (H200)"
 
 
 def _ch03_result(sens, pgd, clean=0.9, gap=0.0):

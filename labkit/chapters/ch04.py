@@ -23,6 +23,7 @@ __all__ = [
     "presets_table",
     "bench_table",
     "bench_values",
+    "cifar_values",
 ]
 
 # fmt: off
@@ -246,8 +247,9 @@ def bench_values(bench: dict, *, epochs: int, images: int = 50_000) -> dict:
     variants the record holds (rows named ``train step, <variant>``), with ``best_epoch_seconds`` (§4.5)."""
     ips = bench["results"][0]["images_per_second"]
     train = [bench["results"][0], *(r for r in bench["results"][1:] if r["what"].startswith("train step, "))]
-    if min(r["images_per_second"] for r in train) <= 0:
-        raise ValueError(f"the benchmark record has a non-positive speed ({ips}).")
+    slowest = min(r["images_per_second"] for r in train)
+    if slowest <= 0:
+        raise ValueError(f"the benchmark record has a non-positive speed ({slowest}).")
     fastest = max(train, key=lambda r: r["images_per_second"])
     return {
         "parameters": bench["sizes"]["parameters"] / 1e6,
@@ -257,4 +259,22 @@ def bench_values(bench: dict, *, epochs: int, images: int = 50_000) -> dict:
         "run_hours": images / ips * epochs / 3600,
         "best": "the plain step" if fastest is train[0] else fastest["what"].removeprefix("train step, "),
         "best_epoch_seconds": images / fastest["images_per_second"],
+    }
+
+
+def cifar_values(record: dict) -> dict:
+    """The numbers the prose quotes from the CPL-S record (:data:`CIFAR_RECORD`, §4.5): those of
+    :func:`values`, and ``epochs`` ("1 epoch", "20 epochs"), training ``minutes``, ``where`` it ran
+    (the CPU of this book or a GPU, with the device's name), and the audit's ``audited`` and
+    ``flipped`` points."""
+    r = record["results"]["cifar10/cpl"]
+    epochs = record["sizes"]["cifar_epochs"]
+    where = "the CPU of this book" if record["device"] == "cpu" else "a GPU"
+    return {
+        **values(record["results"]),
+        "epochs": f"{epochs} epoch{'s' * (epochs != 1)}",
+        "minutes": r["seconds"] / 60,
+        "where": f"{where} ({record['device_name']})",
+        "audited": r["audit"]["points"],
+        "flipped": r["audit"]["flipped"],
     }
