@@ -57,6 +57,12 @@ def positive_int(value, name: str) -> int:
     return value
 
 
+def nonneg_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
+    return value
+
+
 def writable(path, what: str) -> Path:
     """``path`` as a ``Path`` after checking that a file can be written there (its folder is made
     if missing), so that a run of hours does not end on a path it cannot write; ``OSError`` naming

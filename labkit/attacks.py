@@ -9,6 +9,7 @@ attack's norm. Attacks never change the model's parameters, gradients or train/e
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ __all__ = [
     "gaussian_noise",
     "robust_accuracy",
     "minimal_l2",
+    "median_minimal_norm",
     "pgd_curve",
     "NORMS",
 ]
@@ -241,29 +243,71 @@ def pgd_l2(model, x, y, eps, **options):
     return pgd(model, x, y, eps, norm="l2", **options)
 
 
-def minimal_l2(model, x, y, radii, *, steps: int = 20, clamp=(0.0, 1.0), generator=None) -> torch.Tensor:
-    """An upper estimate of each input's minimal adversarial ℓ2 norm (§3.5): the smallest radius of
-    the increasing grid ``radii`` at which :func:`pgd` (``norm="l2"``, ``steps`` steps) changes the
-    prediction away from ``y``; 0 for an input misclassified already, ``inf`` where no radius of the
-    grid succeeds. A stronger attack can only lower these numbers."""
+def minimal_l2(
+    model, x, y, radii, *, steps: int = 20, bisections: int = 0, clamp=(0.0, 1.0), generator=None
+) -> torch.Tensor:
+    """An upper estimate of each input's minimal adversarial ℓ2 norm (§3.5), by a per-input search
+    over the radius: :func:`pgd` (``norm="l2"``, ``steps`` steps) at each radius of the increasing
+    grid ``radii`` until it changes the prediction away from ``y``, then ``bisections`` halvings of
+    the bracket between the last radius that failed (or 0) and the smallest norm found, each a fresh
+    PGD run at the bracket's midpoint, input by input. Returns the norm ``‖x_adv − x‖`` of the
+    closest adversarial example found (at most the radius that found it); 0 for an input
+    misclassified already, ``inf`` where no radius of the grid succeeds (the input is robust *up to
+    the search's reach*, ``radii[-1]``, as far as this attack can tell). A stronger attack can only
+    lower these numbers."""
     _validate.batch(x, y)
     radii = [float(_validate.positive(r, "radius")) for r in radii]
     if not radii or any(b <= a for a, b in zip(radii, radii[1:])):
         raise ValueError(f"radii must be a non-empty increasing list of positive numbers, got {radii!r}.")
+    bisections = _validate.nonneg_int(bisections, "bisections")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
+
+    def attack(idx, eps):
+        adv = pgd(model, x[idx], y[idx], eps, norm="l2", steps=steps, clamp=clamp, generator=gen)
+        with frozen(model), torch.no_grad():
+            fooled = model(adv).argmax(1) != y[idx]
+        return fooled, _flat_norm(adv - x[idx]).flatten()
+
     with frozen(model), torch.no_grad():
         wrong = model(x).argmax(1) != y
-    out = torch.where(wrong, 0.0, float("inf"))
+    out = torch.where(wrong, 0.0, float("inf")).to(torch.float64)
+    lo = torch.zeros_like(out)  # the largest radius known to fail, per input
     for r in radii:
         todo = torch.isinf(out)
         if not todo.any():
             break
-        adv = pgd(model, x[todo], y[todo], r, norm="l2", steps=steps, clamp=clamp, generator=gen)
-        with frozen(model), torch.no_grad():
-            fooled = model(adv).argmax(1) != y[todo]
-        idx = todo.nonzero().flatten()[fooled]
-        out[idx] = r
-    return out
+        idx = todo.nonzero().flatten()
+        fooled, dist = attack(idx, r)
+        out[idx[fooled]] = dist[fooled].to(out)
+        lo[idx[~fooled]] = r
+    for _ in range(bisections):
+        idx = (torch.isfinite(out) & (out > 0)).nonzero().flatten()
+        if not len(idx):
+            break
+        mid = 0.5 * (torch.minimum(lo[idx], out[idx]) + out[idx])
+        fooled, dist = attack(idx, mid.to(x.dtype))
+        out[idx[fooled]] = torch.minimum(out[idx[fooled]], dist[fooled].to(out))
+        lo[idx[~fooled]] = mid[~fooled]
+    return out.to(x.dtype)
+
+
+def median_minimal_norm(norms) -> float:
+    """The median minimal adversarial norm of a set of attacked inputs (§3.5), from the per-input
+    norms of an attack such as :func:`minimal_l2` or :func:`labkit.snode.sensitivity_attack`: 0
+    marks an input misclassified already, which has no margin to measure and is left out; ``inf``
+    (or ``None``, as a record stores it) an input the attack never flipped, which is kept as
+    *censored*: robust at least up to the attack's reach, so it ranks above every norm found. The
+    median over the correctly classified inputs is ``inf`` where more than half of them are
+    censored (read: above the reach), and ``nan`` where none is correctly classified. Dropping the
+    censored inputs, or keeping the zeros, would bias the median (down, and towards accuracy)."""
+    values = [math.inf if v is None else float(v) for v in norms]
+    if any(v < 0 or math.isnan(v) for v in values):
+        raise ValueError("minimal norms must be non-negative numbers, inf or None.")
+    kept = sorted(v for v in values if v > 0)
+    if not kept:
+        return math.nan
+    n, mid = len(kept), len(kept) // 2
+    return kept[mid] if n % 2 else 0.5 * (kept[mid - 1] + kept[mid])
 
 
 def pgd_curve(

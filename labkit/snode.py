@@ -335,13 +335,20 @@ def output_covariance(model: SNODE, x0: torch.Tensor, cov) -> torch.Tensor:
     return Xi @ cov.to(Xi.dtype) @ Xi.transpose(1, 2)
 
 
-def line_search(model: SNODE, xT, xi, labels, *, weight_decay: float = 0.0, params=None, direction=None) -> float:
+def line_search(
+    model: SNODE, xT, xi, labels, *, weight_decay: float = 0.0, params=None, direction=None, trust: float = 1.0
+) -> float:
     """The step ``η`` that minimises the loss of the *linearised* output ``x(T) + η ξ(T)``
     (:prf:ref:`prop-line-search`). For the ℓ2 loss it is the closed form
     ``η = −(⟨ξ, x − ŷ⟩/K + μ h⟨θ, d⟩)/(‖ξ‖²/K + μ h‖d‖²)`` (``θ = params``, ``d = direction``, the
-    weight-decay terms only when ``weight_decay = μ > 0``); for cross-entropy the root of the
-    derivative of a convex function of ``η``, by bracketing and bisection."""
+    weight-decay terms only when ``weight_decay = μ > 0``), and 0 where the denominator vanishes
+    (the quadratic is then flat or linear and has no minimiser). For cross-entropy the linearised
+    loss is convex in ``η`` but need not have a minimiser (it can decrease for ever), so the step
+    minimises it over the trust region ``|η| ≤ trust / ρ``, with ``ρ`` the root mean square over
+    the batch of ``‖ξ_n‖`` on the class components: the root of its derivative by bisection where
+    that lies inside, else the end of the region in the descent direction."""
     wd = float(_validate.nonneg(weight_decay, "weight_decay"))
+    trust = float(_validate.positive(trust, "trust"))
     K = xT.shape[0]
     pd = dd = 0.0
     if wd:
@@ -361,18 +368,16 @@ def line_search(model: SNODE, xT, xi, labels, *, weight_decay: float = 0.0, para
         return float(((p * q).sum(1) - q[torch.arange(K), labels]).sum()) / K + pd + eta * dd
 
     s0 = slope(0.0)
-    if s0 == 0:
+    rms = math.sqrt(float(q.pow(2).sum()) / K)
+    if s0 == 0 or (rms == 0 and dd == 0):
         return 0.0
-    lo, hi, step = 0.0, 0.0, -1.0 if s0 > 0 else 1.0
-    for _ in range(60):  # the slope is non-decreasing: walk until it changes sign
-        hi = lo + step
-        if (slope(hi) > 0) != (s0 > 0):
-            break
-        lo, step = hi, 2 * step
-    else:
-        return hi
-    a, b = sorted((lo, hi))
-    for _ in range(60):
+    if rms == 0:  # the loss term does not move: only the penalty's quadratic is left
+        return -s0 / dd
+    edge = -math.copysign(trust / rms, s0)  # the end of the region in the descent direction
+    if (slope(edge) > 0) == (s0 > 0):  # the slope keeps its sign: the minimiser is the end
+        return edge
+    a, b = sorted((0.0, edge))
+    for _ in range(60):  # the slope is non-decreasing and changes sign in [a, b]
         m = 0.5 * (a + b)
         if slope(m) > 0:
             b = m

@@ -253,3 +253,42 @@ def test_minimal_l2_brackets_the_distance_to_a_linear_boundary():
     assert torch.isinf(attacks.minimal_l2(model, x[:1], y[:1], [0.005], steps=20)).all()
     with pytest.raises(ValueError, match="increasing"):
         attacks.minimal_l2(model, x, y, [0.1, 0.05])
+
+
+def test_minimal_l2_bisection_finds_the_distance_to_a_linear_boundary():
+    model = torch.nn.Linear(6, 2).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 1, 0, 0, 0, 0], [-1.0, -1, 0, 0, 0, 0]], dtype=torch.float64))
+        model.bias.copy_(torch.tensor([-1.0, 1.0], dtype=torch.float64))  # the boundary is x_0 + x_1 = 1
+    x = torch.full((5, 6), 0.5, dtype=torch.float64)
+    shift = torch.tensor([0.013, 0.05, 0.11, 0.27, -0.02], dtype=torch.float64)
+    x[:, 0] += shift
+    x[:, 1] += shift
+    y = torch.tensor([0, 0, 0, 0, 0])  # the last input is misclassified already
+    distance = 2 * shift.abs() / math.sqrt(2)  # the distance to the plane x_0 + x_1 = 1
+    radii = [0.125 * 2**k for k in range(4)]
+    for bisections in (0, 4, 10):
+        got = attacks.minimal_l2(model, x, y, radii, steps=20, bisections=bisections)
+        assert got[4] == 0.0
+        for g, d in zip(got[:4], distance[:4]):
+            first = min(r for r in radii if r >= d)  # the grid radius that finds it
+            width = first / 2**bisections  # the bracket is at most that radius, halved each time
+            # sound (never below the distance), and within the bracket up to PGD's own shortfall of
+            # 20 steps at a radius just past the boundary (about 1 %, measured)
+            assert float(d) - 1e-9 <= float(g) <= float(d) * 1.02 + width + 1e-9
+    assert torch.isinf(attacks.minimal_l2(model, x[:1], y[:1], [0.001], bisections=5)).all()
+    with pytest.raises(ValueError, match="bisections"):
+        attacks.minimal_l2(model, x, y, radii, bisections=-1)
+
+
+def test_median_minimal_norm_leaves_out_misclassified_and_censors_failures():
+    # misclassified (0) left out; failures (inf or None) rank above every norm found
+    assert attacks.median_minimal_norm([0.0, 0.0, 0.3, 0.1, None, 0.2]) == pytest.approx(0.25)
+    assert attacks.median_minimal_norm([0.0, 0.5, math.inf, math.inf]) == math.inf  # a censored median
+    assert attacks.median_minimal_norm([0.4, 0.4, 0.4, 0.9, None]) == pytest.approx(0.4)  # ties
+    assert attacks.median_minimal_norm([0.2, 0.4, math.inf, 0.0]) == pytest.approx(0.4)
+    # dropping the failures (0.15) or keeping the zeros (0.2) would each give another answer
+    assert attacks.median_minimal_norm([0.0, 0.0, 0.1, 0.2, 0.3, None, None]) == pytest.approx(0.3)
+    assert math.isnan(attacks.median_minimal_norm([0.0, 0.0]))  # nobody correctly classified
+    with pytest.raises(ValueError, match="non-negative"):
+        attacks.median_minimal_norm([0.1, -0.2])

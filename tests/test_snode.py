@@ -149,6 +149,31 @@ def test_line_search_minimises_the_linearised_loss(loss):
         assert lin(eta) <= min(lin(eta + s) for s in (-1e-3, 1e-3, -0.1, 0.1)) + 1e-12
 
 
+def test_line_search_without_a_minimiser_stops_at_the_trust_region():
+    # ξ raises every sample's true logit and lowers the others: the linearised cross-entropy falls
+    # for ever as η grows, and its derivative never changes sign (the case of no minimiser).
+    m = _model(loss="cross_entropy", dim=5, classes=3)
+    y = torch.tensor([0, 2])
+    xT = torch.zeros(2, 5, dtype=torch.float64)
+    xi = torch.zeros(2, 5, dtype=torch.float64)
+    xi[0, :3] = torch.tensor([1.0, -1.0, -1.0])
+    xi[1, :3] = torch.tensor([-1.0, -1.0, 1.0])
+    rms = math.sqrt(3.0)  # ‖ξ_n‖ on the class components, the same for both samples
+    for trust in (0.5, 1.0, 4.0):
+        eta = snode.line_search(m, xT, xi, y, trust=trust)
+        assert eta == pytest.approx(trust / rms, rel=1e-12)  # the end of the region, not 1e18
+        lin = lambda e: float(m.loss(xT + e * xi, y))  # noqa: E731
+        assert lin(eta) < lin(0.5 * eta) < lin(0.0)
+    assert snode.line_search(m, xT, -xi, y) == pytest.approx(-1 / rms)  # the descent side, whichever it is
+    # with a minimiser inside the region the step is the root, unchanged by a wider region
+    xi2 = xi.clone()
+    xi2[1] = -0.5 * xi[1]
+    inside = snode.line_search(m, xT, xi2, y, trust=50.0)
+    assert abs(inside) < 50.0 / rms and inside == pytest.approx(snode.line_search(m, xT, xi2, y, trust=80.0))
+    with pytest.raises(ValueError, match="trust"):
+        snode.line_search(m, xT, xi, y, trust=0.0)
+
+
 def test_cg_beta_known_answers():
     g = (torch.tensor([1.0, 2.0]), torch.tensor([2.0]))
     gp = (torch.tensor([1.0, 0.0]), torch.tensor([1.0]))
