@@ -158,12 +158,17 @@ def _sens(xi, x, z, W, dW, db, h, with_dW=True):
     return xi + h * (1 - torch.tanh(z) ** 2) * rhs
 
 
-def _median(model, x0, y, keep_inf=False):
+def _median(model, x0, y, keep_zeros=False, drop_inf=False, lower=False):
     from labkit import snode
 
     n = snode.sensitivity_attack(model, x0, y)
-    f = n if keep_inf else n[torch.isfinite(n)]
-    return float(f.median()), float(torch.isfinite(n).float().mean())
+    kept = n if keep_zeros else n[n > 0]
+    if drop_inf:
+        kept = kept[torch.isfinite(kept)]
+    kept = kept.sort().values
+    k = len(kept)
+    median = kept[(k - 1) // 2] if lower or k % 2 else (kept[k // 2 - 1] + kept[k // 2]) / 2
+    return float(median), float(torch.isfinite(n[n > 0]).float().mean())
 
 
 RIGHT.update(
@@ -198,8 +203,11 @@ WRONG = {
         lambda xT, xi, y: 1.0,
     ],
     "attack_median": [
-        lambda m, x0, y: _median(m, x0, y, keep_inf=True),
+        lambda m, x0, y: (_median(m, x0, y, drop_inf=True)[0], _median(m, x0, y)[1]),  # failures dropped
+        lambda m, x0, y: (_median(m, x0, y, keep_zeros=True)[0], _median(m, x0, y)[1]),  # zeros kept
+        lambda m, x0, y: _median(m, x0, y, lower=True),  # torch.median's lower middle value
         lambda m, x0, y: (_median(m, x0, y)[0], 1.0),
+        lambda m, x0, y: (_median(m, x0, y)[0], 7 / 12),  # the fraction of all inputs
         lambda m, x0, y: (0.0, _median(m, x0, y)[1]),
     ],
     "euler_step_norm": [

@@ -30,6 +30,8 @@ __all__ = [
     "values",
     "propagation",
     "claim",
+    "record_note",
+    "missing_note",
     "bench_table",
     "full_cost",
 ]
@@ -340,6 +342,66 @@ def claim(results: dict) -> str:
         "number of epochs, not at equal clean accuracy; the medians leave out the misclassified images, "
         "so a less accurate model is measured on fewer images, without those it already gets wrong, which are "
         "likely the ones closest to its decision boundary."
+    )
+
+
+def record_note(record: dict, *, close: float = 0.05) -> str:
+    """Markdown on a full-mode record (§3.7): how long it ran and on what; for each network whether
+    the linearised noise propagation is within ``close`` (relative) of Monte Carlo or not; and how
+    the sNODEs' order under the sensitivity attack compares with the statistic of earlier editions
+    (the median of the norms found, misclassified images counted as 0, images never flipped
+    dropped), which it reverses on the record of one epoch."""
+    results = record["results"]
+    lines = [
+        f"This record ran on {record.get('device_name', record.get('device'))} "
+        f"({record.get('threads', '?')} threads) in {record['seconds'] / 60:.0f} minutes, training and "
+        f"measurement, at commit {str(record.get('commit'))[:10]}"
+        + (" (a tree with uncommitted changes)" if record.get("dirty") else "")
+        + f"; it holds {len(results)} training(s)."
+    ]
+    near, far = [], []
+    for key, r in results.items():
+        lin, mc = r["propagation"]["linear"], r["propagation"]["monte_carlo"]
+        gap = max(abs(a - b) / b for a, b in zip(lin, mc))
+        (near if gap <= close else far).append(f"{key} ({gap:.1%})")
+    if near:
+        lines.append(f"The linearised noise propagation is within {close:.0%} of Monte Carlo for " + ", ".join(near) + ".")
+    if far:
+        lines.append(
+            "It is further off for " + ", ".join(far) + ": that network is nonlinear at this noise level, and "
+            "the Monte Carlo estimate is the one to trust."
+        )
+    rows = {key.split("/")[0]: r for key, r in results.items() if key.endswith("seed 0")}
+    if {"sNODE, L²", "sNODE, Sobolev"} <= set(rows):
+
+        def old(r):
+            found = [v for v in r["attack"]["sensitivity"] if v is not None]
+            return statistics.median(found) if found else math.inf
+
+        new = {n: attacked(rows[n])["sensitivity"] for n in ("sNODE, L²", "sNODE, Sobolev")}
+        was = {n: old(rows[n]) for n in new}
+        order = lambda d: "L² above Sobolev" if d["sNODE, L²"] > d["sNODE, Sobolev"] else "Sobolev above L²"  # noqa: E731
+        same = order(new) == order(was)
+        lines.append(
+            f"Under the sensitivity attack the sNODEs' medians are {new['sNODE, L²']:.3f} (L²) and "
+            f"{new['sNODE, Sobolev']:.3f} (Sobolev), {order(new)}; the statistic of earlier editions of this "
+            f"book, which counted misclassified images as 0 and dropped those never flipped, gave "
+            f"{was['sNODE, L²']:.3f} and {was['sNODE, Sobolev']:.3f}, "
+            + ("the same order." if same else f"{order(was)}: the order reverses with the statistic.")
+        )
+    return " ".join(lines)
+
+
+def missing_note(bench: dict | None) -> str:
+    """What the full-mode record would cost on the machine of a ``bench_snode.py`` record (§3.7),
+    for the banner shown when the record is missing."""
+    if bench is None:
+        return "Its cost on this machine: run scripts/bench_snode.py for an estimate."
+    cost = full_cost(bench)
+    return (
+        f"On {bench['device_name']} ({bench['threads']} threads) one NCG epoch of all 60 000 images at 150 steps "
+        f"takes about {cost['ncg_epoch_minutes']:.1f} minutes per model, and the whole record about "
+        f"{cost['hours']:.0f} hours of training (the benchmark below)."
     )
 
 
