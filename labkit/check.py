@@ -560,9 +560,11 @@ def attack_median(fn) -> None:
         raise AssertionError("return a pair (median, flipped).")
     _close(got[1], float(torch.isfinite(correct).float().mean()), "flipped",
            "the fraction of the correctly classified inputs (norm > 0) whose norm is finite.")  # fmt: skip
-    _close(got[0], median_minimal_norm(norms.tolist()), "median",
-           "leave out the misclassified inputs (norm 0) and keep those never flipped as inf: they rank above every "
-           "norm found; for an even count take the mean of the two middle values (torch.median takes the lower).")  # fmt: skip
+    hint = (
+        "leave out the misclassified inputs (norm 0) and keep those never flipped as inf: they rank above every "
+        "norm found; for an even count take the mean of the two middle values (torch.median takes the lower)."
+    )
+    _close(got[0], median_minimal_norm(norms.tolist()), "median", hint)
 
 
 def switching_rule(fn) -> None:

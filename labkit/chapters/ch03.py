@@ -365,7 +365,7 @@ def record_note(record: dict, *, close: float = 0.05) -> str:
         gap = max(abs(a - b) / b for a, b in zip(lin, mc))
         (near if gap <= close else far).append(f"{key} ({gap:.1%})")
     if near:
-        lines.append(f"The linearised noise propagation is within {close:.0%} of Monte Carlo for " + ", ".join(near) + ".")
+        lines.append(f"The linearised noise propagation is within {close:.0%} of Monte Carlo for {', '.join(near)}.")
     if far:
         lines.append(
             "It is further off for " + ", ".join(far) + ": that network is nonlinear at this noise level, and "
