@@ -216,12 +216,14 @@ METHODS = {m.name: m for m in [
            _product),
     Method("clip", "ch02", "CLIP (λ by target accuracy)", _DENSE, False, _PRODUCT, "sphere", _ch2("CLIP"), _product),
     Method("lognorm", "ch01", "log-norm ODE, δ = 0.2, free lift and head", _DENSE, False,
-           "the block's Euler bound e^{≈Tδ}; lift and head unconstrained", "fgsm", _lognorm(False), _certificate),
+           "the block's Euler bound, about exp(Tδ); lift and head unconstrained", "fgsm", _lognorm(False),
+           _certificate),
     Method("lognorm-unit", "ch01", "log-norm ODE, δ = 0.2, unit-norm lift and head", _DENSE, True,
            "ℓ2 certificate from the Euler bound of the stabilised block", "fgsm", _lognorm(True), _certificate),
-    Method("snode", "ch03", "sNODE, NCG with Sobolev gradients", _DENSE, False,
+    Method("snode", "ch03", "sNODE of N = 4 Euler steps (Chapter 3: 30 to 150), NCG with Sobolev gradients",
+           _DENSE, False,
            "none; Π(1 + h‖W_k‖) computed after training", "sensitivity", _snode(True), _whole),
-    Method("snode-resnet", "ch03", "sNODE's ResNet analogue, Adam", _DENSE, False,
+    Method("snode-resnet", "ch03", "sNODE's ResNet analogue (N = 4), Adam", _DENSE, False,
            "none; Π(1 + h‖W_k‖) computed after training", "sensitivity", _snode(False), _whole),
     Method("cpl", "ch04", "convex potential layers (CPL)", _BOTH, True, "1-Lipschitz body by construction",
            "certified", _convex("cpl"), _body, _convex_radii),
@@ -312,19 +314,20 @@ def _accuracy(model, x, y) -> float:
 
 
 def _paper(m: Method, model, dataset, xa, ya, s, radii) -> dict | None:
-    """The paper's own evaluation of ``model``, its headline number measured its way, on the attacked
+    """The method's own evaluation of ``model`` (the paper's or its authors' code's;
+    :data:`labkit.chapters.ch06.SOURCES` says whose), its headline number measured its way, on the attacked
     points ``xa, ya`` (a certified number on all test points, whose certified ``radii`` are given), and
     which protocol curve answers it at the same radius and norm (``protocol``)."""
     gen = torch.Generator().manual_seed(0)
-    if m.paper == "fgsm":  # Chapter 1's paper: FGSM in ℓ∞
+    if m.paper == "fgsm":  # Chapter 1: the paper's own evaluation could not be read; FGSM in ℓ∞ stands in
         eps = RADII[dataset]["linf"][-1]
         value = _accuracy(model, attacks.fgsm(model, xa, ya, eps), ya)
         return {"evaluation": "FGSM, one step", "norm": "linf", "radius": eps, "value": value, "protocol": "apgd"}
-    if m.paper == "sphere":  # CLIP's sphere attack in ℓ2 at ε = 2
+    if m.paper == "sphere":  # the CLIP authors' code: its sphere attack in ℓ2 at ε = 2
         value = _accuracy(model, attacks.pgd_l2_sphere(model, xa, ya, 2.0, generator=gen), ya)
         return {"evaluation": "CLIP's sphere attack, 7 steps", "norm": "l2", "radius": 2.0, "value": value,
                 "protocol": "apgd"}  # fmt: skip
-    if m.paper == "sensitivity":  # sNODE's minimal-norm attack, from the encoded 14×14 images
+    if m.paper == "sensitivity":  # the sNODE reference code's sensitivity attack, on the encoded 14×14 images
         inner = model.model
         norms = snode.sensitivity_attack(inner, inner.encode(snode.downsample(xa, model.factor)), ya,
                                          steps=s.pgd_steps * 3, generator=gen)  # fmt: skip
@@ -336,7 +339,7 @@ def _paper(m: Method, model, dataset, xa, ya, s, radii) -> dict | None:
         eps = RADII[dataset]["l2"][2 if dataset != "cifar10" else 0]
         value = float((radii > eps).float().mean())
         return {"evaluation": "certified", "norm": "l2", "radius": eps, "value": value, "protocol": "certified"}
-    if m.paper == "pgd10":  # the structure-preserving paper: Foolbox's 10-step ℓ2 PGD, step 0.025 ε
+    if m.paper == "pgd10":  # the structure-preserving authors' code: Foolbox's 10-step ℓ2 PGD, step 0.025 ε
         eps = 0.5 if dataset == "cifar10" else 1.0
         value = attacks.pgd_curve(model, xa, ya, [eps], steps=10, rel_step=0.025, monotone=False, generator=gen)[0]
         return {"evaluation": "10-step ℓ2 PGD, step 0.025 ε", "norm": "l2", "radius": eps, "value": value,

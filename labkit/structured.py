@@ -10,8 +10,9 @@ field gives a layer with that property. Two such properties are built here:
   expands by at most ``1 + e``; with ``e`` at :func:`expansive_step_bound` the pair is 1-Lipschitz.
 * **A linear invariant** (§5.5): :class:`MassPreservingNet` keeps ``𝟙ᵀx`` whatever its weights.
 
-The paper's five training regimes are :data:`PRESETS` (``resnet``, ``naive``, ``nonexpansive``,
-``switching``, ``flexible``), faithful to the authors' code as the digest reads it; a sixth,
+The five training regimes of the authors' code (``davidemurari/StructuredNeuralNetworks``, the folders of
+``Adversarial Robustness/CIFAR10``) are :data:`PRESETS` (``resnet``, ``naive``, ``nonexpansive``,
+``switching``, ``flexible``), with the departures that §5.3 lists; a sixth,
 ``certified``, makes the 1-Lipschitz claim a theorem: exactly orthogonal ``A_c``
 (:class:`OrthogonalConv2d`, :class:`OrthogonalLinear`), hard-normalised ``A_e``, lift and head, and
 :meth:`StructuredNet.lipschitz_bound`, a sound upper bound of the whole classifier's constant in
@@ -69,10 +70,11 @@ __all__ = [
     "CIFAR_STD",
 ]
 
-#: The paper's ℓ2 radii for CIFAR-10 (digest, section 4.9), 0, 8/255, 16/255, 36/255, 0.3, 0.5, 0.6, 0.8 and 1.
+#: The ℓ2 radii of the authors' CIFAR-10 evaluation (their ``main.ipynb``), 0, 8/255, 16/255, 36/255, 0.3,
+#: 0.5, 0.6, 0.8 and 1.
 EPS_PAPER = (0.0, 8 / 255, 16 / 255, 36 / 255, 0.3, 0.5, 0.6, 0.8, 1.0)
-#: The normalisation of the authors' CIFAR-10 training (digest, section 4.8; by pitfall 3 their attack
-#: wrapper used other values).
+#: The normalisation of the authors' CIFAR-10 training (their ``training.py``; their attack wrapper in
+#: ``Switch prescribed/main.ipynb`` used other values, a pitfall of §5.7).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
@@ -128,7 +130,7 @@ def expansive_step_bound(h_c: float, a: float = 0.5, substeps: int = 2) -> float
 
 
 def flexible_step_bound(h_c: float, a: float = 0.5, substeps: int = 2) -> float:
-    """The coupled condition that the flexible regime's clamps lack (digest, section 4.7): the largest
+    """The coupled condition that the flexible regime's clamps lack (§5.2): the largest
     ``h_e`` for which ``S`` non-expansive sub-steps ``h_c/S`` followed by one expansive step
     ``x ↦ x + h_e A_cᵀReLU(A_c x + b)`` with the same orthogonal ``A_c`` are 1-Lipschitz, by the
     exact factor: ``h_e = max(|1 − h_c/S|, 1 − a h_c/S)^(−S) − 1``. ``h_c ∈ (0, 2S)``."""
@@ -454,7 +456,8 @@ RULES = ("prescribed", "flexible", "coupled")
 
 class SwitchingBlock(nn.Module):
     """A pair of an expansive and a non-expansive step, each split into ``substeps`` sub-steps, with
-    trainable step sizes (:prf:ref:`thm-switching`; digest, section 4.7):
+    trainable step sizes (:prf:ref:`thm-switching`; the authors' ``Switch prescribed`` and ``Switch flexible``
+    networks):
 
     * ``rule="prescribed"``: ``S`` times ``x ← x + (h_e/S) r σ(A_e x + b_e)``, then
       ``x ← x − (h_c/S) A_cᵀσ(A_c x + b_c)``, with σ = LeakyReLU(``a``). ``project()`` sets
@@ -643,7 +646,7 @@ KINDS = ("resnet", "naive", "nonexpansive", "switching")
 
 
 class StructuredNet(nn.Module):
-    """The paper's skeleton (digest, section 4.7): normalise, then per block a :class:`Lift` to the block's
+    """The authors' skeleton (their ``network.py``, §5.3): normalise, then per block a :class:`Lift` to the block's
     width, ``layers`` dynamic layers and (convolutional) a 2 × 2 max-pool, then flatten and a
     :class:`Head`. ``kind`` chooses the dynamic layers: ``"resnet"`` (:class:`ResidualStep`, ``s =
     1``), ``"naive"`` (``s = ½``), ``"nonexpansive"`` (:class:`NonExpansiveStep`, ReLU) or
@@ -754,8 +757,8 @@ class StructuredNet(nn.Module):
 
 
 # fmt: off
-#: The paper's five regimes (digest, section 4.7–4.8) and the certified variant. Each gives the network's
-#: keywords and its training recipe: hinge ``margin`` (one model per margin in the paper: 0.07,
+#: The authors' five regimes (§5.3) and the certified variant. Each gives the network's
+#: keywords and its training recipe: hinge ``margin`` (one model per margin in the authors' code: 0.07,
 #: 0.15, 0.3; 0.15 here), orthogonality weight ``gamma``, SGD with momentum 0.9 at learning rate
 #: ``lr`` (decayed ×0.1 every 30 epochs by :func:`fit`). ``nominal`` is the Lipschitz constant the
 #: regime claims for its dynamic layers (``None``: no claim). The certified preset is ours: exactly
@@ -822,7 +825,8 @@ class NonFiniteLoss(FloatingPointError):
 def fit(model: StructuredNet, data: Dataset, epochs: int, *, margin: float = 0.15, gamma: float = 0.0,
         lr: float = 0.01, decay_every: int = 30, batch_size: int = 128, augment: bool = True,
         optimizer: str = "sgd", restarts: int = 2, seed: int = 0, device=None, progress=None) -> dict:  # fmt: skip
-    """Train with the authors' recipe (digest, section 4.8): SGD (momentum 0.9) at ``lr``, ×0.1 every
+    """Train with the authors' recipe (their ``main.ipynb`` and ``training.py``, §5.3): SGD (momentum
+    0.9) at ``lr``, ×0.1 every
     ``decay_every`` epochs (``steps`` per epoch), the summed hinge :func:`hinge_loss` plus ``gamma``
     × the orthogonality penalty, crops and flips (``augment``), and the model's projections after
     every step. If the loss becomes NaN or infinite, training restarts from the initial weights with
@@ -898,7 +902,8 @@ class _SkewStep(nn.Module):
 
 class MassPreservingNet(nn.Module):
     """A network that keeps the linear invariant ``𝟙ᵀx`` of its input whatever its weights (§5.5;
-    digest, section 4.5): zero-padding lifts ``dim → widths[0] → …`` (the padded coordinates are 0,
+    after the authors' ``Mass Preserving Networks/time1FlowMap.ipynb``): zero-padding lifts
+    ``dim → widths[0] → …`` (the padded coordinates are 0,
     so the sum is kept), ``layers`` steps ``x ↦ x + h G(x) 𝟙`` per width (``G(x)`` skew-symmetric,
     from a small ReLU network), and a projection to ``dim`` that adds the dropped coordinates' sum
     back, spread evenly. ``plain=True`` builds the
@@ -946,7 +951,7 @@ class _PlainStep(nn.Module):
 
 
 def sir_field(x: torch.Tensor, r0: float = 1.0) -> torch.Tensor:
-    """The SIR model ``Ṡ = −R₀SI, İ = R₀SI − I, Ṙ = I`` (digest, section 4.5), whose total ``S + I + R`` is a
+    """The SIR model ``Ṡ = −R₀SI, İ = R₀SI − I, Ṙ = I`` (§5.5), whose total ``S + I + R`` is a
     linear first integral."""
     S, I = x[..., 0], x[..., 1]
     return torch.stack([-r0 * S * I, r0 * S * I - I, I], -1)

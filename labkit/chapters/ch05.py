@@ -1,5 +1,5 @@
-"""Chapter 5's experiment: the paper's five training regimes and the certified switching network on
-CIFAR-10, each attacked by the paper's 10-step ℓ2 PGD and by a stronger one at the paper's nine
+"""Chapter 5's experiment: the authors' five training regimes and the certified switching network on
+CIFAR-10, each attacked by the authors' 10-step ℓ2 PGD and by a stronger one at the authors' nine
 radii, with sound Lipschitz bounds beside adversarial lower bounds and, for the certified network,
 certified accuracy checked by attacks at 0.99 of each radius (§5.4); and the SIR fit of a
 mass-preserving network against a plain one (§5.5).
@@ -31,11 +31,12 @@ __all__ = [
     "findings",
     "paper_table",
     "bench_table",
+    "certified_cost",
 ]
 
 # fmt: off
 #: The sizes per mode. Book mode trains the CPU-sized skeleton (widths 8/16/32, one switching pair per
-#: block) on the first 2 000 CIFAR-10 training images for 5 epochs, full mode the paper's network
+#: block) on the first 2 000 CIFAR-10 training images for 5 epochs, full mode the authors' network
 #: (widths 32/64/128, 4 dynamic layers per block) and recipe (100 epochs, batch 128) on all of CIFAR-10,
 #: which needs a GPU and the full data set (a subset is refused before anything is trained).
 SIZES = per_mode({
@@ -65,8 +66,9 @@ SIZES = per_mode({
 #: The full-mode record, in ``book/data``.
 RECORD = "ch05_full.json"
 
-#: The repository's CIFAR-10 results (digest, section 4.10; % of the first 1 024 test images under Foolbox's
-#: L2PGD with 10 steps) at the paper's radii, one row per regime and margin.
+#: The CIFAR-10 results of the authors' repository (``davidemurari/StructuredNeuralNetworks``, the files
+#: ``Adversarial Robustness/CIFAR10/<regime>/*margin_<m>.txt``; % of the first 1 024 test images under
+#: Foolbox's L2PGD with 10 steps) at the authors' radii, one row per regime and margin.
 PAPER = {
     ("resnet", 0.07): [88.2, 86.8, 84.6, 78.1, 63.8, 42.9, 33.2, 17.3, 7.3],
     ("resnet", 0.15): [90.9, 89.9, 87.7, 80.8, 64.1, 41.3, 34.1, 16.8, 7.2],
@@ -101,7 +103,7 @@ def _first_dynamic(model, x):
 
 def evaluate(model, name: str, recipe: dict, test, s, *, device=None) -> dict:
     """The protocol of §5.4 for one trained model, as a :func:`labkit.experiment.result`: clean
-    accuracy on the test images; on the first ``n_attack`` of them, accuracy under the paper's
+    accuracy on the test images; on the first ``n_attack`` of them, accuracy under the authors'
     attack (``paper_steps`` steps of ``paper_rel_step · ε``, each radius attacked afresh) and
     under a stronger one (``strong_steps`` steps of ``2.5 ε / steps``, ``strong_restarts`` starts,
     monotone over the radii); certified accuracy from the sound bound
@@ -261,7 +263,7 @@ _LABEL = {
 
 
 def table(results: dict) -> report.Table:
-    """§5.4's table: per preset the clean accuracy, the paper's attack and the strong attack at
+    """§5.4's table: per preset the clean accuracy, the authors' attack and the strong attack at
     36/255, 0.5 and 1, the certified accuracy at 36/255, the layer's and the network's bounds."""
     rows = [{"key": k, **r} for k, r in _models(results).items()]
 
@@ -274,7 +276,7 @@ def table(results: dict) -> report.Table:
         [
             ("model", lambda r: _LABEL.get(r["key"].split("/")[1], r["key"])),
             ("clean", "clean", "{:.3f}"),
-            ("paper / strong at 36/255", pair(36 / 255)),
+            ("authors' / strong at 36/255", pair(36 / 255)),
             ("at 0.5", pair(0.5)),
             ("at 1.0", pair(1.0)),
             ("certified at 36/255", lambda r: r["certified"][3], "{:.3f}"),
@@ -286,7 +288,7 @@ def table(results: dict) -> report.Table:
             ("training", "seconds", "{:.0f} s"),
         ],
         caption="accuracy on CIFAR-10 test images; attacks on the first "
-        f"{rows[0]['attack']['paper']['points'] if rows else 0} (paper: {rows[0]['attack']['paper']['steps'] if rows else 0}"  # noqa: E501
+        f"{rows[0]['attack']['paper']['points'] if rows else 0} (authors': {rows[0]['attack']['paper']['steps'] if rows else 0}"  # noqa: E501
         " steps; strong: more steps and restarts); bounds in pixel space, the layer being the first dynamic one:",
     )
 
@@ -345,7 +347,7 @@ def findings(results: dict) -> str:
         + ("" if keep1 == keep05 else f"the {name(keep1)} network ")
         + f"at ε = 1 ({models[keep1]['empirical']['strong'][i1]:.1%}); the unconstrained ResNet keeps "
         + (f"{models['resnet']['empirical']['strong'][i1]:.1%} at ε = 1." if "resnet" in models else "– (not run)."),
-        f"- **The paper's attack is weak**: the strong attack lowers the accuracy by up to {gaps[widest]:.1%} "
+        f"- **The authors' attack is weak**: the strong attack lowers the accuracy by up to {gaps[widest]:.1%} "
         f"(the {name(widest)} network); the smallest largest gap is {min(gaps.values()):.1%}.",
         "- **Dynamic layers above 1**: "
         + (", ".join(f"{name(n)} ({models[n]['lipschitz']['layer_lower']:.2f})" for n in over) + " — the pair "
@@ -368,15 +370,17 @@ def findings(results: dict) -> str:
 
 
 def paper_table(results: dict | None = None, *, margin: float = 0.15) -> report.Table:
-    """The repository's CIFAR-10 rows at ``margin`` (:data:`PAPER`) beside ours (the strong attack,
-    when ``results`` are given) at the paper's radii, in %."""
+    """The repository's CIFAR-10 rows at ``margin`` (:data:`PAPER`) beside ours, when ``results``
+    are given, under the authors' own attack (10 steps of 0.025 ε from a random start, each radius
+    afresh) and under the strong one, at the authors' radii, in %."""
     rows = []
     for name in ("resnet", "naive", "nonexpansive", "switching", "flexible"):
         rows.append({"model": f"{_LABEL[name]} (repository, m = {margin})", "v": PAPER[(name, margin)]})
         r = (results or {}).get(f"cifar10/{name}")
         if r is not None:
-            ours = [100 * a for a in r["empirical"]["strong"]]
-            rows.append({"model": f"{_LABEL[name]} (ours, strong attack)", "v": ours})
+            for attack in ("paper", "strong"):
+                ours = [100 * a for a in r["empirical"][attack]]
+                rows.append({"model": f"{_LABEL[name]} (ours, {attack} attack)", "v": ours})
     names = ["0", "8/255", "16/255", "36/255", "0.3", "0.5", "0.6", "0.8", "1.0"]
 
     def column(i):
@@ -400,3 +404,15 @@ def bench_table(bench: dict) -> report.Table:
         caption=f"{bench['device_name']}, {bench['threads']} threads, {bench['created'][:10]}, "
         f"commit {str(bench['commit'])[:10]}",
     )
+
+
+def certified_cost(record: dict | None) -> dict | None:
+    """What the certified preset reaches on CIFAR-10 in a bench record (Chapter 6's
+    ``cifar10__sp-certified__seed<s>.json``; §5.7): ``clean`` accuracy, ``certified`` accuracy at the
+    first radius of the record (36/255), that radius, and the ``epochs`` it trained; ``None`` without
+    a record."""
+    if record is None:
+        return None
+    r = record["results"]
+    return {"clean": r["clean"], "certified": r["certified"][0], "radius": r["radii"][0],
+            "epochs": record["sizes"]["epochs"]}  # fmt: skip
