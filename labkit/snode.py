@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from . import _ncg as _ncg_engine
 from . import _validate
 from .runtime import progress_enabled
 from .train import History, fit, load_checkpoint, save_checkpoint
@@ -39,6 +40,7 @@ __all__ = [
     "line_search",
     "cg_beta",
     "ncg_train",
+    "ncg_train_ensemble",
     "fit_backprop",
     "sensitivity_attack",
     "smoothness",
@@ -428,6 +430,7 @@ def ncg_train(
     checkpoint=None,
     after_batch=None,
     desc: str = "NCG epoch",
+    graphs: bool | None = None,
 ) -> History:
     """Mini-batch nonlinear conjugate gradients (:prf:ref:`alg-ncg`): for every batch of images
     the CG memory restarts, then ``iterations`` times: the exact gradient by the discrete adjoint,
@@ -437,72 +440,171 @@ def ncg_train(
     before each batch's first iteration and the training accuracy of those forwards);
     ``after_batch(model)`` is called after each batch (the chapter records a loss trace). With
     ``checkpoint=path`` the weights, history and epoch are saved after every epoch and a later
-    call resumes from them; a checkpoint of another model is refused before anything is loaded."""
+    call resumes from them; a checkpoint of another model is refused before anything is loaded.
+
+    The iteration is the batched one of :func:`ncg_train_ensemble` with one network: the trajectory
+    of the adjoint is reused by the sensitivity, the Sobolev transform is one product, and nothing
+    synchronises with the host inside an iteration. ``graphs`` (default: on when the model is on a
+    CUDA device) replays the iteration as captured CUDA graphs."""
     if not isinstance(model, SNODE):
         raise TypeError(f"ncg_train trains an SNODE, got {type(model).__name__}.")
+    return _ncg([model], [data], [seed], [bool(sobolev)], epochs=epochs, batch_size=batch_size,
+                iterations=iterations, beta=beta, weight_decay=weight_decay, progress=progress,
+                checkpoint=checkpoint, after_batch=after_batch, desc=desc, graphs=graphs)[0]  # fmt: skip
+
+
+def ncg_train_ensemble(
+    models,
+    data: Dataset,
+    *,
+    seeds,
+    sobolev=True,
+    epochs: int,
+    batch_size: int = 100,
+    iterations: int = 6,
+    beta: str = "fletcher-reeves",
+    weight_decay: float = 0.0,
+    progress: bool | None = None,
+    checkpoint=None,
+    after_batch=None,
+    desc: str = "NCG ensemble epoch",
+    graphs: bool | None = None,
+) -> list[History]:
+    """``E`` independent :func:`ncg_train` runs in one batched pass (§3.7): network ``i`` of ``models``
+    is trained on ``data`` with its own seed ``seeds[i]`` (its own order of batches) and Sobolev
+    gradients where ``sobolev`` (one flag for all, or one per network), and ends with the weights,
+    to rounding, of its own :func:`ncg_train`. The networks must have the same sizes, activation and
+    loss. One history per network; ``after_batch(i, model)`` after each batch, with the network's
+    weights written back first; ``checkpoint`` holds all the networks and resumes them together."""
+    models = list(models)
+    if not models or not all(isinstance(m, SNODE) for m in models):
+        raise TypeError("ncg_train_ensemble trains a non-empty list of SNODEs.")
+    first = models[0]
+    shape = lambda m: (m.dim, m.steps, m.T, m.activation, m.loss_kind, m.classes, m.W.dtype, m.W.device)  # noqa: E731
+    if any(shape(m) != shape(first) for m in models):
+        raise ValueError("the networks of an ensemble must have the same dim, steps, T, activation, loss, "
+                         "classes, dtype and device.")  # fmt: skip
+    seeds = list(seeds)
+    flags = [bool(sobolev)] * len(models) if isinstance(sobolev, bool) else [bool(f) for f in sobolev]
+    if len(seeds) != len(models) or len(flags) != len(models):
+        raise ValueError(f"give one seed (and one sobolev flag, or one for all) per network: {len(models)} networks, "
+                         f"{len(seeds)} seeds, {len(flags)} flags.")  # fmt: skip
+    return _ncg(models, [data] * len(models), seeds, flags, epochs=epochs, batch_size=batch_size,
+                iterations=iterations, beta=beta, weight_decay=weight_decay, progress=progress,
+                checkpoint=checkpoint, after_batch=after_batch, desc=desc, graphs=graphs, ensemble=True)  # fmt: skip
+
+
+def _ncg(models, datas, seeds, flags, *, epochs, batch_size, iterations, beta, weight_decay, progress,
+         checkpoint, after_batch, desc, graphs, ensemble=False):  # fmt: skip
+    """The loop shared by :func:`ncg_train` (one network, whose weights are updated in place) and
+    :func:`ncg_train_ensemble` (stacked copies, written back after every batch and at the end)."""
     epochs = _validate.positive_int(epochs, "epochs")
     batch_size = _validate.positive_int(batch_size, "batch_size")
     iterations = _validate.positive_int(iterations, "iterations")
     if beta not in BETAS:
         raise ValueError(f"unknown beta {beta!r}; use one of {BETAS}.")
-    history, start = History(), 0
-    signature = {"dim": model.dim, "steps": model.steps, "T": model.T, "activation": model.activation,
-                 "loss": model.loss_kind, "beta": beta, "sobolev": bool(sobolev)}  # fmt: skip
+    wd = float(_validate.nonneg(weight_decay, "weight_decay"))
+    m0 = models[0]
+    E = len(models)
+    signature = {"dim": m0.dim, "steps": m0.steps, "T": m0.T, "activation": m0.activation,
+                 "loss": m0.loss_kind, "beta": beta, "sobolev": flags[0] if not ensemble else flags}  # fmt: skip
+    if ensemble:
+        signature["seeds"] = list(seeds)
+    histories, start = [History() for _ in models], 0
+    kind = "snode-ncg-ensemble" if ensemble else "snode-ncg"
     if checkpoint is not None:
         _validate.writable(checkpoint, "checkpoint")
         if Path(checkpoint).exists():
-            state = load_checkpoint(checkpoint, map_location=model.W.device)
-            if state.get("kind") != "snode-ncg" or state.get("signature") != signature:
+            state = load_checkpoint(checkpoint, map_location=m0.W.device)
+            if state.get("kind") != kind or state.get("signature") != signature:
                 raise ValueError(
                     f"checkpoint {checkpoint} is not of this training ({state.get('signature')} != {signature})."
                 )
             start = int(state["epoch"])
             if start > epochs:
                 raise ValueError(f"checkpoint {checkpoint} is at epoch {start}, beyond epochs={epochs}.")
-            model.load_state_dict(state["model"])
-            history = History(**state["history"])
-    show = progress_enabled() if progress is None else progress
-    params = (model.W, model.b)
-    for epoch in range(start, epochs):
-        loader = DataLoader(
-            data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed + epoch)
-        )
-        loss_sum, correct, total = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", disable=not show, leave=False)
-        for xb, yb in bar:
-            x0 = model.encode(xb.to(model.W.device))
-            yb = yb.to(model.W.device)
-            g_prev = d_prev = None
-            for j in range(iterations):
-                g = adjoint_gradient(model, x0, yb, weight_decay=weight_decay)
-                if j == 0:
-                    with torch.no_grad():
-                        xT = model.flow(x0)
-                    loss_sum += float(model.loss(xT, yb)) * len(yb)
-                    correct += int((xT[:, : model.classes].argmax(1) == yb).sum())
-                    total += len(yb)
-                if sobolev:
-                    g = tuple(sobolev_gradient(t, model.T) for t in g)
-                b_ = cg_beta(beta, g, g_prev, d_prev)
-                d = tuple(-a + b_ * p for a, p in zip(g, d_prev)) if d_prev is not None and b_ else tuple(-a for a in g)
-                xT, xi = _sensitivity(model, x0, dW=d[0], db=d[1])
-                eta = line_search(model, xT, xi, yb, weight_decay=weight_decay, params=params, direction=d)
+            if ensemble:
                 with torch.no_grad():
-                    model.W.add_(d[0], alpha=eta)
-                    model.b.add_(d[1], alpha=eta)
-                g_prev, d_prev = g, d
+                    for i, m in enumerate(models):
+                        m.W.copy_(state["W"][i])
+                        m.b.copy_(state["b"][i])
+                histories = [History(**h) for h in state["histories"]]
+            else:
+                m0.load_state_dict(state["model"])
+                histories = [History(**state["history"])]
+    if ensemble:
+        W = torch.stack([m.W.detach() for m in models])
+        b = torch.stack([m.b.detach() for m in models])
+    else:  # views of the parameters: the steps update the model itself
+        W, b = m0.W.data.unsqueeze(0), m0.b.data.unsqueeze(0)
+    st = _ncg_engine.State(W, b)
+    M = _ncg_engine.sobolev_matrix(m0.steps, m0.T, dtype=W.dtype, device=W.device) if any(flags) else None
+    mask = None if all(flags) else torch.tensor(flags, device=W.device)
+    options = dict(M=M, mask=mask, rule=beta, weight_decay=wd, trust=1.0)
+    use_graphs = (W.device.type == "cuda") if graphs is None else bool(graphs)
+    if use_graphs and W.device.type != "cuda":
+        raise ValueError("graphs=True needs a model on a CUDA device.")
+    graphed = None
+    show = progress_enabled() if progress is None else progress
+
+    def write_back():
+        if ensemble:
+            with torch.no_grad():
+                for i, m in enumerate(models):
+                    m.W.copy_(W[i])
+                    m.b.copy_(b[i])
+
+    for epoch in range(start, epochs):
+        loaders = [
+            DataLoader(d, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(s + epoch))
+            for d, s in zip(datas, seeds)
+        ]
+        loss_sum = torch.zeros(E, dtype=torch.float64, device=W.device)
+        correct = torch.zeros(E, dtype=torch.long, device=W.device)
+        total = 0
+        bar = tqdm(zip(*loaders), total=len(loaders[0]), desc=f"{desc} {epoch + 1}/{epochs}", disable=not show,
+                   leave=False)  # fmt: skip
+        for n, batches in enumerate(bar):
+            x0 = torch.stack([m0.encode(xb.to(W.device)) for xb, _ in batches])
+            yb = torch.stack([y.to(W.device) for _, y in batches])
+            B = _ncg_engine.Batch(x0, yb, h=m0.h, sigma=m0.sigma, dsigma=m0.dsigma, loss=m0.loss_kind,
+                                  classes=m0.classes, T=m0.T)  # fmt: skip
+            if use_graphs and (graphed is None or graphed.B.x0.shape != x0.shape):
+                graphed = _ncg_engine.Graphed(st, B, **options)
+            if use_graphs and graphed.B.x0.shape == x0.shape:
+                graphed.load(x0, yb)
+            for j in range(iterations):
+                if use_graphs:
+                    loss, ok = graphed(j == 0)
+                else:
+                    loss, ok = _ncg_engine.iteration(st, B, restart=j == 0, **options)
+                if j == 0:
+                    loss_sum += loss.double() * len(yb[0])
+                    correct += ok
+            total += len(yb[0])
             if after_batch is not None:
-                after_batch(model)
-            bar.set_postfix(loss=f"{loss_sum / total:.4f}", acc=f"{correct / total:.3f}")
-        history.loss.append(loss_sum / total)
-        history.accuracy.append(correct / total)
+                if ensemble:
+                    write_back()
+                    for i, m in enumerate(models):
+                        after_batch(i, m)
+                else:
+                    after_batch(m0)
+            if show and (n % 20 == 0):
+                bar.set_postfix(loss=f"{float(loss_sum[0]) / total:.4f}", acc=f"{int(correct[0]) / total:.3f}")
+        for h_, l_, c_ in zip(histories, loss_sum.tolist(), correct.tolist()):
+            h_.loss.append(l_ / total)
+            h_.accuracy.append(c_ / total)
+        write_back()
         if checkpoint is not None:
-            save_checkpoint(
-                checkpoint,
-                {"kind": "snode-ncg", "signature": signature, "model": model.state_dict(), "epoch": epoch + 1,
-                 "history": history.as_dict()},
-            )  # fmt: skip
-    return history
+            if ensemble:
+                state = {"kind": kind, "signature": signature, "W": W.clone(), "b": b.clone(), "epoch": epoch + 1,
+                         "histories": [h_.as_dict() for h_ in histories]}  # fmt: skip
+            else:
+                state = {"kind": kind, "signature": signature, "model": m0.state_dict(), "epoch": epoch + 1,
+                         "history": histories[0].as_dict()}  # fmt: skip
+            save_checkpoint(checkpoint, state)
+    write_back()
+    return histories
 
 
 def fit_backprop(

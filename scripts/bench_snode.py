@@ -1,13 +1,14 @@
 """Benchmark of Chapter 3's standalone neural ODE (labkit.snode).
 
     python scripts/bench_snode.py [--dim 196] [--steps 150] [--batch 100] [--images 1000]
-                                  [--device cpu] [--json out.json]
+                                  [--device cpu] [--json out.json] [--ensemble 9]
 
 Measures, on random images of the given size (pixels in [0, 1], random labels), each in a fresh
 process so that peak memories do not mix:
 
 * the time of one epoch of NCG (6 iterations per batch, Sobolev gradients) and of one epoch of
-  Adam on the same network, as images per second;
+  Adam on the same network, as images per second; with ``--ensemble K`` also one epoch of each of
+  ``K`` sNODEs trained together by ``snode.ncg_train_ensemble`` (images per second in all);
 * the hand-written discrete adjoint (``snode.adjoint_gradient``) against PyTorch's autograd
   through the same Euler scheme (``snode.autograd_gradient``): seconds per gradient of a batch,
   and their largest relative difference;
@@ -74,6 +75,18 @@ def _measure(what, dim, steps, batch, images, device, queue):
                    "peak_mb": _rss_mb(), "before_mb": before, **gpu_peak()})  # fmt: skip
         return
     t0 = time.perf_counter()
+    if what.startswith("ensemble"):
+        k = int(what[len("ensemble") :])
+        models = [snode.SNODE(dim, T=3.0, steps=steps, generator=torch.Generator().manual_seed(i)).to(device)
+                  for i in range(k)]  # fmt: skip
+        t0 = time.perf_counter()
+        snode.ncg_train_ensemble(models, data, seeds=list(range(k)), epochs=1, batch_size=batch, progress=False)
+        sync()
+        seconds = time.perf_counter() - t0
+        queue.put({"what": f"NCG ensemble of {k}, one epoch each (6 iterations per batch, Sobolev)", "seconds": seconds,
+                   "images_per_second": k * images / seconds, "peak_mb": _rss_mb(), "before_mb": before,
+                   **gpu_peak()})  # fmt: skip
+        return
     if what == "ncg":
         snode.ncg_train(model, data, epochs=1, batch_size=batch, progress=False)
         label = "NCG epoch (6 iterations per batch, Sobolev)"
@@ -94,6 +107,7 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--ensemble", type=int, default=0, help="also one epoch of an ensemble of this many sNODEs")
     args = parser.parse_args(argv)
     if min(args.dim, args.steps, args.batch, args.images) < 1 or int(round(args.dim**0.5)) ** 2 != args.dim:
         parser.error("--dim must be a square, and every size at least 1")
@@ -104,7 +118,7 @@ def main(argv=None) -> int:
     ctx = mp.get_context("spawn")
     rows = []
     t_all = time.perf_counter()
-    for what in ("adjoint", "autograd", "ncg", "adam"):
+    for what in ("adjoint", "autograd", "ncg", "adam") + ((f"ensemble{args.ensemble}",) if args.ensemble > 0 else ()):
         queue = ctx.Queue()
         sizes = (args.dim, args.steps, args.batch, args.images, args.device)
         proc = ctx.Process(target=_measure, args=(what, *sizes, queue))

@@ -3,7 +3,9 @@
 #   all    the CUDA cases of the tests, the GPU benchmarks (Chapter 4's CPL-S training step,
 #          Chapter 3's NCG epoch and adjoint, Chapter 5's networks) and Chapter 2 in full mode;
 #   probe  the CUDA cases of the tests and the benchmarks only (while CIFAR-10 parts travel), with
-#          the variants of Chapter 4's CPL-S training step (scripts/bench_convex.py --variants);
+#          the variants of Chapter 4's CPL-S training step (scripts/bench_convex.py --variants) and
+#          Chapter 3's NCG as CUDA graphs, alone and as an ensemble of 9 (bench_snode.py --ensemble,
+#          bench_ncg_overhead.py);
 #   parts  nothing but a check of which CIFAR-10 parts have arrived (a call that carries one);
 #   cifar  Chapter 5's experiment on the full CIFAR-10 with a shortened schedule (the sizes set
 #          below are kept in the record);
@@ -81,11 +83,14 @@ echo "data: ${LABKIT_DATA:-the bundled samples}; phase $PHASE" >> "$OUT/summary.
 if [ "$SMOKE" = 1 ]; then
     export LABKIT_MODE=smoke
     if [ "$PHASE" = all ] || [ "$PHASE" = probe ]; then
-        step tests 300 $PY -m pytest -q -p no:cacheprovider tests/test_core.py tests/test_lognorm.py -k "device or cuda"
+        step tests 300 $PY -m pytest -q -p no:cacheprovider tests/test_core.py tests/test_lognorm.py tests/test_snode.py \
+            -k "device or cuda"
         step bench_convex 300 $PY scripts/bench_convex.py --device "$DEVICE" --preset mnist --batch 8 --steps 1 \
             --json "$OUT/bench_convex_$DEVICE.json" --variants cudnn-benchmark tf32 channels-last bf16 fused-adam combined
         step bench_snode 300 $PY scripts/bench_snode.py --device "$DEVICE" --dim 16 --steps 5 --batch 20 --images 40 \
-            --json "$OUT/bench_snode_$DEVICE.json"
+            --json "$OUT/bench_snode_$DEVICE.json" --ensemble 3
+        step bench_ncg 300 $PY scripts/bench_ncg_overhead.py --device "$DEVICE" --steps 20 --iterations 6 \
+            --json "$OUT/bench_ncg_overhead_$DEVICE.json"
         step bench_structured 300 $PY scripts/bench_structured.py --device "$DEVICE" --sizes book --batch 8 --steps 1 \
             --json "$OUT/bench_structured_$DEVICE.json"
     fi
@@ -112,7 +117,13 @@ else
         step bench_snode 60 $PY scripts/bench_snode.py --device "$DEVICE" --json "$OUT/bench_snode_$DEVICE.json"
     fi
     if [ "$PHASE" = probe ]; then  # what is new since the last GPU run
-        step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_structured.py tests/test_experiment.py tests/test_convex.py
+        step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_structured.py tests/test_experiment.py tests/test_convex.py \
+            tests/test_snode.py
+        # Chapter 3's NCG without per-step overhead: the batched iteration as CUDA graphs, one network and
+        # an ensemble of 9 (goals: 2 000 images/s per network, 10 000 in all), and the overhead side by side
+        step bench_snode 90 $PY scripts/bench_snode.py --device "$DEVICE" --json "$OUT/bench_snode_$DEVICE.json" \
+            --ensemble 9
+        step bench_ncg 30 $PY scripts/bench_ncg_overhead.py --device "$DEVICE" --json "$OUT/bench_ncg_overhead_$DEVICE.json"
         # Chapter 4's epoch goal (at most 7 s): the plain CPL-S step and its variants, one row each
         step bench_convex 180 $PY scripts/bench_convex.py --device "$DEVICE" --json "$OUT/bench_convex_$DEVICE.json" \
             --variants cudnn-benchmark tf32 channels-last bf16 fused-adam combined

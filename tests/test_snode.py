@@ -303,3 +303,132 @@ def test_bad_input_is_named():
         snode.ncg_train(m, TensorDataset(torch.rand(2, 1, 2, 2), torch.tensor([0, 1])), epochs=1, beta="x")
     with pytest.raises(ValueError, match="T must be"):
         snode.sobolev_gradient(torch.ones(3), -1.0)
+
+
+# --- the batched NCG iteration (labkit._ncg) against the reference functions ---------------------------
+
+
+def _reference_ncg(m, data, *, epochs, batch_size, iterations, beta, sobolev, weight_decay=0.0, seed=0):
+    """Mini-batch NCG composed of the reference functions (labkit._ncg.reference_iteration), as
+    ncg_train computed it before the batched iteration."""
+    from torch.utils.data import DataLoader
+
+    from labkit import _ncg
+
+    for epoch in range(epochs):
+        loader = DataLoader(data, batch_size=batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(seed + epoch))  # fmt: skip
+        for xb, yb in loader:
+            x0, memory = m.encode(xb), {}
+            for _ in range(iterations):
+                _ncg.reference_iteration(m, x0, yb, memory, beta=beta, sobolev=sobolev, weight_decay=weight_decay)
+
+
+def _ncg_case(loss="l2", seed=0, n=48):
+    g = torch.Generator().manual_seed(9)
+    x = torch.rand(n, 1, 3, 3, generator=g, dtype=torch.float64)
+    data = TensorDataset(x, torch.randint(0, 3, (n,), generator=g))
+    return _model(dim=9, steps=12, loss=loss, classes=3, seed=seed), data
+
+
+@pytest.mark.parametrize("loss", ["l2", "cross_entropy"])
+@pytest.mark.parametrize(("beta", "sobolev", "wd"), [("fletcher-reeves", True, 0.0), ("polak-ribiere", False, 0.3),
+                                                     ("hestenes-stiefel", True, 0.0), ("dai-yuan", False, 0.0),
+                                                     ("none", True, 0.1)])  # fmt: skip
+def test_batched_ncg_equals_the_reference_iteration(loss, beta, sobolev, wd):
+    ref, data = _ncg_case(loss)
+    new, _ = _ncg_case(loss)
+    kw = dict(epochs=1, batch_size=16, iterations=3, beta=beta, sobolev=sobolev, weight_decay=wd)
+    _reference_ncg(ref, data, **kw)
+    snode.ncg_train(new, data, progress=False, **kw)
+    assert _rel(new.W.detach(), ref.W.detach()) < 1e-9 and _rel(new.b.detach(), ref.b.detach()) < 1e-9
+
+
+def test_sobolev_product_equals_the_tridiagonal_solve():
+    from labkit import _ncg
+
+    g = torch.randn(40, 5, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for N, T in ((40, 3.0), (7, 0.5)):
+        M = _ncg.sobolev_matrix(N, T, dtype=torch.float64)
+        u = g[:N]
+        assert _rel(torch.einsum("ij,j...->i...", M, u), snode.sobolev_gradient(u, T)) < 1e-12
+        v = _ncg.sobolev(u[None], M, None, T)[0]
+        assert _rel(v, snode.sobolev_gradient(u, T)) < 1e-12
+        big = u[:, None].expand(N, 3000, 5, 3)[None]  # past PRODUCT_LIMIT on a CPU: the tridiagonal solve, per network
+        assert _rel(_ncg.sobolev(torch.stack([big[0], 2 * big[0]]), M, torch.tensor([True, False]), T)[0],
+                    snode.sobolev_gradient(big[0], T)) < 1e-12  # fmt: skip
+
+
+def test_batched_outer_products_equal_the_loop():
+    from labkit import _ncg
+
+    m = _model(dim=7, steps=9)
+    x0, y = _batch(dim=7, K=5)
+    B = _ncg.Batch(x0[None], y[None], h=m.h, sigma=m.sigma, dsigma=m.dsigma, loss="l2", classes=m.classes)
+    P = _ncg.Weights(m.W.detach()[None], m.b.detach()[None])
+    X, Z = _ncg.trajectory(P, B)
+    lam = _ncg.loss_gradient(X[-1], B)[0]
+    gW, gb, _, _ = _ncg.gradient(P, X, Z, lam, B, 0.2)
+    rW, rb = snode.adjoint_gradient(m, x0, y, weight_decay=0.2)  # the loop, step by step
+    assert _rel(gW[0], rW) < 1e-13 and _rel(gb[0], rb) < 1e-13
+
+
+def test_ensemble_equals_its_separate_trainings(tmp_path):
+    cases = [(0, True), (1, True), (2, False)]  # seeds and Sobolev flags: the L² variant too
+    data = _ncg_case()[1]
+    singles = []
+    for seed, sob in cases:
+        m = _ncg_case(seed=seed)[0].float()
+        snode.ncg_train(m, data, epochs=2, batch_size=16, iterations=3, sobolev=sob, seed=seed, progress=False)
+        singles.append(m)
+    ensemble = [_ncg_case(seed=seed)[0].float() for seed, _ in cases]
+    calls = []
+    hs = snode.ncg_train_ensemble(ensemble, data, seeds=[s for s, _ in cases], sobolev=[f for _, f in cases], epochs=2,
+                                  batch_size=16, iterations=3, progress=False,
+                                  after_batch=lambda i, m: calls.append(i))  # fmt: skip
+    for a, b in zip(ensemble, singles):
+        assert _rel(a.W.detach(), b.W.detach()) < 1e-5 and _rel(a.b.detach(), b.b.detach()) < 1e-5
+    assert len(hs) == 3 and len(hs[0].loss) == 2 and calls[:3] == [0, 1, 2]
+    with pytest.raises(ValueError, match="one seed"):
+        snode.ncg_train_ensemble(ensemble, data, seeds=[0], epochs=1)
+    with pytest.raises(ValueError, match="same dim"):
+        snode.ncg_train_ensemble([ensemble[0], _model(dim=4).float()], data, seeds=[0, 1], epochs=1)
+
+
+def test_ensemble_checkpoint_resumes_bit_exact(tmp_path):
+    data = _ncg_case()[1]
+    kw = dict(seeds=[0, 1], sobolev=[True, False], batch_size=16, iterations=2, progress=False)
+    ref = [_ncg_case(seed=s)[0] for s in (0, 1)]
+    snode.ncg_train_ensemble(ref, data, epochs=2, **kw)
+    path = tmp_path / "ens.pt"
+    a = [_ncg_case(seed=s)[0] for s in (0, 1)]
+    snode.ncg_train_ensemble(a, data, epochs=1, checkpoint=path, **kw)
+    b = [_ncg_case(seed=s)[0] for s in (0, 1)]  # fresh networks: the checkpoint carries the weights
+    hs = snode.ncg_train_ensemble(b, data, epochs=2, checkpoint=path, **kw)
+    for x, y in zip(b, ref):
+        assert torch.equal(x.W, y.W) and torch.equal(x.b, y.b)
+    assert len(hs[1].loss) == 2
+    with pytest.raises(ValueError, match="not of this training"):
+        snode.ncg_train_ensemble(b, data, epochs=2, checkpoint=path, **{**kw, "seeds": [0, 2]})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_iterations_equal_eager():
+    data = _ncg_case()[1]
+    eager, graphed = (_ncg_case()[0].float().cuda() for _ in range(2))
+    kw = dict(epochs=1, batch_size=16, iterations=3, progress=False)
+    snode.ncg_train(eager, data, graphs=False, **kw)
+    snode.ncg_train(graphed, data, graphs=True, **kw)
+    assert _rel(graphed.W.detach(), eager.W.detach()) < 1e-5
+    ens = [_ncg_case(seed=s)[0].float().cuda() for s in (0, 1)]
+    ref = [_ncg_case(seed=s)[0].float().cuda() for s in (0, 1)]
+    snode.ncg_train_ensemble(ens, data, seeds=[0, 1], graphs=True, **kw)
+    snode.ncg_train_ensemble(ref, data, seeds=[0, 1], graphs=False, **kw)
+    assert all(_rel(a.W.detach(), b.W.detach()) < 1e-5 for a, b in zip(ens, ref))
+
+
+def test_graphs_need_cuda():
+    m, data = _ncg_case()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            snode.ncg_train(m, data, epochs=1, graphs=True, progress=False)

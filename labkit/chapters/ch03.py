@@ -33,6 +33,7 @@ __all__ = [
     "record_note",
     "missing_note",
     "bench_table",
+    "overhead_table",
     "full_cost",
 ]
 
@@ -434,4 +435,21 @@ def bench_table(bench: dict) -> report.Table:
         ],
         caption=f"d = {z['dim']}, N = {z['steps']}, batch {z['batch']}, {z['images']} images; {bench['device_name']}, "
         f"{bench['threads']} threads, {bench['created'][:10]}, commit {str(bench['commit'])[:10]}",
+    )
+
+
+def overhead_table(record: dict) -> report.Table:
+    """The record of ``scripts/bench_ncg_overhead.py`` (§3.7): per NCG iteration, the time and the
+    operator calls of the reference composition and of the batched iteration, side by side."""
+    z = record["sizes"]
+    return report.table(
+        record["results"],
+        [
+            ("iteration", "what"),
+            ("time per iteration", lambda r: f"{1e3 * r['seconds_per_iteration']:.2f} ms"),
+            ("operator calls per iteration", "operator_calls_per_iteration", "{:,.0f}"),
+        ],
+        caption=f"d = {z['dim']}, N = {z['steps']}, batch {z['batch']}; {record['device_name']}, {record['threads']} "
+        f"threads, {record['created'][:10]}, commit {str(record['commit'])[:10]}; the weights of the two differ by "
+        f"{record['relative_difference']:.1e} (relative) at the end",
     )
