@@ -19,7 +19,6 @@ is computed from the float32 weights either way), ``fused-adam`` and ``combined`
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 from pathlib import Path
 
@@ -34,17 +33,7 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-VARIANTS = ("cudnn-benchmark", "tf32", "channels-last", "bf16", "fused-adam")
-
-
-@contextlib.contextmanager
-def _backend_flags(cudnn_benchmark: bool, tf32: bool):
-    saved = torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = cudnn_benchmark, tf32
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = saved
+VARIANTS = convex.SPEEDUPS  # one place: the variants that convex.fit(speedups=…) can train with
 
 
 def time_train(preset, x, y, steps, device, variant=None):
@@ -60,7 +49,7 @@ def time_train(preset, x, y, steps, device, variant=None):
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in on)
     model.train()
     times = []
-    with _backend_flags("cudnn-benchmark" in on, "tf32" in on):
+    with convex.backend_flags(on):
         for k in range(steps + 1):
             _sync(device)
             t0 = time.perf_counter()

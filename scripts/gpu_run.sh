@@ -102,7 +102,7 @@ if [ "$SMOKE" = 1 ]; then
     [ "$PHASE" = cpls ] && step full_ch04 300 $PY -m labkit.experiment ch04 --out "$OUT/ch04_cifar.json" \
         --set 'datasets=[]' --set cifar_preset=cifar --set cifar_train=100 --set cifar_test=50 --set cifar_epochs=1 \
         --set require_full_cifar=false --set n_attack=20 --set n_lower=4 --set lower_steps=5 --set n_audit=2 \
-        --set audit_steps=5
+        --set audit_steps=5 --set 'cifar_speedups=["channels-last", "bf16"]'
     [ "$PHASE" = wide ] && step full_ch01 300 $PY -m labkit.experiment ch01 --out "$OUT/ch01_wide.json" \
         --set width=6 --set n_train=200 --set n_test=50 --set epochs=1 --set pgd_steps=3 --set n_audit=20 \
         --set 'targets=[null, 0.2]' --set 'datasets=["mnist"]'
@@ -145,8 +145,11 @@ else
         --set 'presets=["switching", "resnet", "flexible", "nonexpansive", "naive", "certified"]'
     # CPL-S (Chapter 4) on the full CIFAR-10: the authors' recipe with the triangular schedule over
     # CPLS_EPOCHS epochs instead of 200 (the record keeps the sizes), certified and PGD accuracy
+    # CPLS_SPEEDUPS: the variants of the training step that the probe found fastest (a JSON list of
+    # convex.SPEEDUPS, e.g. '["channels-last", "bf16"]'); the record keeps them with its sizes
     [ "$PHASE" = cpls ] && step full_ch04 "${CPLS_LIMIT:-540}" $PY -m labkit.experiment ch04 \
-        --out "$OUT/ch04_cifar.json" --set 'datasets=[]' --set cifar_epochs="${CPLS_EPOCHS:-20}"
+        --out "$OUT/ch04_cifar.json" --set 'datasets=[]' --set cifar_epochs="${CPLS_EPOCHS:-20}" \
+        --set "cifar_speedups=${CPLS_SPEEDUPS:-[]}"
     # Chapter 1 at a width the 2-core CPU could not reach (its record stops at 16): every run is
     # kept as it ends, so a limit that stops the phase leaves a partial record to resume from
     [ "$PHASE" = wide ] && step full_ch01 "${WIDE_LIMIT:-540}" $PY -m labkit.experiment ch01 \

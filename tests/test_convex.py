@@ -480,3 +480,30 @@ def test_jacobian_norms_refuse_other_layers_and_shapes():
         cv.jacobian_norms(layer, torch.rand(3, 4))
     with pytest.raises(TypeError, match="dense ConvexPotentialLayer"):
         cv.jacobian_norms(torch.nn.Linear(5, 5), torch.rand(3, 5))
+
+
+def test_fit_speedups_keep_the_certificate_sound():
+    from torch.utils.data import TensorDataset
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(48, 3, 8, 8, generator=g)
+    y = torch.randint(0, 4, (48,), generator=g)
+    plain = cv.cpl_conv((3, 8, 8), channels=4, conv_depth=2, pool=4, dense_depth=1, dense_hidden=16, classes=4)
+    fast = cv.cpl_conv((3, 8, 8), channels=4, conv_depth=2, pool=4, dense_depth=1, dense_hidden=16, classes=4)
+    data = TensorDataset(x, y)
+    cv.fit(plain, data, 2, batch_size=16, progress=False)
+    cv.fit(fast, data, 2, batch_size=16, progress=False, speedups=("channels-last", "bf16", "cudnn-benchmark", "tf32"))
+    assert all(p.dtype == torch.float32 for p in fast.parameters())  # autocast never changes the weights
+    assert not torch.backends.cuda.matmul.allow_tf32  # the flags are restored
+    radii = cv.certified_radii(fast, x, y)
+    contiguous = cv.cpl_conv((3, 8, 8), channels=4, conv_depth=2, pool=4, dense_depth=1, dense_hidden=16, classes=4)
+    contiguous.load_state_dict({k: v.contiguous() for k, v in fast.state_dict().items()})
+    assert torch.allclose(radii, cv.certified_radii(contiguous, x, y), atol=1e-6)  # float32, outside autocast
+    # bfloat16 training moves the weights elsewhere than float32 training, and the certificate still holds
+    assert any(not torch.equal(a, b) for a, b in zip(fast.state_dict().values(), plain.state_dict().values()))
+    ok = radii > 0
+    if ok.any():
+        adv = attacks.pgd(fast.eval(), x[ok], y[ok], 0.99 * radii[ok], norm="l2", steps=40)
+        assert bool((fast(adv).argmax(1) == y[ok]).all())
+    with pytest.raises(ValueError, match="unknown speedups"):
+        cv.fit(fast, data, 1, speedups=("fp8",))

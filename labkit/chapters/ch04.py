@@ -31,7 +31,8 @@ __all__ = [
 #: preset on the first 2 000 CIFAR-10 images and 1 000 test images; in full mode the dense preset with CPL
 #: and SLL layers on all of MNIST and Fashion-MNIST (a CPU can run it), and CPL-S with the authors' recipe on
 #: all of CIFAR-10 (200 epochs; needs a GPU and the full CIFAR-10, and refuses a subset; ``--set
-#: 'cifar_layers=[]'`` leaves it out).
+#: 'cifar_layers=[]'`` leaves it out). ``cifar_speedups`` names variants of the training step
+#: (:data:`labkit.convex.SPEEDUPS`) for a GPU; the certificate does not depend on them.
 SIZES = per_mode({
     #                      smoke                       book                        full
     "datasets":           (["mnist", "fashion_mnist"], ["mnist", "fashion_mnist"], ["mnist", "fashion_mnist"]),
@@ -45,6 +46,7 @@ SIZES = per_mode({
     "cifar_train":        (100,                        2000,                       None),
     "cifar_test":         (50,                         1000,                       None),
     "cifar_epochs":       (1,                          3,                          200),
+    "cifar_speedups":     ([],                         [],                         []),
     "pgd_steps":          (3,                          10,                         10),
     "n_attack":           (30,                         200,                        None),
     "n_lower":            (8,                          32,                         64),
@@ -136,9 +138,8 @@ def run(*, seed=0, device=None, progress=None, done=None, on_result=None, **size
             seed_everything(seed)
             model = convex.preset(s.cifar_preset, layer=kind, mean=mean, seed=seed)
             t0 = time.perf_counter()
-            hist = convex.fit(
-                model, cifar_tr, s.cifar_epochs, augment=True, seed=seed, device=device, progress=progress
-            )
+            hist = convex.fit(model, cifar_tr, s.cifar_epochs, augment=True, seed=seed, device=device,
+                              progress=progress, speedups=s.cifar_speedups)  # fmt: skip
             seconds = time.perf_counter() - t0
             keep(f"cifar10/{kind}", evaluate(model, cifar_te, convex.EPS_CIFAR, None, seconds, hist))
     return out
