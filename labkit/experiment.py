@@ -227,8 +227,9 @@ def partial_path(out) -> Path:
 
 
 def main(argv=None) -> int:
-    """``python -m labkit.experiment CHAPTER [--out FILE] [--restart] [--set SIZE=VALUE …]``: run a chapter's experiment
-    (:mod:`labkit.chapters`) at its full-mode sizes on the default device and write its record
+    """``python -m labkit.experiment CHAPTER [--mode MODE] [--out FILE] [--restart] [--set SIZE=VALUE …]``: run a
+    chapter's experiment (:mod:`labkit.chapters`) at the sizes of ``MODE`` (default: full) on the default device
+    and write its record
     (default: the file the book reads). For experiments made of independent seeded runs, each
     finished run is kept in a partial file beside the record, and a later call with the same sizes
     resumes from it (``--restart`` discards it); the partial file is removed once the record is
@@ -242,6 +243,12 @@ def main(argv=None) -> int:
     with_record = [c for c in chapters.CHAPTERS if chapters.get(c).RECORD]
     parser = argparse.ArgumentParser(prog="python -m labkit.experiment", description=main.__doc__)
     parser.add_argument("chapter", choices=with_record)
+    parser.add_argument(
+        "--mode",
+        choices=("smoke", "book", "full"),
+        default="full",
+        help="the sizes (and data) to run with: default full; smoke or book to try it quickly",
+    )
     parser.add_argument("--out", type=Path, help="record file (default: the one the book reads)")
     parser.add_argument("--restart", action="store_true", help="ignore the results of an unfinished run")
     parser.add_argument(
@@ -253,54 +260,62 @@ def main(argv=None) -> int:
         "the record keeps the sizes it ran with, and the page shows them",
     )
     args = parser.parse_args(argv)
-    chapter = chapters.get(args.chapter)
-    out_path = args.out or chapters.DATA / chapter.RECORD
-    sizes = chapter.sizes("full")
-    rank, world = init_distributed()  # under torchrun: data-parallel training, rank 0 writes
+    previous = os.environ.get("LABKIT_MODE")
+    os.environ["LABKIT_MODE"] = args.mode  # the data follow the mode too (smoke: the bundled samples)
     try:
-        sizes = set_sizes(sizes, args.set)
-    except ValueError as err:
-        parser.error(str(err))
-    _validate.writable(out_path, "record")
-    env = environment()
-    seed_everything(0)
-    t0 = time.perf_counter()
-    kwargs, extra, before = dict(sizes), None, 0.0
-    if "on_result" in inspect.signature(chapter.run).parameters:
-        part = partial_path(out_path)
-        old = load_record(part) if not args.restart else None
-        done = old["results"] if old is not None and old.get("sizes") == json.loads(json.dumps(sizes)) else {}
-        if done:
-            before = old["seconds"]
-            extra = {
-                "resumed": {
-                    "runs": sorted(done),
-                    "seconds": before,
-                    **{k: old.get(k) for k in ("commit", "dirty", "device", "torch")},
+        chapter = chapters.get(args.chapter)
+        out_path = args.out or chapters.DATA / chapter.RECORD
+        sizes = chapter.sizes(args.mode)
+        rank, world = init_distributed()  # under torchrun: data-parallel training, rank 0 writes
+        try:
+            sizes = set_sizes(sizes, args.set)
+        except ValueError as err:
+            parser.error(str(err))
+        _validate.writable(out_path, "record")
+        env = environment()
+        seed_everything(0)
+        t0 = time.perf_counter()
+        kwargs, extra, before = dict(sizes), None, 0.0
+        if "on_result" in inspect.signature(chapter.run).parameters:
+            part = partial_path(out_path)
+            old = load_record(part) if not args.restart else None
+            done = old["results"] if old is not None and old.get("sizes") == json.loads(json.dumps(sizes)) else {}
+            if done:
+                before = old["seconds"]
+                extra = {
+                    "resumed": {
+                        "runs": sorted(done),
+                        "seconds": before,
+                        **{k: old.get(k) for k in ("commit", "dirty", "device", "torch")},
+                    }
                 }
-            }
-            print(f"resuming: {len(done)} finished run(s) from {part}", file=sys.stderr)
-        finished = dict(done)
+                print(f"resuming: {len(done)} finished run(s) from {part}", file=sys.stderr)
+            finished = dict(done)
 
-        def keep(key, result):
-            finished[key] = result
-            if rank == 0:
-                save_record(part, finished, mode="partial", seconds=before + time.perf_counter() - t0, sizes=sizes,
-                            env=env)  # fmt: skip
+            def keep(key, result):
+                finished[key] = result
+                if rank == 0:
+                    save_record(part, finished, mode="partial", seconds=before + time.perf_counter() - t0, sizes=sizes,
+                                env=env)  # fmt: skip
 
-        kwargs.update(done=done, on_result=keep)
-    results = chapter.run(**kwargs)
-    if rank != 0:  # every rank ran the experiment; one writes it
+            kwargs.update(done=done, on_result=keep)
+        results = chapter.run(**kwargs)
+        if rank != 0:  # every rank ran the experiment; one writes it
+            return 0
+        if world > 1:
+            extra = {**(extra or {}), "world_size": world}
+        seconds = before + time.perf_counter() - t0
+        out = save_record(out_path, results, mode=args.mode, seconds=seconds, sizes=sizes, env=env, extra=extra)
+        if "on_result" in kwargs:
+            partial_path(out_path).unlink(missing_ok=True)
+        print(f"wrote {out}", file=sys.stderr)
         return 0
-    if world > 1:
-        extra = {**(extra or {}), "world_size": world}
-    out = save_record(
-        out_path, results, mode="full", seconds=before + time.perf_counter() - t0, sizes=sizes, env=env, extra=extra
-    )
-    if "on_result" in kwargs:
-        partial_path(out_path).unlink(missing_ok=True)
-    print(f"wrote {out}", file=sys.stderr)
-    return 0
+
+    finally:  # the caller's mode, as it was
+        if previous is None:
+            os.environ.pop("LABKIT_MODE", None)
+        else:
+            os.environ["LABKIT_MODE"] = previous
 
 
 if __name__ == "__main__":

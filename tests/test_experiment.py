@@ -1,6 +1,7 @@
 """labkit.experiment: robustness curves and full-mode records."""
 
 import json
+import os
 import sys
 
 import pytest
@@ -86,6 +87,30 @@ def test_record_is_atomic_and_rejects_non_json(tmp_path):
 def test_main_rejects_unknown_chapter():
     with pytest.raises(SystemExit):
         experiment.main(["ch99"])
+
+
+def test_main_runs_a_chapter_at_the_sizes_of_the_mode_given(tmp_path, monkeypatch):
+    import types
+
+    seen = {}
+    fake = types.ModuleType("labkit.chapters.chY")
+    fake.RECORD = "chY.json"
+    fake.sizes = lambda mode=None: {"n": {"smoke": 1, "book": 2, "full": 3}[mode]}
+
+    def run(*, n, done=None, on_result=None):
+        seen.update(n=n, mode=os.environ.get("LABKIT_MODE"))
+        return {"run": {"n": n}}
+
+    fake.run = run
+    monkeypatch.setitem(sys.modules, "labkit.chapters.chY", fake)
+    monkeypatch.setattr(chapters, "CHAPTERS", (*chapters.CHAPTERS, "chY"))
+    monkeypatch.setattr(chapters, "DATA", tmp_path)
+    monkeypatch.setenv("LABKIT_MODE", "full")
+    assert experiment.main(["chY", "--mode", "smoke", "--out", str(tmp_path / "y.json")]) == 0
+    rec = experiment.load_record(tmp_path / "y.json")
+    assert seen == {"n": 1, "mode": "smoke"} and rec["mode"] == "smoke" and rec["sizes"] == {"n": 1}
+    with pytest.raises(SystemExit):
+        experiment.main(["chY", "--mode", "tiny"])
 
 
 def test_main_keeps_finished_runs_and_resumes_after_a_crash(tmp_path, monkeypatch):
