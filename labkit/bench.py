@@ -337,7 +337,7 @@ def _paper(m: Method, model, dataset, xa, ya, s, radii) -> dict | None:
                 "protocol": "apgd"}  # fmt: skip
     if m.paper == "certified":  # CPL and SLL report certified accuracy
         eps = RADII[dataset]["l2"][2 if dataset != "cifar10" else 0]
-        value = float((radii > eps).float().mean())
+        value = certify.accuracy_at(radii, [eps])[0]
         return {"evaluation": "certified", "norm": "l2", "radius": eps, "value": value, "protocol": "certified"}
     if m.paper == "pgd10":  # the structure-preserving authors' code: Foolbox's 10-step ℓ2 PGD, step 0.025 ε
         eps = 0.5 if dataset == "cifar10" else 1.0
@@ -416,7 +416,7 @@ def evaluate(m: Method, model, test, dataset: str, s, *, device=None) -> dict:
         radii=l2,
         clean=clean,
         empirical=out["l2"],
-        certified=[float((radii > e).float().mean()) for e in l2],
+        certified=certify.accuracy_at(radii, l2),
         lipschitz={"lower": lower, "upper": bound, "map": "body" if target is not model else "network"},
         norm="l2",
         attack=attack,

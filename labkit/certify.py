@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import _validate
 from .runtime import resolve_device
 
-__all__ = ["margin", "certified_radius", "lln_radius", "certified_accuracy"]
+__all__ = ["margin", "certified_radius", "lln_radius", "accuracy_at", "certified_accuracy"]
 
 
 def _check_logits(logits, labels):
@@ -72,6 +72,15 @@ def lln_radius(
     return ratio.min(1).values.clamp(min=0) / L
 
 
+def accuracy_at(radii: torch.Tensor, eps) -> list[float]:
+    """The certified accuracy at each radius of ``eps`` from per-point certified ``radii`` (0 for a
+    misclassified point, §0.4): the fraction of points whose radius is strictly above the radius,
+    since a certificate of radius ``r`` covers the open ball ``‖δ‖ < r``. The one place this is
+    computed."""
+    radii = torch.as_tensor(radii)
+    return [float((radii > _validate.nonneg(e, "eps")).float().mean()) for e in eps]
+
+
 def certified_accuracy(model, data: Dataset, eps, lipschitz: float, *, batch_size=512, device=None):
     """Fraction of ``data`` that is correct with certified radius above ``eps`` (§0.4).
 
@@ -94,5 +103,5 @@ def certified_accuracy(model, data: Dataset, eps, lipschitz: float, *, batch_siz
     if not radii:
         raise ValueError("data is empty.")
     r = torch.cat(radii)
-    acc = {e: float((r > e).float().mean()) for e in eps_values}
+    acc = dict(zip(eps_values, accuracy_at(r, eps_values)))
     return acc[eps_values[0]] if scalar else acc

@@ -1006,7 +1006,7 @@ def evaluate_robustness(
         clean=clean,
         norm="l2",
         empirical={"pgd": [correct[e] / n for e in eps_values]},
-        certified=[float((radii > e).float().mean()) for e in eps_values],
+        certified=certify.accuracy_at(radii, eps_values),
         lipschitz={"lower": lower, "upper": 1.0 if body else float(lipschitz), "map": "body" if body else "network"},
         attack={"pgd": {"steps": steps, "restarts": 1, "points": n}},
         broken=[broken[e] for e in eps_values],

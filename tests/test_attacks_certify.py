@@ -292,3 +292,11 @@ def test_median_minimal_norm_leaves_out_misclassified_and_censors_failures():
     assert math.isnan(attacks.median_minimal_norm([0.0, 0.0]))  # nobody correctly classified
     with pytest.raises(ValueError, match="non-negative"):
         attacks.median_minimal_norm([0.1, -0.2])
+
+
+def test_accuracy_at_counts_radii_strictly_above():
+    radii = torch.tensor([0.0, 0.1, 0.2, 0.2, 0.5])
+    assert certify.accuracy_at(radii, [0.0, 0.1, 0.2, 0.49, 0.5]) == pytest.approx([0.8, 0.6, 0.2, 0.2, 0.0])
+    assert certify.accuracy_at([0.3, 0.0], [0.3]) == [0.0]  # a certificate of radius r covers ‖δ‖ < r only
+    with pytest.raises(ValueError, match="eps"):
+        certify.accuracy_at(radii, [-0.1])
