@@ -231,13 +231,7 @@ def write_editions(outdir, labs_dir=ROOT / "labs") -> dict:
     All labs are read and validated first; on any error nothing is written. The three outputs
     replace earlier ones in ``outdir`` only once all are written.
     """
-    import nbformat
-
-    labs_dir, outdir = Path(labs_dir), Path(outdir)
-    paths = sorted(labs_dir.glob("*.ipynb"))
-    if not paths:
-        raise FileNotFoundError(f"no lab notebooks in {labs_dir}.")
-    labs = [read_lab(p) for p in paths]  # raises before anything is written
+    labs, outdir = _labs(labs_dir), Path(outdir)
     manifest = {
         "labs": [
             {
@@ -249,26 +243,11 @@ def write_editions(outdir, labs_dir=ROOT / "labs") -> dict:
             for lab in labs
         ]
     }
-    outdir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".editions-", dir=outdir))
-    try:
-        for sub in ("student", "solutions"):
-            (staging / sub).mkdir()
-        for lab in labs:
-            nbformat.write(student_notebook(lab), staging / "student" / f"{lab.name}.ipynb")
-            nbformat.write(solution_notebook(lab), staging / "solutions" / f"{lab.name}.ipynb")
-        (staging / "manifest.json").write_text(
-            json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
-        for name in ("student", "solutions", "manifest.json"):
-            target = outdir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-            os.replace(staging / name, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    files = {"manifest.json": json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"}
+    for lab in labs:
+        files[f"student/{lab.name}.ipynb"] = student_notebook(lab)
+        files[f"solutions/{lab.name}.ipynb"] = solution_notebook(lab)
+    _write_staged(outdir, files)
     return manifest
 
 
