@@ -28,7 +28,8 @@
 # Data: `python scripts/gpu_prepare.py pack [--cifar]` first, and carry `.device-data` (or one
 # CIFAR-10 part per call) with the run. Every step runs even if an earlier one failed;
 # $OUT/summary.txt says how each ended, and the logs of all steps are in $OUT/gpu_run.log (few
-# files: at most 8 come back).
+# files: at most 8 come back). The script exits 1 when a step failed (a step stopped by its time
+# limit, exit 124, is not a failure: it leaves a partial record to resume from).
 set -uo pipefail
 
 SMOKE=0
@@ -47,6 +48,7 @@ LOG="$OUT/gpu_run.log"
 : > "$OUT/summary.txt"
 cp .device-data/resume/*.partial.json "$OUT/" 2>/dev/null
 
+FAILED=""
 step() {  # step NAME LIMIT_S COMMAND...: run, log, and record the status and the time
     local name=$1 limit=$2
     shift 2
@@ -55,6 +57,9 @@ step() {  # step NAME LIMIT_S COMMAND...: run, log, and record the status and th
     timeout "$limit" "$@" >> "$LOG" 2>&1
     local rc=$?
     echo "$name: exit $rc after $((SECONDS - t0)) s (limit $limit s)" | tee -a "$OUT/summary.txt"
+    # a step stopped by its limit (124) has left a partial record to resume from; any other
+    # non-zero status is a failure, and the script's own status says so at the end
+    if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ]; then FAILED="$FAILED $name"; fi
 }
 
 DEVICE=$($PY -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
@@ -138,7 +143,7 @@ else
     # The paper's regimes first, the certified network last: at paper size its exact orthogonal and
     # sound-norm projections cost 2.7 s per step on the H200 with batched SVDs (bench_structured_cuda.json;
     # Gram iteration on the device replaces them since, not yet timed there),
-    # so a limit that stops the run keeps the others (the third session's run put it first and got none)
+    # so a limit that stops the run keeps the others (a run that put it first got none)
     [ "$PHASE" = cifar ] && step full_ch05 "${CH05_LIMIT:-420}" $PY -m labkit.experiment ch05 \
         --out "$OUT/ch05_full.json" --set epochs="${CH05_EPOCHS:-6}" --set decay_every="${CH05_DECAY:-4}" \
         --set strong_steps=50 --set strong_restarts=2 --set n_audit=32 --set audit_steps=30 \
@@ -163,3 +168,7 @@ if [ "$PHASE" = bench ] && [ "$SMOKE" = 0 ]; then
 fi
 [ "$PHASE" = bench ] && tar czf "$OUT/bench_full.tgz" -C "$OUT" bench_full && rm -rf "$OUT/bench_full"
 ls -l "$OUT" >> "$LOG"
+if [ -n "$FAILED" ]; then
+    echo "failed:$FAILED" | tee -a "$OUT/summary.txt"
+    exit 1
+fi
