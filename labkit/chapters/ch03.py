@@ -210,15 +210,16 @@ def _median_text(value, reach) -> str:
 
 def verify(results: dict) -> None:
     """Raise ``AssertionError`` if a training trace is not finite, if a reported attack norm is
-    negative, or if the linearised noise propagation and Monte Carlo disagree by more than 25 %
-    (the linearisation would then not describe the network at this noise level)."""
+    negative, or if a linearised or Monte Carlo standard deviation is not a finite positive number.
+    How far the two lie apart is a finding about the network at that noise level, not an error:
+    :func:`record_note` reports it (a trained network can be nonlinear at the noise of §3.5)."""
     for key, r in results.items():
         assert all(math.isfinite(v) for _, v in r["trace"]), f"{key}: a non-finite loss in the trace"
         for attack in ("sensitivity", "pgd"):
             assert all(v is None or v >= 0 for v in r["attack"][attack]), f"{key}: a negative {attack} norm"
-        lin, mc = r["propagation"]["linear"], r["propagation"]["monte_carlo"]
-        gap = max(abs(a - b) / max(b, 1e-12) for a, b in zip(lin, mc))
-        assert gap < 0.25, f"{key}: linearised and Monte Carlo standard deviations differ by {gap:.0%}"
+        for kind in ("linear", "monte_carlo"):
+            values = r["propagation"][kind]
+            assert all(math.isfinite(v) and v > 0 for v in values), f"{key}: a {kind} standard deviation {values}"
 
 
 def _row(key, r):
