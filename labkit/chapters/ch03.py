@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from .. import attacks, data, report, snode, train
+from ..runtime import resolve_device
 from . import DATA, given, per_mode, pick
 
 __all__ = [
@@ -79,7 +80,7 @@ def _probe(model, x0, y) -> float:
         return float(model.loss(model.flow(x0), y))
 
 
-def run(*, seed=0, device=None, done=None, on_result=None, **sizes) -> dict:
+def run(*, seed=0, device=None, done=None, on_result=None, ensemble=None, **sizes) -> dict:
     """Train the :data:`MODELS` for every seed of the :data:`SIZES` given and measure them; results
     keyed ``"<model>/seed <s>"``, each with the clean accuracy, the training trace (loss of a fixed
     probe of 500 training images every ``trace_every`` batches), the time, the smoothness, the
@@ -87,57 +88,76 @@ def run(*, seed=0, device=None, done=None, on_result=None, **sizes) -> dict:
     first ``attack_images`` test images, ``‖Ξ(T)‖₂`` statistics and the noise propagation. Every
     run is seeded on its own, so runs can be resumed: results already in ``done`` are taken as they
     are, and ``on_result(key, result)`` is called after each new run (``python -m
-    labkit.experiment ch03`` keeps a partial record with them)."""
+    labkit.experiment ch03`` keeps a partial record with them). ``device``: default the runtime's
+    (a GPU when there is one). With ``ensemble`` (default: on a CUDA device) the NCG trainings still
+    to run, of every seed and both gradients, train together in one batched pass
+    (:func:`labkit.snode.ncg_train_ensemble`, the same weights to rounding); each then records the
+    time of the whole pass and ``"ensemble"``, the number of networks in it."""
     s = given(sizes, SIZES)
+    dev = resolve_device(device)
     tr = dataset(True, s.n_train, s.factor)
     te = dataset(False, s.n_test, s.factor)
     dim = tr.tensors[0][0].numel()
+    keys = [(f"{name}/seed {run_seed}", name, run_seed) for run_seed in s.seeds for name in MODELS]
+    todo = [k for k in keys if not (done and k[0] in done)]
     out = {}
-    for run_seed in s.seeds:
-        for name in MODELS:
-            key = f"{name}/seed {run_seed}"
-            if done and key in done:
-                out[key] = done[key]
-                continue
-            torch.manual_seed(run_seed)
-            model = snode.SNODE(dim, T=s.T, steps=s.steps, activation=s.activation, loss=s.loss,
-                                generator=torch.Generator().manual_seed(run_seed))  # fmt: skip
-            if device is not None:
-                model = model.to(device)
-            probe_x = model.encode(tr.tensors[0][:500].to(model.W.device))
-            probe_y = tr.tensors[1][:500].to(model.W.device)
-            trace, batches = [(0, _probe(model, probe_x, probe_y))], [0]
 
-            def after(m, trace=trace, batches=batches, probe_x=probe_x, probe_y=probe_y):
-                batches[0] += 1
-                if batches[0] % s.trace_every == 0:
-                    trace.append((batches[0], _probe(m, probe_x, probe_y)))
+    def new(name, run_seed):
+        torch.manual_seed(run_seed)
+        model = snode.SNODE(dim, T=s.T, steps=s.steps, activation=s.activation, loss=s.loss,
+                            generator=torch.Generator().manual_seed(run_seed)).to(dev)  # fmt: skip
+        probe_x, probe_y = model.encode(tr.tensors[0][:500].to(dev)), tr.tensors[1][:500].to(dev)
+        trace, batches = [(0, _probe(model, probe_x, probe_y))], [0]
 
-            t0 = time.perf_counter()
-            if name.startswith("sNODE"):
-                snode.ncg_train(model, tr, epochs=s.epochs, batch_size=s.batch_size, iterations=s.iterations,
-                                sobolev=name.endswith("Sobolev"), seed=run_seed, after_batch=after,
-                                desc=name)  # fmt: skip
-            else:
-                snode.fit_backprop(model, tr, epochs=s.epochs, lr=s.adam_lr, batch_size=s.batch_size,
-                                   seed=run_seed, after_step=after)  # fmt: skip
-            seconds = time.perf_counter() - t0
-            out[key] = _measure(model, te, s, run_seed, trace, seconds)
-            if on_result is not None:
-                on_result(key, out[key])
-    return out
+        def after(m):
+            batches[0] += 1
+            if batches[0] % s.trace_every == 0:
+                trace.append((batches[0], _probe(m, probe_x, probe_y)))
+
+        return model, trace, after
+
+    def keep(key, model, run_seed, trace, seconds, **extra):
+        out[key] = {**_measure(model, te, s, run_seed, trace, seconds), **extra}
+        if on_result is not None:
+            on_result(key, out[key])
+
+    together = [k for k in todo if k[1].startswith("sNODE")]
+    if (dev.type == "cuda" if ensemble is None else ensemble) and len(together) > 1:
+        built = [new(name, run_seed) for _, name, run_seed in together]
+        t0 = time.perf_counter()
+        snode.ncg_train_ensemble([m for m, _, _ in built], tr, seeds=[k[2] for k in together],
+                                 sobolev=[k[1].endswith("Sobolev") for k in together], epochs=s.epochs,
+                                 batch_size=s.batch_size, iterations=s.iterations,
+                                 after_batch=lambda i, m: built[i][2](m), desc="sNODE ensemble")  # fmt: skip
+        seconds = time.perf_counter() - t0
+        for (key, _, run_seed), (model, trace, _) in zip(together, built):
+            keep(key, model, run_seed, trace, seconds, ensemble=len(built))
+    for key, name, run_seed in todo:
+        if key in out:
+            continue
+        model, trace, after = new(name, run_seed)
+        t0 = time.perf_counter()
+        if name.startswith("sNODE"):
+            snode.ncg_train(model, tr, epochs=s.epochs, batch_size=s.batch_size, iterations=s.iterations,
+                            sobolev=name.endswith("Sobolev"), seed=run_seed, after_batch=after, desc=name)  # fmt: skip
+        else:
+            snode.fit_backprop(model, tr, epochs=s.epochs, lr=s.adam_lr, batch_size=s.batch_size, seed=run_seed,
+                               after_step=after)  # fmt: skip
+        keep(key, model, run_seed, trace, time.perf_counter() - t0)
+    return {key: done[key] if done and key in done else out[key] for key, _, _ in keys}
 
 
 def _measure(model, te, s, seed, trace, seconds) -> dict:
     model.eval()
-    clean = train.evaluate(model, te)["accuracy"]
-    x_img, y = te.tensors[0][: s.attack_images], te.tensors[1][: s.attack_images]
+    dev = model.W.device
+    clean = train.evaluate(model, te, device=dev)["accuracy"]
+    x_img, y = te.tensors[0][: s.attack_images].to(dev), te.tensors[1][: s.attack_images].to(dev)
     x0 = model.encode(x_img)
     sens = snode.sensitivity_attack(model, x0, y, steps=s.attack_steps, step_size=s.step_size,
                                     generator=torch.Generator().manual_seed(seed))  # fmt: skip
     pgd = attacks.minimal_l2(model, x_img, y, s.radii, steps=s.pgd_steps, bisections=s.bisections,
                              generator=torch.Generator().manual_seed(seed))  # fmt: skip
-    Xi = snode.input_jacobian(model, model.encode(te.tensors[0][: s.jacobian_images]))
+    Xi = snode.input_jacobian(model, model.encode(te.tensors[0][: s.jacobian_images].to(dev)))
     xi_norms = torch.linalg.matrix_norm(Xi, 2)
     logit_norms = torch.linalg.matrix_norm(Xi[:, : model.classes], 2)
     entries = [(0, 0), (3, 7), (50, 60), (100, 101)]
@@ -158,7 +178,7 @@ def _measure(model, te, s, seed, trace, seconds) -> dict:
             "pgd_search": f"grid and {s.bisections} bisections",
         },
         "jacobian": {"state": xi_norms.tolist(), "logits": logit_norms.tolist()},
-        "propagation": propagation(model, te.tensors[0][0], s.noise, s.mc_samples, seed),
+        "propagation": propagation(model, te.tensors[0][0].to(dev), s.noise, s.mc_samples, seed),
     }
 
 
@@ -173,7 +193,7 @@ def propagation(model, image, noise: float, samples: int, seed: int = 0) -> dict
     x0 = model.encode(image[None])
     cov = snode.output_covariance(model, x0, noise**2)[0][: model.classes, : model.classes]
     g = torch.Generator().manual_seed(seed)
-    noisy = x0 + noise * torch.randn(samples, x0.shape[1], generator=g, dtype=x0.dtype)
+    noisy = x0 + noise * torch.randn(samples, x0.shape[1], generator=g, dtype=x0.dtype).to(x0.device)
     with torch.no_grad():
         out = model.flow(noisy)[:, : model.classes]
     return {"linear": cov.diagonal().sqrt().tolist(), "monte_carlo": out.std(0).tolist(), "noise": noise,
