@@ -13,6 +13,8 @@
 #          CPLS_EPOCHS epochs (default 20, stated in the record), nothing else;
 #   wide   Chapter 1's experiment at full size at width WIDE_WIDTH (default 20; the CPU's record
 #          stops at 16), resumable run by run;
+#   snode  Chapter 3's full record with its three seeds: the six NCG trainings as one ensemble
+#          (snode.ncg_train_ensemble, CUDA graphs), then the Adam analogues, resumable run by run;
 #   bench  Chapter 6's full grid on BENCH_DATASETS (default the MNIST-like sets; with cifar10 the
 #          CIFAR-10 parts must have arrived), BENCH_SHARD=i/n picks a part, resumable: the records
 #          of an earlier call, unpacked into .device-data/bench_full and carried, are skipped; the
@@ -35,7 +37,7 @@ set -uo pipefail
 SMOKE=0
 [ "${1:-}" = "--smoke" ] && SMOKE=1 && shift
 PHASE=${1:-all}
-case "$PHASE" in all|probe|parts|cifar|cpls|wide|bench) ;; *) echo "unknown phase $PHASE (all, probe, parts, cifar, cpls, wide, bench)" >&2; exit 2;; esac
+case "$PHASE" in all|probe|parts|cifar|cpls|wide|snode|bench) ;; *) echo "unknown phase $PHASE (all, probe, parts, cifar, cpls, wide, snode, bench)" >&2; exit 2;; esac
 BENCH_DATASETS=${BENCH_DATASETS:-mnist fashion_mnist}
 CIFAR=0
 case "$PHASE" in cifar|cpls) CIFAR=1;; bench) case " $BENCH_DATASETS " in *" cifar10 "*) CIFAR=1;; esac;; esac
@@ -111,6 +113,8 @@ if [ "$SMOKE" = 1 ]; then
     [ "$PHASE" = wide ] && step full_ch01 300 $PY -m labkit.experiment ch01 --out "$OUT/ch01_wide.json" \
         --set width=6 --set n_train=200 --set n_test=50 --set epochs=1 --set pgd_steps=3 --set n_audit=20 \
         --set 'targets=[null, 0.2]' --set 'datasets=["mnist"]'
+    [ "$PHASE" = snode ] && step full_ch03 300 $PY -m labkit.experiment ch03 --mode smoke --out "$OUT/ch03_full.json" \
+        --set 'seeds=[0, 1]'
     [ "$PHASE" = bench ] && step bench 300 $PY -m labkit.bench --mode smoke --methods plain cpl \
         --datasets $BENCH_DATASETS --results "$OUT/bench_full"
 else
@@ -159,6 +163,10 @@ else
     # kept as it ends, so a limit that stops the phase leaves a partial record to resume from
     [ "$PHASE" = wide ] && step full_ch01 "${WIDE_LIMIT:-540}" $PY -m labkit.experiment ch01 \
         --out "$OUT/ch01_wide.json" --set width="${WIDE_WIDTH:-20}"
+    # Chapter 3's full record, three seeds: the NCG trainings of all seeds and both gradients train
+    # together on the device, then the Adam analogues one by one; each finished run is kept
+    [ "$PHASE" = snode ] && step full_ch03 "${SNODE_LIMIT:-540}" $PY -m labkit.experiment ch03 \
+        --out "$OUT/ch03_full.json"
 fi
 # Chapter 6's full grid: one record per run, written as each run ends, so a limit loses at most one run
 if [ "$PHASE" = bench ] && [ "$SMOKE" = 0 ]; then

@@ -389,3 +389,19 @@ def test_ch04_resumes_run_by_run_and_leaves_cifar_out_without_layers(monkeypatch
     assert ch04.run(**sizes, progress=False, done=results) == results and trained == [1]
     with pytest.raises(ValueError, match="dense_layers"):
         ch04.run(**{**sizes, "dense_layers": ["cpl", "aol"]}, progress=False)
+
+
+def test_ch03_ensemble_path_equals_the_runs_one_by_one():
+    from labkit.chapters import ch03
+
+    sizes = {**ch03.sizes("smoke"), "seeds": [0, 1], "attack_images": 4, "jacobian_images": 2, "mc_samples": 20}
+    one = ch03.run(**sizes, ensemble=False)
+    seen = []
+    together = ch03.run(**sizes, ensemble=True, on_result=lambda k, r: seen.append(k))
+    assert list(together) == list(one)  # the same keys in the same order
+    assert seen[:4] == ["sNODE, L²/seed 0", "sNODE, Sobolev/seed 0", "sNODE, L²/seed 1", "sNODE, Sobolev/seed 1"]
+    for key, r in one.items():
+        t = together[key]
+        assert t["clean"] == r["clean"] and t.get("ensemble") == (4 if key.startswith("sNODE") else None)
+        assert t["smoothness"] == pytest.approx(r["smoothness"], rel=1e-4)
+        assert [v for _, v in t["trace"]] == pytest.approx([v for _, v in r["trace"]], rel=1e-4)
