@@ -255,8 +255,11 @@ def fit(
     batch_size = _validate.positive_int(batch_size, "batch_size")
     if len(train_data) == 0:
         raise ValueError("train_data is empty.")
-    for tensor in getattr(train_data, "tensors", ()):  # a TensorDataset is checked whole, before any step
-        _validate.finite(tensor, "train_data", "training on it gives a NaN loss")
+    if val_data is not None and len(val_data) == 0:
+        raise ValueError("val_data is empty: give None for no validation, or a data set with examples.")
+    for name, given in (("train_data", train_data), ("val_data", val_data)):  # checked whole, before any step
+        for tensor in getattr(given, "tensors", ()):
+            _validate.finite(tensor, name, "training on it gives a NaN loss" if name == "train_data" else "")
     dev = resolve_device(device)
     model.to(dev)
     rank, world = distributed()

@@ -84,6 +84,21 @@ def test_fit_rejects_bad_arguments(kwargs, match):
         train.fit(_model(), _data(), **kwargs)
 
 
+def test_fit_refuses_an_empty_or_non_finite_validation_set_before_any_step():
+    from torch.utils.data import TensorDataset
+
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    empty = TensorDataset(torch.zeros(0, 6), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="val_data is empty"):
+        train.fit(model, _data(), epochs=1, val_data=empty, progress=False)
+    x, y = _data().tensors
+    bad = TensorDataset(torch.full_like(x[:4], float("nan")), y[:4])
+    with pytest.raises(ValueError, match="val_data"):
+        train.fit(model, _data(), epochs=1, val_data=bad, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no step was taken
+
+
 # ----------------------------------------------------------------------------- odes
 def test_euler_resnet_converges_to_the_flow_at_first_order():
     torch.manual_seed(0)
