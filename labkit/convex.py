@@ -70,6 +70,8 @@ __all__ = [
     "margin_loss",
     "triangular_lr",
     "Augmented",
+    "SPEEDUPS",
+    "backend_flags",
     "fit",
     "certified_radii",
     "evaluate_robustness",

@@ -30,6 +30,7 @@ __all__ = [
     "table",
     "values",
     "propagation",
+    "attacked",
     "claim",
     "record_note",
     "missing_note",

@@ -450,7 +450,7 @@ def values(results: dict) -> dict:
 
 def certificate_cost(results: dict, *, reference: str = "plain") -> str:
     """§6.6's sentence on what a certificate costs in clean accuracy, computed from the runs: per data
-    set, the methods that certify (:attr:`~labkit.bench.Method.certifies`) with their clean accuracy
+    set, the methods that certify (``Method.certifies`` of :data:`labkit.bench.METHODS`) with their clean accuracy
     against the ``reference`` network's, split into those below it and those at or above it. A
     certificate need not cost accuracy; which ones do is a property of the runs."""
     groups = {k: _avg(rs, lambda r: r["clean"]) for k, rs in _mean_over_seeds(results).items()}
