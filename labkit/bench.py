@@ -333,7 +333,7 @@ def _paper(m: Method, model, dataset, xa, ya, s, radii) -> dict | None:
                                          steps=s.pgd_steps * 3, generator=gen)  # fmt: skip
         eps = 1.0  # a 14×14 perturbation u is a 28×28 one of norm factor·‖u‖ (each pixel repeated factor² times)
         value = float((norms * model.factor > eps).float().mean())
-        return {"evaluation": "sensitivity attack (minimal norm)", "norm": "l2", "radius": eps, "value": value,
+        return {"evaluation": "sensitivity-guided attack", "norm": "l2", "radius": eps, "value": value,
                 "protocol": "apgd"}  # fmt: skip
     if m.paper == "certified":  # CPL and SLL report certified accuracy
         eps = RADII[dataset]["l2"][2 if dataset != "cifar10" else 0]

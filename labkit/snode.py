@@ -636,7 +636,8 @@ def sensitivity_attack(
     model: SNODE, x0: torch.Tensor, labels: torch.Tensor, *, steps: int = 30, step_size: float = 0.03,
     kappa: float = 0.975, clamp=(-1.0, 0.0), generator=None, return_points: bool = False,
 ):  # fmt: skip
-    """The sensitivity-based minimal-ℓ2 attack (§3.5, after the reference code): at each of
+    """The sensitivity-guided search for small adversarial perturbations (:prf:ref:`alg-sensitivity-attack`,
+    after the reference code; it reaches at most ``steps · step_size``): at each of
     ``steps`` iterations, with ``z`` the first ``classes`` components of ``x(T)`` and ``P`` the
     same rows of ``Ξ(T)``, every other class ``i`` gives the direction ``p_i = κ∇z_i − ∇z_c`` and
     the linearised distance ``r_i = (z_c − κ z_i)/‖p_i‖`` to ``κ z_i ≥ z_c``; the iterate moves a
