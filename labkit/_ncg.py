@@ -125,17 +125,40 @@ def gradient(P: Weights, X, Z, lam, B: Batch, weight_decay: float):
 PRODUCT_LIMIT = 5e7
 
 
+def thomas(g: torch.Tensor, T: float) -> torch.Tensor:
+    """``(I − ∂²_t)⁻¹ g`` along the first axis of ``g`` (``N`` cells of ``[0, T]``, Neumann conditions,
+    mirrored ghost cells) by the Thomas algorithm, for all other axes at once: the solve of
+    :func:`labkit.snode.sobolev_gradient`, which checks its arguments and calls this."""
+    N = g.shape[0]
+    if N == 1:
+        return g.clone()
+    c = (N / T) ** 2  # 1/h²
+    diag = [1 + 2 * c] * N
+    diag[0] = diag[-1] = 1 + c
+    cp = [0.0] * N
+    dp = torch.empty_like(g)
+    cp[0] = -c / diag[0]
+    dp[0] = g[0] / diag[0]
+    for i in range(1, N):
+        denom = diag[i] + c * cp[i - 1]
+        cp[i] = -c / denom
+        dp[i] = (g[i] + c * dp[i - 1]) / denom
+    v = torch.empty_like(g)
+    v[-1] = dp[-1]
+    for i in range(N - 2, -1, -1):
+        v[i] = dp[i] - cp[i] * v[i + 1]
+    return v
+
+
 def sobolev(g, M, mask, T: float):
     """The Sobolev transform along the cells (axis 1) of every network's gradient where ``mask``: one
     product with the cached inverse ``M`` on a GPU, or wherever it is cheap; the tridiagonal solve of
-    :func:`labkit.snode.sobolev_gradient` on a CPU for large gradients."""
+    :func:`thomas` on a CPU for large gradients."""
     E, N = g.shape[:2]
     if g.device.type == "cuda" or N * g.numel() <= PRODUCT_LIMIT:
         v = torch.matmul(M, g.reshape(E, N, -1)).view_as(g)
     else:
-        from .snode import sobolev_gradient
-
-        v = sobolev_gradient(g.transpose(0, 1), T).transpose(0, 1)
+        v = thomas(g.transpose(0, 1), T).transpose(0, 1)
     if mask is None:
         return v
     return torch.where(mask.view(E, *([1] * (g.ndim - 1))), v, g)
@@ -284,25 +307,3 @@ class Graphed:
         graph, out = self.graphs[restart]
         graph.replay()
         return out
-
-
-def reference_iteration(model, x0, labels, memory, *, beta: str, sobolev: bool, weight_decay: float = 0.0):
-    """One NCG iteration of one network composed of the reference functions of :mod:`labkit.snode`, as
-    ``ncg_train`` computed it before this module (a sweep per function, the Thomas solve, Python
-    floats for β and η): the baseline of the tests and of ``scripts/bench_ncg_overhead.py``.
-    ``memory`` is ``{}`` at a restart and is updated in place."""
-    from . import snode
-
-    params = (model.W.detach(), model.b.detach())
-    g = snode.adjoint_gradient(model, x0, labels, weight_decay=weight_decay)
-    if sobolev:
-        g = tuple(snode.sobolev_gradient(t, model.T) for t in g)
-    g_prev, d_prev = memory.get("g"), memory.get("d")
-    b_ = snode.cg_beta(beta, g, g_prev, d_prev)
-    d = tuple(-a + b_ * p for a, p in zip(g, d_prev)) if d_prev is not None and b_ else tuple(-a for a in g)
-    xT, xi = snode._sensitivity(model, x0, dW=d[0], db=d[1])
-    eta = snode.line_search(model, xT, xi, labels, weight_decay=weight_decay, params=params, direction=d)
-    with torch.no_grad():
-        model.W.add_(d[0], alpha=eta)
-        model.b.add_(d[1], alpha=eta)
-    memory.update(g=g, d=d)

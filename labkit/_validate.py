@@ -92,16 +92,20 @@ def in_box(x, box, what: str = "x") -> None:
     lo, hi = box
     below, above = float(x.min()), float(x.max())
     if below < lo - 1e-6 or above > hi + 1e-6:
-        raise ValueError(f"{what} lies in [{below:g}, {above:g}], outside the attack's box clamp={tuple(box)!r} "
-                         "(images in 0..255? divide by 255, or pass the box of your inputs as clamp).")  # fmt: skip
+        raise ValueError(
+            f"{what} lies in [{below:g}, {above:g}], outside the attack's box clamp={tuple(box)!r} "
+            "(images in 0..255? divide by 255, or pass the box of your inputs as clamp)."
+        )
 
 
 def same_device(model, x, what: str = "x") -> None:
     """``model``'s parameters and ``x`` are on one device; ``ValueError`` naming both otherwise."""
     param = next(iter(model.parameters()), None)
     if param is not None and param.device != x.device:
-        raise ValueError(f"the model is on {param.device} but {what} is on {x.device}: move one of them "
-                         f"(model.to({str(x.device)!r}) or {what}.to({str(param.device)!r})).")  # fmt: skip
+        raise ValueError(
+            f"the model is on {param.device} but {what} is on {x.device}: move one of them "
+            f"(model.to({str(x.device)!r}) or {what}.to({str(param.device)!r}))."
+        )
 
 
 def labels_fit(logits, y, what: str = "labels") -> None:
@@ -110,5 +114,6 @@ def labels_fit(logits, y, what: str = "labels") -> None:
     if logits.ndim == 2 and y.numel() and not y.is_floating_point():
         k = logits.shape[1]
         if int(y.min()) < 0 or int(y.max()) >= k:
-            raise ValueError(f"{what} must lie in 0..{k - 1} for a model with {k} outputs, "
-                             f"found {int(y.min())}..{int(y.max())}.")  # fmt: skip
+            raise ValueError(
+                f"{what} must lie in 0..{k - 1} for a model with {k} outputs, found {int(y.min())}..{int(y.max())}."
+            )

@@ -353,8 +353,9 @@ def pgd_curve(
                     if chunk.numel() == 0:
                         continue
                     step = None if rel_step is None else rel_step * e
-                    adv = pgd(model, x[chunk], y[chunk], e, norm="l2", steps=steps, step_size=step, clamp=clamp,
-                              generator=gen)  # fmt: skip
+                    adv = pgd(
+                        model, x[chunk], y[chunk], e, norm="l2", steps=steps, step_size=step, clamp=clamp, generator=gen
+                    )
                     with frozen(model), torch.no_grad():
                         ok[chunk] = model(adv).argmax(1) == y[chunk]
         if monotone:

@@ -476,8 +476,14 @@ def sobolev(fn) -> None:
     g = torch.Generator().manual_seed(11)
     for N, T in ((12, 3.0), (40, 1.5)):
         u = torch.randn(N, generator=g, dtype=torch.float64)
-        _close(_call(fn, u.clone(), T), sobolev_gradient(u, T), f"the Sobolev gradient (N = {N}, T = {T})", hint,
-               rtol=1e-8, atol=1e-10)  # fmt: skip
+        _close(
+            _call(fn, u.clone(), T),
+            sobolev_gradient(u, T),
+            f"the Sobolev gradient (N = {N}, T = {T})",
+            hint,
+            rtol=1e-8,
+            atol=1e-10,
+        )
     c = torch.full((20,), 2.5, dtype=torch.float64)
     _close(_call(fn, c.clone(), 2.0), c, "the Sobolev gradient of a constant", "constants are kept (Neumann).")
 
@@ -526,8 +532,14 @@ def sensitivity_step(fn) -> None:
 
     _, expected = torch.func.jvp(step, (W, b, x), (dW, db.expand_as(b), xi))
     got = _call(fn, xi.clone(), x.clone(), z.clone(), W.clone(), dW.clone(), db.clone(), h)
-    _close(got, expected, "ξ_{k+1}", "ξ_{k+1} = ξ_k + h σ'(z_k) ⊙ (W_k ξ_k + dW_k x_k + db_k), samples in rows.",
-           rtol=1e-9, atol=1e-12)  # fmt: skip
+    _close(
+        got,
+        expected,
+        "ξ_{k+1}",
+        "ξ_{k+1} = ξ_k + h σ'(z_k) ⊙ (W_k ξ_k + dW_k x_k + db_k), samples in rows.",
+        rtol=1e-9,
+        atol=1e-12,
+    )
 
 
 def l2_step(fn) -> None:
@@ -537,8 +549,14 @@ def l2_step(fn) -> None:
     xT, xi, y = (torch.randn(8, 5, generator=g, dtype=torch.float64) for _ in range(3))
     expected = -float((xi * (xT - y)).sum() / (xi * xi).sum())
     got = _call(fn, xT.clone(), xi.clone(), y.clone())
-    _close(got, expected, "η", "the loss is a quadratic in η: set its derivative ⟨ξ, x + ηξ − ŷ⟩ to zero.",
-           rtol=1e-9, atol=1e-12)  # fmt: skip
+    _close(
+        got,
+        expected,
+        "η",
+        "the loss is a quadratic in η: set its derivative ⟨ξ, x + ηξ − ŷ⟩ to zero.",
+        rtol=1e-9,
+        atol=1e-12,
+    )
 
 
 def attack_median(fn) -> None:
@@ -558,8 +576,12 @@ def attack_median(fn) -> None:
     got = _call(fn, model, x0.clone(), labels.clone())
     if not (isinstance(got, tuple) and len(got) == 2):
         raise AssertionError("return a pair (median, flipped).")
-    _close(got[1], float(torch.isfinite(correct).float().mean()), "flipped",
-           "the fraction of the correctly classified inputs (norm > 0) whose norm is finite.")  # fmt: skip
+    _close(
+        got[1],
+        float(torch.isfinite(correct).float().mean()),
+        "flipped",
+        "the fraction of the correctly classified inputs (norm > 0) whose norm is finite.",
+    )
     hint = (
         "leave out the misclassified inputs (norm 0) and keep those never flipped as inf: they rank above every "
         "norm found; for an even count take the mean of the two middle values (torch.median takes the lower)."
@@ -576,8 +598,13 @@ def switching_rule(fn) -> None:
         "4/√(h_c² − 2h_c + 4) − 2."
     )
     for h_c, a, S in ((0.3, 0.5, 2), (1.0, 0.5, 2), (0.7, 0.25, 3), (0.2, 1.0, 1), (1.5, 0.9, 4)):
-        _close(_call(fn, h_c, a, S), expansive_step_bound(h_c, a, S), f"h_e at h_c = {h_c}, a = {a}, S = {S}", hint,
-               rtol=1e-9)  # fmt: skip
+        _close(
+            _call(fn, h_c, a, S),
+            expansive_step_bound(h_c, a, S),
+            f"h_e at h_c = {h_c}, a = {a}, S = {S}",
+            hint,
+            rtol=1e-9,
+        )
 
 
 def _step_case(seed):
@@ -599,9 +626,14 @@ def nonexpansive_step(fn) -> None:
     x, A, b = _step_case(30)
     for g, a in ((0.5, 0.5), (1.2, 0.1)):
         expected = x - g * _leaky(x @ A.T + b, a) @ A
-        _close(_call(fn, x.clone(), A.clone(), b.clone(), g, a), expected, f"the step at g = {g}, a = {a}",
-               "rows are samples: the pre-activation is x @ A.T + b, LeakyReLU keeps positive entries and multiplies "
-               "negative ones by a, and Aᵀ applied to rows is (…) @ A.", rtol=1e-9)  # fmt: skip
+        _close(
+            _call(fn, x.clone(), A.clone(), b.clone(), g, a),
+            expected,
+            f"the step at g = {g}, a = {a}",
+            "rows are samples: the pre-activation is x @ A.T + b, LeakyReLU keeps positive entries and multiplies "
+            "negative ones by a, and Aᵀ applied to rows is (…) @ A.",
+            rtol=1e-9,
+        )
 
 
 def expansive_step(fn) -> None:
@@ -613,8 +645,13 @@ def expansive_step(fn) -> None:
     b = torch.randn(5, generator=g, dtype=torch.float64)
     for tau, a in ((0.3, 0.5), (0.05, 0.2)):
         expected = x + tau * _leaky(x @ A.T + b, a)
-        _close(_call(fn, x.clone(), A.clone(), b.clone(), tau, a), expected, f"the step at τ = {tau}, a = {a}",
-               "no Aᵀ here: the increment is τ · LeakyReLU(x @ A.T + b).", rtol=1e-9)  # fmt: skip
+        _close(
+            _call(fn, x.clone(), A.clone(), b.clone(), tau, a),
+            expected,
+            f"the step at τ = {tau}, a = {a}",
+            "no Aᵀ here: the increment is τ · LeakyReLU(x @ A.T + b).",
+            rtol=1e-9,
+        )
 
 
 def jacobian_norm(fn) -> None:
@@ -649,8 +686,14 @@ def skew_field(fn) -> None:
     U[:, rows, cols] = entries
     expected = (U - U.transpose(1, 2)).sum(2)
     got = _call(fn, entries.clone(), n)
-    _close(got, expected, "G 𝟙", "put the entries above the diagonal (torch.triu_indices(n, n, 1)), subtract the "
-           "transpose, and sum each row (G @ ones).", rtol=1e-9)  # fmt: skip
+    _close(
+        got,
+        expected,
+        "G 𝟙",
+        "put the entries above the diagonal (torch.triu_indices(n, n, 1)), subtract the "
+        "transpose, and sum each row (G @ ones).",
+        rtol=1e-9,
+    )
     total = torch.as_tensor(got, dtype=torch.float64).sum(1)
     if float(total.abs().max()) > 1e-12:
         raise AssertionError("the entries of G 𝟙 must sum to zero for a skew-symmetric G.")
@@ -694,13 +737,16 @@ def robust_curve(fn) -> None:
             ok[idx] = robust(x[idx], y[idx], e)
         expected.append(float(ok.double().mean()))
     calls = []
-    hint = ("start from the correctly classified points, attack at each radius only the points still robust at the "
-            "one below, and divide by the number of all points.")  # fmt: skip
+    hint = (
+        "start from the correctly classified points, attack at each radius only the points still robust at the "
+        "one below, and divide by the number of all points."
+    )
     got = _as_list(_call(fn, predict, attack_log(calls), x.clone(), y.clone(), radii), "the curve", hint)
     _close(got, expected, "robust accuracy at the radii", hint, rtol=1e-6, atol=1e-6)  # float32 means are fine
     if calls != seen:
-        raise AssertionError(f"the attack was called on {calls} points at the successive radii, expected {seen}. "
-                             f"Hint: {hint}")  # fmt: skip
+        raise AssertionError(
+            f"the attack was called on {calls} points at the successive radii, expected {seen}. Hint: {hint}"
+        )
 
 
 def _linear_case():
@@ -741,11 +787,16 @@ def audit_flips(fn) -> None:
         return xs + eps[:, None] * _to_boundary(W, b, xs, ys)[1]  # flips exactly the points with eps > distance
 
     d, _ = _to_boundary(W, b, x, y)
-    hint = ("attack only the points with a positive radius, each at 0.99 of its own radius, and return the indices "
-            "(torch.nonzero(...).flatten()) of those whose prediction is no longer y.")  # fmt: skip
+    hint = (
+        "attack only the points with a positive radius, each at 0.99 of its own radius, and return the indices "
+        "(torch.nonzero(...).flatten()) of those whose prediction is no longer y."
+    )
     sound = torch.where(torch.arange(len(y)) < 8, 0.0, d * 0.7)
-    for name, radii in (("sound radii", sound), ("radii a hair above the true distances", d * 1.005),
-                        ("doubled radii", 2 * sound)):  # fmt: skip
+    for name, radii in (
+        ("sound radii", sound),
+        ("radii a hair above the true distances", d * 1.005),
+        ("doubled radii", 2 * sound),
+    ):
         radii = torch.where(torch.arange(len(y)) < 8, torch.zeros_like(radii), radii)
         cert = torch.nonzero(radii > 0).flatten()
         flipped = predict(attack(x[cert], y[cert], 0.99 * radii[cert])) != y[cert]
@@ -756,8 +807,9 @@ def audit_flips(fn) -> None:
         got = got.flatten().sort().values
         if not torch.equal(got.long(), expected):
             first = f"first ones {got[:5].tolist()} against {expected[:5].tolist()}"
-            raise AssertionError(f"{name}: expected {len(expected)} flipped certified points, got {len(got)} "
-                                 f"({first}). Hint: {hint}")  # fmt: skip
+            raise AssertionError(
+                f"{name}: expected {len(expected)} flipped certified points, got {len(got)} ({first}). Hint: {hint}"
+            )
 
 
 def l2_pgd(fn) -> None:
@@ -785,22 +837,32 @@ def l2_pgd(fn) -> None:
                 adv = (x + delta).clamp(0.0, 1.0)
         return adv.detach()
 
-    hint = ("per example: step along grad / ‖grad‖ (the ℓ2 norm of each row), then scale the perturbation back "
-            "to norm eps if it is longer, then clamp to [0, 1]; start from x itself, no random start.")  # fmt: skip
+    hint = (
+        "per example: step along grad / ‖grad‖ (the ℓ2 norm of each row), then scale the perturbation back "
+        "to norm eps if it is longer, then clamp to [0, 1]; start from x itself, no random start."
+    )
     for eps, steps, step in ((0.5, 10, 0.025 * 0.5), (0.5, 10, 0.125), (2.0, 6, 1.0)):
         got = _call(fn, model, x.clone(), y.clone(), eps, steps, step)
         if isinstance(got, torch.Tensor):
             got = got.detach()
-        _close(got, reference(eps, steps, step), f"the iterate at eps = {eps}, {steps} steps of {step:g}", hint,
-               rtol=1e-7, atol=1e-9)  # fmt: skip
+        _close(
+            got,
+            reference(eps, steps, step),
+            f"the iterate at eps = {eps}, {steps} steps of {step:g}",
+            hint,
+            rtol=1e-7,
+            atol=1e-9,
+        )
 
 
 def shard_runs(fn) -> None:
     """Lab 6, exercise 4: ``fn(runs, i, n)`` returns part ``i`` (``1 ≤ i ≤ n``) of ``n`` of the list
     ``runs`` such that the ``n`` parts together hold every run exactly once and their sizes differ by
-    at most one (what ``python -m labkit.bench --shard i/n`` needs, §6.8)."""
-    hint = ("every run in exactly one part, parts of sizes ⌊R/n⌋ or ⌈R/n⌉, and i counts from 1; runs[i - 1::n] is "
-            "one answer.")  # fmt: skip
+    at most one (what ``python -m labkit.chapters ch06 --shard i/n`` needs, §6.8)."""
+    hint = (
+        "every run in exactly one part, parts of sizes ⌊R/n⌋ or ⌈R/n⌉, and i counts from 1; runs[i - 1::n] is "
+        "one answer."
+    )
     for total in (0, 1, 7, 12, 23):
         runs = [("mnist", f"m{k}", k % 3) for k in range(total)]
         for n in (1, 2, 3, 5, 8):
@@ -809,8 +871,10 @@ def shard_runs(fn) -> None:
                 raise AssertionError(f"expected lists of runs. Hint: {hint}")
             flat = [run for part in parts for run in part]
             if sorted(flat) != sorted(runs):
-                raise AssertionError(f"{total} runs in {n} parts: the parts hold {len(flat)} runs ({len(set(flat))} "
-                                     f"distinct), not each of the {total} once. Hint: {hint}")  # fmt: skip
+                raise AssertionError(
+                    f"{total} runs in {n} parts: the parts hold {len(flat)} runs ({len(set(flat))} "
+                    f"distinct), not each of the {total} once. Hint: {hint}"
+                )
             sizes = [len(part) for part in parts]
             if sizes and max(sizes) - min(sizes) > 1:
                 raise AssertionError(f"{total} runs in {n} parts: sizes {sizes} differ by more than one. Hint: {hint}")

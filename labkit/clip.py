@@ -9,13 +9,14 @@ quotient after every mini-batch (Algorithm 1); the training loss adds ``λ`` tim
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _validate, attacks, experiment, lipschitz
+from . import _validate, activations, attacks, experiment, lipschitz
 from . import train as _train
 from .lipschitz import quotient
 from .runtime import resolve_device
@@ -194,9 +195,8 @@ class LambdaSchedule:
 def mlp(sizes=(784, 200, 80, 10), activation: str = "sigmoid", *, last_activation: bool = False) -> nn.Sequential:
     """Flatten, then ``Linear → activation`` per layer; with ``last_activation`` also after the
     last layer, as in the authors' ``fully_connected`` (§2.3)."""
-    acts = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
-    if activation not in acts:
-        raise ValueError(f"activation must be one of {sorted(acts)}, got {activation!r}.")
+    if activation not in activations.TABLE:
+        raise ValueError(f"activation must be one of {sorted(activations.TABLE)}, got {activation!r}.")
     sizes = [_validate.positive_int(s, "layer size") for s in sizes]
     if len(sizes) < 2:
         raise ValueError(f"sizes needs an input and an output size, got {sizes}.")
@@ -204,7 +204,7 @@ def mlp(sizes=(784, 200, 80, 10), activation: str = "sigmoid", *, last_activatio
     for k, (a, b) in enumerate(zip(sizes, sizes[1:])):
         layers.append(nn.Linear(a, b))
         if k < len(sizes) - 2 or last_activation:
-            layers.append(acts[activation]())
+            layers.append(activations.module(activation))
     return nn.Sequential(*layers)
 
 
@@ -331,6 +331,82 @@ def _draw_pairs(val_x, s: Setting, gen, dev) -> PairSet:
     )
 
 
+class _Clip:
+    """The state of one :func:`fit` between batches and epochs: the pairs (drawn again every
+    ``redraw`` batches), the regulariser's values of the epoch, the λ schedule and the best model."""
+
+    def __init__(
+        self, run: Run, s: Setting, val_data, schedule: LambdaSchedule, *, pairs, target, seed, dev, trace_every
+    ):
+        self.run, self.s, self.val_data, self.schedule = run, s, val_data, schedule
+        self.target, self.seed, self.dev, self.trace_every = target, seed, dev, trace_every
+        self.val_x, self.gen = _train.inputs(val_data), torch.Generator().manual_seed(seed)
+        self.pairs = _draw_pairs(self.val_x, s, self.gen, dev) if pairs else None
+        self.batches, self.regs, self.best_score, self.best = 0, [], -1.0, None
+
+    def step(self, model, xb, yb):
+        """CLIP's step: the pairs' ascent step, then the loss with the penalty (:func:`clip_loss`)."""
+        if self.pairs is not None:
+            if self.batches and self.batches % self.s.redraw == 0:
+                self.pairs = _draw_pairs(self.val_x, self.s, self.gen, self.dev)
+            self.pairs.update(model)
+            if self.batches % self.trace_every == 0:
+                self.run.trace.append(self.pairs.estimate())
+        self.batches += 1
+        s = self.s
+        loss, out, reg = clip_loss(model, xb, yb, self.pairs, self.schedule.lam, reduce=s.reduce, reg_max=s.reg_max)
+        self.regs.append(reg)
+        return loss, out
+
+    def end_of_epoch(self, model, epoch, history):
+        """The epoch's row of the history, the selection of the kept model and λ's next value."""
+        import copy
+        from functools import partial
+
+        s, gen = self.s, torch.Generator().manual_seed(self.seed)
+        val_acc = _train.evaluate(model, self.val_data, device=self.dev)["accuracy"]
+        sphere = partial(attacks.pgd_l2_sphere, steps=s.val_attack_steps, generator=gen)
+        val_adv = attacks.robust_accuracy(model, self.val_data, sphere, [2.0], device=self.dev, progress=False)[2.0]
+        regs = [r for r in self.regs if not math.isnan(r)]
+        row = {
+            "lam": self.schedule.lam,
+            "loss": history.loss[-1],
+            "accuracy": history.accuracy[-1],
+            "val_accuracy": val_acc,
+            "val_adv_accuracy": val_adv,
+            "estimate": self.pairs.estimate() if self.pairs is not None else float("nan"),
+            "reg": sum(regs) / len(regs) if regs else float("nan"),
+        }
+        for key, value in row.items():
+            self.run.history[key].append(value)
+        self.regs = []
+        accuracy = history.accuracy[-1] if s.schedule_on == "train" else val_acc
+        if s.select == "adversarial":
+            score = val_adv + float(accuracy > (s.goal if self.target is None else self.target))
+            if score > self.best_score:
+                self.best_score, self.best, self.run.best_epoch = score, copy.deepcopy(model.state_dict()), epoch
+        else:
+            self.run.best_epoch = epoch
+        self.schedule.step(accuracy)
+
+
+def _lambda_schedule(s: Setting, *, lam=0.1, target=0.97, increment=0.05, warmup=1, **unknown) -> tuple:
+    """The :class:`LambdaSchedule` of :func:`fit`'s keywords, and the target (``None``: λ fixed)."""
+    if unknown:
+        raise TypeError(
+            f"fit got unknown options {sorted(unknown)}; the schedule's are lam, target, increment, warmup."
+        )
+    lam = _validate.nonneg(lam, "lam")
+    warmup = int(warmup)
+    if warmup < 0:
+        raise ValueError(f"warmup must be non-negative, got {warmup}.")
+    fixed = target is None or lam == 0
+    schedule = LambdaSchedule(
+        lam, 0.0 if fixed else target, 0.0 if fixed else increment, warmup=warmup if lam > 0 else 0, cooldown=s.cooldown
+    )
+    return schedule, target
+
+
 def fit(
     model,
     train_data,
@@ -338,102 +414,56 @@ def fit(
     *,
     setting="paper",
     epochs: int = 10,
-    lam: float = 0.1,
-    target: float | None = 0.97,
-    increment: float = 0.05,
-    warmup: int = 1,
     weight_decay: float = 0.0,
     seed: int = 0,
     device=None,
     progress: bool | None = None,
     trace_every: int = 10,
+    **schedule,
 ) -> Run:
     """Train ``model`` with CLIP (:prf:ref:`alg-clip`) in the given :class:`Setting`.
 
     Every mini-batch: one accept/reject ascent step of the pairs (:meth:`PairSet.update`), then an
     SGD step on :func:`clip_loss`; the loop is :func:`labkit.train.fit` with CLIP's step. The pairs
     come from the validation split (``2·n_pairs`` images) and are drawn again every ``redraw``
-    batches. After each epoch ``λ`` follows :class:`LambdaSchedule`: 0 for ``warmup`` epochs, then
-    ``lam``, then ``± increment`` by whether the accuracy (training or validation, by the setting)
-    exceeds ``target``; ``lam = 0`` trains without CLIP and ``target=None`` keeps ``λ`` fixed.
-    ``weight_decay`` is SGD's (the baseline). Returns a :class:`Run` with the kept model: the last
-    one, or in the paper setting the best by accuracy under the sphere attack (ε = 2) on the
-    validation split, plus one if the training accuracy beat the target (``Setting.goal`` without
-    one), as the authors score it.
+    batches. After each epoch ``λ`` follows :class:`LambdaSchedule`, whose keywords ``schedule``
+    are ``lam`` (default 0.1), ``target`` (0.97), ``increment`` (0.05) and ``warmup`` (1): 0 for
+    ``warmup`` epochs, then ``lam``, then ``± increment`` by whether the accuracy (training or
+    validation, by the setting) exceeds ``target``; ``lam = 0`` trains without CLIP and
+    ``target=None`` keeps ``λ`` fixed. ``weight_decay`` is SGD's (the baseline). Returns a
+    :class:`Run` with the kept model: the last one, or in the paper setting the best by accuracy
+    under the sphere attack (ε = 2) on the validation split, plus one if the training accuracy
+    beat the target (``Setting.goal`` without one), as the authors score it.
     """
-    import copy
     import time
-    from functools import partial
 
     s = get_setting(setting)
     epochs = _validate.positive_int(epochs, "epochs")
-    lam = _validate.nonneg(lam, "lam")
-    warmup = int(warmup)
-    if warmup < 0:
-        raise ValueError(f"warmup must be non-negative, got {warmup}.")
+    lam_schedule, target = _lambda_schedule(s, **schedule)
     if len(train_data) == 0 or len(val_data) < 2:
         raise ValueError("train_data must be non-empty and val_data needs at least two examples.")
     dev = resolve_device(device)
     model.to(dev)
-    opt = torch.optim.SGD(
-        model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=_validate.nonneg(weight_decay, "weight_decay")
-    )
-    fixed = target is None or lam == 0
-    schedule = LambdaSchedule(
-        lam, 0.0 if fixed else target, 0.0 if fixed else increment, warmup=warmup if lam > 0 else 0, cooldown=s.cooldown
-    )
-    gen = torch.Generator().manual_seed(seed)
-    val_x = _train.inputs(val_data)
+    decay = _validate.nonneg(weight_decay, "weight_decay")
+    opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=decay)
     keys = ("lam", "loss", "accuracy", "val_accuracy", "val_adv_accuracy", "estimate", "reg")
     run = Run(model=model, setting=s.name, history={k: [] for k in keys})
-    state = {
-        "pairs": _draw_pairs(val_x, s, gen, dev) if lam > 0 else None,
-        "batches": 0,
-        "regs": [],
-        "best_score": -1.0,
-        "best": None,
-    }
-
-    def clip_step(model, xb, yb):
-        pairs = state["pairs"]
-        if pairs is not None:
-            if state["batches"] and state["batches"] % s.redraw == 0:
-                pairs = state["pairs"] = _draw_pairs(val_x, s, gen, dev)
-            pairs.update(model)
-            if state["batches"] % trace_every == 0:
-                run.trace.append(pairs.estimate())
-        state["batches"] += 1
-        loss, out, reg = clip_loss(model, xb, yb, pairs, schedule.lam, reduce=s.reduce, reg_max=s.reg_max)
-        state["regs"].append(reg)
-        return loss, out
-
-    def end_of_epoch(model, epoch, history):
-        val_acc = _train.evaluate(model, val_data, device=dev)["accuracy"]
-        sphere = partial(attacks.pgd_l2_sphere, steps=s.val_attack_steps, generator=torch.Generator().manual_seed(seed))
-        val_adv = attacks.robust_accuracy(model, val_data, sphere, [2.0], device=dev, progress=False)[2.0]
-        h, pairs, regs = run.history, state["pairs"], [r for r in state["regs"] if r == r]
-        h["lam"].append(schedule.lam)
-        h["loss"].append(history.loss[-1])
-        h["accuracy"].append(history.accuracy[-1])
-        h["val_accuracy"].append(val_acc)
-        h["val_adv_accuracy"].append(val_adv)
-        h["estimate"].append(pairs.estimate() if pairs is not None else float("nan"))
-        h["reg"].append(sum(regs) / len(regs) if regs else float("nan"))
-        state["regs"] = []
-        accuracy = history.accuracy[-1] if s.schedule_on == "train" else val_acc
-        if s.select == "adversarial":
-            score = val_adv + float(accuracy > (s.goal if target is None else target))
-            if score > state["best_score"]:
-                state["best_score"], state["best"], run.best_epoch = score, copy.deepcopy(model.state_dict()), epoch
-        else:
-            run.best_epoch = epoch
-        schedule.step(accuracy)
-
+    state = _Clip(
+        run,
+        s,
+        val_data,
+        lam_schedule,
+        pairs=lam_schedule.base > 0,
+        target=target,
+        seed=seed,
+        dev=dev,
+        trace_every=trace_every,
+    )
     t0 = time.perf_counter()
-    _train.fit(model, train_data, epochs, batch_size=s.batch_size, optimizer=opt, device=dev, seed=seed,
-               progress=progress, step_fn=clip_step, after_epoch=end_of_epoch, desc=s.name)  # fmt: skip
-    if state["best"] is not None:
-        model.load_state_dict(state["best"])
+    hooks = {"progress": progress, "step_fn": state.step, "after_epoch": state.end_of_epoch, "desc": s.name}
+    _train.fit(model, train_data, epochs, batch_size=s.batch_size, optimizer=opt, device=dev, seed=seed, **hooks)
+    if state.best is not None:
+        model.load_state_dict(state.best)
     model.eval()
     run.seconds = time.perf_counter() - t0
     return run

@@ -38,7 +38,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from . import _validate, attacks, audit, certify, experiment
+from . import _validate, activations, attacks, audit, certify, experiment
 from . import lipschitz as lip
 from . import train as _train
 from .runtime import progress_enabled, resolve_device
@@ -80,7 +80,8 @@ __all__ = [
 ]
 
 _EPS_TRAIN = 1e-4  # added to σ̂² in training mode, as in the authors' code
-_MONOTONE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Identity)
+#: The activations a convex potential layer may use: non-decreasing with slope at most 1.
+_MONOTONE = (*(a.module for a in activations.TABLE.values() if a.slopes[0] >= 0 and a.slopes[1] <= 1), nn.Identity)
 
 
 def _activation(act):
@@ -154,8 +155,13 @@ class CPLBase(nn.Module):
         version counter nor its storage, so a cache keyed on those would certify a stale bound."""
         weight, shape = self.weight.detach(), tuple(self.u.shape)
         cached = self._bound_cache
-        if (cached is None or cached[1] != shape or cached[0].shape != weight.shape
-                or cached[0].device != weight.device or not torch.equal(cached[0], weight)):  # fmt: skip
+        if (
+            cached is None
+            or cached[1] != shape
+            or cached[0].shape != weight.shape
+            or cached[0].device != weight.device
+            or not torch.equal(cached[0], weight)
+        ):
             self._bound_cache = (weight.clone(), shape, self._compute_bound())
         return self._bound_cache[2]
 
@@ -911,9 +917,19 @@ def fit(
             return loss_fn(out, yb), out
 
     with backend_flags(speedups):
-        return _train.fit(model, data, epochs, batch_size=batch_size, optimizer=opt, loss_fn=loss_fn, seed=seed,
-                          device=dev, progress=progress, step_fn=step_fn,
-                          after_step=_train.every_step(sched))  # fmt: skip
+        return _train.fit(
+            model,
+            data,
+            epochs,
+            batch_size=batch_size,
+            optimizer=opt,
+            loss_fn=loss_fn,
+            seed=seed,
+            device=dev,
+            progress=progress,
+            step_fn=step_fn,
+            after_step=_train.every_step(sched),
+        )
 
 
 # -- certificates and evaluation ----------------------------------------------------------------------

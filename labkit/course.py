@@ -268,9 +268,14 @@ def nbgrader_notebook(lab: Lab):
         else:
             meta.update(grade=False)
             nb.cells[ex.check_cell].metadata["nbgrader"] = {
-                "schema_version": 3, "grade_id": f"{_grade_id(ex)}-check", "grade": True, "solution": False,
-                "locked": True, "task": False, "points": ex.points,
-            }  # fmt: skip
+                "schema_version": 3,
+                "grade_id": f"{_grade_id(ex)}-check",
+                "grade": True,
+                "solution": False,
+                "locked": True,
+                "task": False,
+                "points": ex.points,
+            }
         nb.cells[ex.cell].metadata["nbgrader"] = meta
     return nb
 
@@ -300,10 +305,18 @@ def otter_notebook(lab: Lab, *, hidden: bool = False):
     nb = _cleared(lab.notebook)
     by_cell = {ex.cell: ex for ex in lab.exercises}
     checks = {ex.check_cell for ex in lab.exercises}
-    config = "\n".join([
-        "# ASSIGNMENT CONFIG", f"name: {lab.name}", "init_cell: true", "check_all_cell: false", "export_cell: false",
-        "generate: true", "requirements: requirements.txt", "overwrite_requirements: true",
-    ])  # fmt: skip
+    config = "\n".join(
+        [
+            "# ASSIGNMENT CONFIG",
+            f"name: {lab.name}",
+            "init_cell: true",
+            "check_all_cell: false",
+            "export_cell: false",
+            "generate: true",
+            "requirements: requirements.txt",
+            "overwrite_requirements: true",
+        ]
+    )
     cells = [_otter_cell(config)]
     for i, cell in enumerate(nb.cells):
         if i in checks:
@@ -403,8 +416,10 @@ def broken_submission(nb, lab: Lab, check_call):
     submission's own check cell of an exercise (``check.<name>(`` in nbgrader, ``grader.check("exN")``
     in otter). The labs need at least four exercises, so that one stays correct."""
     if len(lab.exercises) <= max(BROKEN):
-        raise ValueError(f"{lab.name} has {len(lab.exercises)} exercises; a broken submission needs at least "
-                         f"{max(BROKEN) + 1}, so that one stays correct.")  # fmt: skip
+        raise ValueError(
+            f"{lab.name} has {len(lab.exercises)} exercises; a broken submission needs at least "
+            f"{max(BROKEN) + 1}, so that one stays correct."
+        )
     nb = copy.deepcopy(nb)
 
     def cell_with(text):
@@ -447,8 +462,9 @@ def expected_points(lab: Lab, kind: str) -> list:
 
 def _tool_run(cmd, cwd):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    done = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=900, env=env,
-                          stdin=subprocess.DEVNULL)  # fmt: skip
+    done = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=900, env=env, stdin=subprocess.DEVNULL
+    )
     if done.returncode:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return done
@@ -632,8 +648,10 @@ def _main(argv=None) -> int:
             )
         elif args.command == "nbgrader":
             labs = write_nbgrader(args.outdir, args.labs)
-            print(f"{len(labs)} labs -> {args.outdir}/source; then, in {args.outdir}: nbgrader generate_assignment "
-                  f"{labs[0].name}, and nbgrader autograde {labs[0].name}")  # fmt: skip
+            print(
+                f"{len(labs)} labs -> {args.outdir}/source; then, in {args.outdir}: nbgrader generate_assignment "
+                f"{labs[0].name}, and nbgrader autograde {labs[0].name}"
+            )
         elif args.command == "otter":
             labs = write_otter(args.outdir, args.labs, hidden=args.hidden)
             print(f"{len(labs)} labs -> {args.outdir}/<lab>/<lab>.ipynb; then: otter assign <lab>.ipynb dist")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from . import _validate
+from . import _validate, activations
 
 __all__ = [
     "mu",
@@ -143,12 +143,9 @@ class PowerIteration:
 
 #: Lipschitz constants (l2, elementwise) of activations that :func:`upper_bound` accepts.
 ACTIVATION_LIPSCHITZ = {
-    nn.ReLU: lambda m: 1.0,
-    nn.Tanh: lambda m: 1.0,
-    nn.Sigmoid: lambda m: 0.25,
+    **{a.module: (lambda m, a=a: a.lipschitz) for a in activations.TABLE.values()},  # the named ones
     nn.LeakyReLU: lambda m: max(1.0, abs(m.negative_slope)),
     nn.ELU: lambda m: max(1.0, m.alpha),
-    nn.Softplus: lambda m: 1.0,
     nn.GELU: lambda m: 1.13,
     nn.Identity: lambda m: 1.0,
     nn.Flatten: lambda m: 1.0,

@@ -10,19 +10,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import _validate
+from . import _validate, activations
 
-__all__ = ["VectorField", "NeuralODE", "EulerResNet", "ACTIVATIONS"]
-
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "softplus": nn.Softplus}
+__all__ = ["VectorField", "NeuralODE", "EulerResNet"]
 
 
 def _activation(name):
     if isinstance(name, nn.Module):
         return name
-    if name not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)} or a module, got {name!r}.")
-    return ACTIVATIONS[name]()
+    if name not in activations.TABLE:
+        raise ValueError(f"activation must be one of {sorted(activations.TABLE)} or a module, got {name!r}.")
+    return activations.module(name)
 
 
 class VectorField(nn.Module):

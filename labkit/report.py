@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-__all__ = ["Table", "table", "banner", "changed_sizes", "glue_name", "glue_all", "fmt"]
+__all__ = ["Table", "table", "banner", "changed_sizes", "glue_name", "glue_all", "numbers", "fmt"]
 
 
 class Table(str):
@@ -119,6 +119,11 @@ def glue_name(*parts) -> str:
     if not name:
         raise ValueError(f"no glue name can be made of {parts!r}.")
     return name
+
+
+def numbers(values: dict) -> dict:
+    """The entries of ``values`` that are numbers (not flags): the sizes a page glues for its prose."""
+    return {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def glue_all(values: dict, *, prefix: str = "") -> None:

@@ -13,6 +13,7 @@ kept to show what it costs in accuracy (§3.6).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,12 +23,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import _ncg as _ncg_engine
-from . import _validate
+from . import _validate, activations
 from .runtime import progress_enabled
 from .train import History, fit, load_checkpoint, save_checkpoint
 
 __all__ = [
-    "ACTIVATIONS",
     "BETAS",
     "SNODE",
     "downsample",
@@ -39,8 +39,10 @@ __all__ = [
     "output_covariance",
     "line_search",
     "cg_beta",
+    "NCGOptions",
     "ncg_train",
     "ncg_train_ensemble",
+    "reference_iteration",
     "fit_backprop",
     "sensitivity_attack",
     "smoothness",
@@ -50,22 +52,6 @@ __all__ = [
 ]
 
 
-def _dtanh(z):
-    return 1 - torch.tanh(z) ** 2
-
-
-def _dsigmoid(z):
-    s = torch.sigmoid(z)
-    return s * (1 - s)
-
-
-#: Activations with their derivatives (ReLU's derivative is taken as 0 at 0).
-ACTIVATIONS = {
-    "tanh": (torch.tanh, _dtanh),
-    "sigmoid": (torch.sigmoid, _dsigmoid),
-    "relu": (torch.relu, lambda z: (z > 0).to(z.dtype)),
-    "softplus": (F.softplus, torch.sigmoid),
-}
 #: The conjugate-gradient coefficients of :func:`cg_beta` (§3.4).
 BETAS = ("fletcher-reeves", "polak-ribiere", "hestenes-stiefel", "dai-yuan", "none")
 LOSSES = ("l2", "cross_entropy")
@@ -103,12 +89,13 @@ class SNODE(nn.Module):
         self.classes = _validate.positive_int(classes, "classes")
         if self.classes > self.dim:
             raise ValueError(f"classes = {classes} do not fit in a state of dimension {dim}.")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; use one of {sorted(ACTIVATIONS)}.")
+        if activation not in activations.TABLE:
+            raise ValueError(f"unknown activation {activation!r}; use one of {sorted(activations.TABLE)}.")
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; use one of {LOSSES}.")
         self.activation, self.loss_kind = activation, loss
-        self.sigma, self.dsigma = ACTIVATIONS[activation]
+        act = activations.get(activation)
+        self.sigma, self.dsigma = act.fn, act.derivative
         knots = math.ceil(self.T) + 1
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
         W_knots = torch.randn(knots, dim, dim, generator=gen) / dim
@@ -249,25 +236,7 @@ def sobolev_gradient(g: torch.Tensor, T: float) -> torch.Tensor:
     T = float(_validate.positive(T, "T"))
     if not isinstance(g, torch.Tensor) or g.ndim < 1 or g.shape[0] < 1:
         raise ValueError("g must be a tensor whose first axis holds the values on the grid's cells.")
-    N = g.shape[0]
-    if N == 1:
-        return g.clone()
-    c = (N / T) ** 2  # 1/h²
-    diag = [1 + 2 * c] * N
-    diag[0] = diag[-1] = 1 + c
-    cp = [0.0] * N
-    dp = torch.empty_like(g)
-    cp[0] = -c / diag[0]
-    dp[0] = g[0] / diag[0]
-    for i in range(1, N):
-        denom = diag[i] + c * cp[i - 1]
-        cp[i] = -c / denom
-        dp[i] = (g[i] + c * dp[i - 1]) / denom
-    v = torch.empty_like(g)
-    v[-1] = dp[-1]
-    for i in range(N - 2, -1, -1):
-        v[i] = dp[i] - cp[i] * v[i + 1]
-    return v
+    return _ncg_engine.thomas(g, T)
 
 
 @torch.no_grad()
@@ -415,32 +384,43 @@ def cg_beta(rule: str, g, g_prev, d_prev) -> float:
     return max(beta, 0.0) if rule == "polak-ribiere" else beta
 
 
-def ncg_train(
-    model: SNODE,
-    data: Dataset,
-    *,
-    epochs: int,
-    batch_size: int = 100,
-    iterations: int = 6,
-    beta: str = "fletcher-reeves",
-    sobolev: bool = True,
-    weight_decay: float = 0.0,
-    seed: int = 0,
-    progress: bool | None = None,
-    checkpoint=None,
-    after_batch=None,
-    desc: str = "NCG epoch",
-    graphs: bool | None = None,
-) -> History:
+@dataclass(frozen=True)
+class NCGOptions:
+    """The options of :func:`ncg_train` and :func:`ncg_train_ensemble` besides the networks, the
+    data, the epochs, the seeds and the gradients: ``batch_size`` images per batch, ``iterations``
+    per batch, the rule ``beta`` of :data:`BETAS`, ``weight_decay``, ``progress`` bars (labelled
+    ``desc``), a ``checkpoint`` path, the hook ``after_batch`` and ``graphs`` (CUDA graphs; default:
+    on when the networks are on a CUDA device). Checked when made."""
+
+    batch_size: int = 100
+    iterations: int = 6
+    beta: str = "fletcher-reeves"
+    weight_decay: float = 0.0
+    progress: bool | None = None
+    checkpoint: object = None
+    after_batch: object = None
+    desc: str = "NCG epoch"
+    graphs: bool | None = None
+
+    def __post_init__(self):
+        _validate.positive_int(self.batch_size, "batch_size")
+        _validate.positive_int(self.iterations, "iterations")
+        if self.beta not in BETAS:
+            raise ValueError(f"unknown beta {self.beta!r}; use one of {BETAS}.")
+        _validate.nonneg(self.weight_decay, "weight_decay")
+
+
+def ncg_train(model: SNODE, data: Dataset, *, epochs: int, sobolev: bool = True, seed: int = 0, **options) -> History:
     """Mini-batch nonlinear conjugate gradients (:prf:ref:`alg-ncg`): for every batch of images
     the CG memory restarts, then ``iterations`` times: the exact gradient by the discrete adjoint,
     its Sobolev representative (``sobolev``), the direction ``d = −g + β d₋`` (``beta``: a rule of
     :data:`BETAS`), the sensitivity ``ξ(T)`` of the output in that direction and the step of
-    :func:`line_search`. Returns a :class:`~labkit.train.History` (per epoch: the mean batch loss
-    before each batch's first iteration and the training accuracy of those forwards);
-    ``after_batch(model)`` is called after each batch (the chapter records a loss trace). With
-    ``checkpoint=path`` the weights, history and epoch are saved after every epoch and a later
-    call resumes from them; a checkpoint of another model is refused before anything is loaded.
+    :func:`line_search`. ``options``: those of :class:`NCGOptions` (batch size 100 and 6 iterations
+    by default). Returns a :class:`~labkit.train.History` (per epoch: the mean batch loss before
+    each batch's first iteration and the training accuracy of those forwards); ``after_batch(model)``
+    is called after each batch (the chapter records a loss trace). With ``checkpoint=path`` the
+    weights, history and epoch are saved after every epoch and a later call resumes from them; a
+    checkpoint of another model is refused before anything is loaded.
 
     The iteration is the batched one of :func:`ncg_train_ensemble` with one network: the trajectory
     of the adjoint is reused by the sensitivity, the Sobolev transform is one product, and nothing
@@ -448,169 +428,198 @@ def ncg_train(
     CUDA device) replays the iteration as captured CUDA graphs."""
     if not isinstance(model, SNODE):
         raise TypeError(f"ncg_train trains an SNODE, got {type(model).__name__}.")
-    return _ncg([model], [data], [seed], [bool(sobolev)], epochs=epochs, batch_size=batch_size,
-                iterations=iterations, beta=beta, weight_decay=weight_decay, progress=progress,
-                checkpoint=checkpoint, after_batch=after_batch, desc=desc, graphs=graphs)[0]  # fmt: skip
+    run = _NCGRun([model], [seed], [bool(sobolev)], NCGOptions(**options), ensemble=False)
+    return run.train([data], epochs)[0]
 
 
-def ncg_train_ensemble(
-    models,
-    data: Dataset,
-    *,
-    seeds,
-    sobolev=True,
-    epochs: int,
-    batch_size: int = 100,
-    iterations: int = 6,
-    beta: str = "fletcher-reeves",
-    weight_decay: float = 0.0,
-    progress: bool | None = None,
-    checkpoint=None,
-    after_batch=None,
-    desc: str = "NCG ensemble epoch",
-    graphs: bool | None = None,
-) -> list[History]:
+def ncg_train_ensemble(models, data: Dataset, *, seeds, sobolev=True, epochs: int, **options) -> list[History]:
     """``E`` independent :func:`ncg_train` runs in one batched pass (§3.7): network ``i`` of ``models``
     is trained on ``data`` with its own seed ``seeds[i]`` (its own order of batches) and Sobolev
     gradients where ``sobolev`` (one flag for all, or one per network), and ends with the weights,
     to rounding, of its own :func:`ncg_train`. The networks must have the same sizes, activation and
-    loss. One history per network; ``after_batch(i, model)`` after each batch, with the network's
-    weights written back first; ``checkpoint`` holds all the networks and resumes them together."""
+    loss. ``options``: those of :class:`NCGOptions`. One history per network; ``after_batch(i,
+    model)`` after each batch, with the network's weights written back first; ``checkpoint`` holds
+    all the networks and resumes them together."""
     models = list(models)
     if not models or not all(isinstance(m, SNODE) for m in models):
         raise TypeError("ncg_train_ensemble trains a non-empty list of SNODEs.")
     first = models[0]
     shape = lambda m: (m.dim, m.steps, m.T, m.activation, m.loss_kind, m.classes, m.W.dtype, m.W.device)  # noqa: E731
     if any(shape(m) != shape(first) for m in models):
-        raise ValueError("the networks of an ensemble must have the same dim, steps, T, activation, loss, "
-                         "classes, dtype and device.")  # fmt: skip
+        raise ValueError(
+            "the networks of an ensemble must have the same dim, steps, T, activation, loss, classes, dtype and device."
+        )
     seeds = list(seeds)
     flags = [bool(sobolev)] * len(models) if isinstance(sobolev, bool) else [bool(f) for f in sobolev]
     if len(seeds) != len(models) or len(flags) != len(models):
-        raise ValueError(f"give one seed (and one sobolev flag, or one for all) per network: {len(models)} networks, "
-                         f"{len(seeds)} seeds, {len(flags)} flags.")  # fmt: skip
-    return _ncg(models, [data] * len(models), seeds, flags, epochs=epochs, batch_size=batch_size,
-                iterations=iterations, beta=beta, weight_decay=weight_decay, progress=progress,
-                checkpoint=checkpoint, after_batch=after_batch, desc=desc, graphs=graphs, ensemble=True)  # fmt: skip
+        raise ValueError(
+            f"give one seed (and one sobolev flag, or one for all) per network: {len(models)} networks, "
+            f"{len(seeds)} seeds, {len(flags)} flags."
+        )
+    options = NCGOptions(**{"desc": "NCG ensemble epoch", **options})
+    return _NCGRun(models, seeds, flags, options, ensemble=True).train([data] * len(models), epochs)
 
 
-def _ncg(models, datas, seeds, flags, *, epochs, batch_size, iterations, beta, weight_decay, progress,
-         checkpoint, after_batch, desc, graphs, ensemble=False):  # fmt: skip
+class _NCGRun:
     """The loop shared by :func:`ncg_train` (one network, whose weights are updated in place) and
-    :func:`ncg_train_ensemble` (stacked copies, written back after every batch and at the end)."""
-    epochs = _validate.positive_int(epochs, "epochs")
-    batch_size = _validate.positive_int(batch_size, "batch_size")
-    iterations = _validate.positive_int(iterations, "iterations")
-    if beta not in BETAS:
-        raise ValueError(f"unknown beta {beta!r}; use one of {BETAS}.")
-    wd = float(_validate.nonneg(weight_decay, "weight_decay"))
-    m0 = models[0]
-    E = len(models)
-    signature = {"dim": m0.dim, "steps": m0.steps, "T": m0.T, "activation": m0.activation,
-                 "loss": m0.loss_kind, "beta": beta, "sobolev": flags[0] if not ensemble else flags}  # fmt: skip
-    if ensemble:
-        signature["seeds"] = list(seeds)
-    histories, start = [History() for _ in models], 0
-    kind = "snode-ncg-ensemble" if ensemble else "snode-ncg"
-    if checkpoint is not None:
-        _validate.writable(checkpoint, "checkpoint")
-        if Path(checkpoint).exists():
-            state = load_checkpoint(checkpoint, map_location=m0.W.device)
-            if state.get("kind") != kind or state.get("signature") != signature:
-                raise ValueError(
-                    f"checkpoint {checkpoint} is not of this training ({state.get('signature')} != {signature})."
-                )
-            start = int(state["epoch"])
-            if start > epochs:
-                raise ValueError(f"checkpoint {checkpoint} is at epoch {start}, beyond epochs={epochs}.")
-            if ensemble:
-                with torch.no_grad():
-                    for i, m in enumerate(models):
-                        m.W.copy_(state["W"][i])
-                        m.b.copy_(state["b"][i])
-                histories = [History(**h) for h in state["histories"]]
-            else:
-                m0.load_state_dict(state["model"])
-                histories = [History(**state["history"])]
-    if ensemble:
-        W = torch.stack([m.W.detach() for m in models])
-        b = torch.stack([m.b.detach() for m in models])
-    else:  # views of the parameters: the steps update the model itself
-        W, b = m0.W.data.unsqueeze(0), m0.b.data.unsqueeze(0)
-    st = _ncg_engine.State(W, b)
-    M = _ncg_engine.sobolev_matrix(m0.steps, m0.T, dtype=W.dtype, device=W.device) if any(flags) else None
-    mask = None if all(flags) else torch.tensor(flags, device=W.device)
-    options = dict(M=M, mask=mask, rule=beta, weight_decay=wd, trust=1.0)
-    use_graphs = (W.device.type == "cuda") if graphs is None else bool(graphs)
-    if use_graphs and W.device.type != "cuda":
-        raise ValueError("graphs=True needs a model on a CUDA device.")
-    graphed = None
-    show = progress_enabled() if progress is None else progress
+    :func:`ncg_train_ensemble` (stacked copies, written back after every batch and at the end):
+    the checkpoint, the engine's state and one epoch of batches."""
 
-    def write_back():
+    def __init__(self, models, seeds, flags, options: NCGOptions, *, ensemble: bool):
+        self.models, self.seeds, self.flags, self.o, self.ensemble = models, seeds, flags, options, ensemble
+        m0 = models[0]
+        self.kind = "snode-ncg-ensemble" if ensemble else "snode-ncg"
+        self.signature = {
+            "dim": m0.dim,
+            "steps": m0.steps,
+            "T": m0.T,
+            "activation": m0.activation,
+            "loss": m0.loss_kind,
+            "beta": options.beta,
+            "sobolev": flags[0] if not ensemble else flags,
+        }
         if ensemble:
-            with torch.no_grad():
-                for i, m in enumerate(models):
-                    m.W.copy_(W[i])
-                    m.b.copy_(b[i])
+            self.signature["seeds"] = list(seeds)
 
-    for epoch in range(start, epochs):
+    def train(self, datas, epochs) -> list[History]:
+        epochs = _validate.positive_int(epochs, "epochs")
+        start, histories = self._restore(epochs)
+        self._prepare()
+        for epoch in range(start, epochs):
+            loss_sum, correct, total = self._epoch(datas, epoch, epochs)
+            for h_, l_, c_ in zip(histories, loss_sum.tolist(), correct.tolist()):
+                h_.loss.append(l_ / total)
+                h_.accuracy.append(c_ / total)
+            self._write_back()
+            self._save(epoch, histories)
+        self._write_back()
+        return histories
+
+    def _restore(self, epochs):
+        """The epoch to start from and the histories, from the checkpoint if there is one."""
+        histories, path, m0 = [History() for _ in self.models], self.o.checkpoint, self.models[0]
+        if path is None:
+            return 0, histories
+        _validate.writable(path, "checkpoint")
+        if not Path(path).exists():
+            return 0, histories
+        state = load_checkpoint(path, map_location=m0.W.device)
+        if state.get("kind") != self.kind or state.get("signature") != self.signature:
+            raise ValueError(
+                f"checkpoint {path} is not of this training ({state.get('signature')} != {self.signature})."
+            )
+        start = int(state["epoch"])
+        if start > epochs:
+            raise ValueError(f"checkpoint {path} is at epoch {start}, beyond epochs={epochs}.")
+        if not self.ensemble:
+            m0.load_state_dict(state["model"])
+            return start, [History(**state["history"])]
+        with torch.no_grad():
+            for i, m in enumerate(self.models):
+                m.W.copy_(state["W"][i])
+                m.b.copy_(state["b"][i])
+        return start, [History(**h) for h in state["histories"]]
+
+    def _prepare(self):
+        """The engine's state over the weights (stacked copies, or views of the one network's)."""
+        m0, o = self.models[0], self.o
+        if self.ensemble:
+            self.W = torch.stack([m.W.detach() for m in self.models])
+            self.b = torch.stack([m.b.detach() for m in self.models])
+        else:  # views of the parameters: the steps update the model itself
+            self.W, self.b = m0.W.data.unsqueeze(0), m0.b.data.unsqueeze(0)
+        W = self.W
+        self.state = _ncg_engine.State(W, self.b)
+        M = _ncg_engine.sobolev_matrix(m0.steps, m0.T, dtype=W.dtype, device=W.device) if any(self.flags) else None
+        mask = None if all(self.flags) else torch.tensor(self.flags, device=W.device)
+        self.options = dict(M=M, mask=mask, rule=o.beta, weight_decay=float(o.weight_decay), trust=1.0)
+        self.graphs = (W.device.type == "cuda") if o.graphs is None else bool(o.graphs)
+        if self.graphs and W.device.type != "cuda":
+            raise ValueError("graphs=True needs a model on a CUDA device.")
+        self.graphed = None
+
+    def _write_back(self):
+        if self.ensemble:
+            with torch.no_grad():
+                for i, m in enumerate(self.models):
+                    m.W.copy_(self.W[i])
+                    m.b.copy_(self.b[i])
+
+    def _step(self, x0, yb, loss_sum, correct):
+        """The ``iterations`` of one batch; the loss and correct count before the first are added to
+        ``loss_sum`` and ``correct`` at once (a CUDA graph's outputs are overwritten by its next replay)."""
+        m0, o = self.models[0], self.o
+        B = _ncg_engine.Batch(
+            x0, yb, h=m0.h, sigma=m0.sigma, dsigma=m0.dsigma, loss=m0.loss_kind, classes=m0.classes, T=m0.T
+        )
+        if self.graphs and (self.graphed is None or self.graphed.B.x0.shape != x0.shape):
+            self.graphed = _ncg_engine.Graphed(self.state, B, **self.options)
+        if self.graphs and self.graphed.B.x0.shape == x0.shape:
+            self.graphed.load(x0, yb)
+        for j in range(o.iterations):
+            if self.graphs:
+                loss, ok = self.graphed(j == 0)
+            else:
+                loss, ok = _ncg_engine.iteration(self.state, B, restart=j == 0, **self.options)
+            if j == 0:
+                loss_sum += loss.double() * len(yb[0])
+                correct += ok
+
+    def _epoch(self, datas, epoch, epochs):
+        m0, o, W = self.models[0], self.o, self.W
         loaders = [
-            DataLoader(d, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(s + epoch))
-            for d, s in zip(datas, seeds)
+            DataLoader(d, batch_size=o.batch_size, shuffle=True, generator=torch.Generator().manual_seed(s + epoch))
+            for d, s in zip(datas, self.seeds)
         ]
-        loss_sum = torch.zeros(E, dtype=torch.float64, device=W.device)
-        correct = torch.zeros(E, dtype=torch.long, device=W.device)
+        loss_sum = torch.zeros(len(self.models), dtype=torch.float64, device=W.device)
+        correct = torch.zeros(len(self.models), dtype=torch.long, device=W.device)
         total = 0
-        bar = tqdm(zip(*loaders), total=len(loaders[0]), desc=f"{desc} {epoch + 1}/{epochs}", disable=not show,
-                   leave=False)  # fmt: skip
+        show = progress_enabled() if o.progress is None else o.progress
+        bar = tqdm(
+            zip(*loaders), total=len(loaders[0]), desc=f"{o.desc} {epoch + 1}/{epochs}", disable=not show, leave=False
+        )
         for n, batches in enumerate(bar):
             x0 = torch.stack([m0.encode(xb.to(W.device)) for xb, _ in batches])
             yb = torch.stack([y.to(W.device) for _, y in batches])
-            B = _ncg_engine.Batch(x0, yb, h=m0.h, sigma=m0.sigma, dsigma=m0.dsigma, loss=m0.loss_kind,
-                                  classes=m0.classes, T=m0.T)  # fmt: skip
-            if use_graphs and (graphed is None or graphed.B.x0.shape != x0.shape):
-                graphed = _ncg_engine.Graphed(st, B, **options)
-            if use_graphs and graphed.B.x0.shape == x0.shape:
-                graphed.load(x0, yb)
-            for j in range(iterations):
-                if use_graphs:
-                    loss, ok = graphed(j == 0)
-                else:
-                    loss, ok = _ncg_engine.iteration(st, B, restart=j == 0, **options)
-                if j == 0:
-                    loss_sum += loss.double() * len(yb[0])
-                    correct += ok
+            self._step(x0, yb, loss_sum, correct)
             total += len(yb[0])
-            if after_batch is not None:
-                if ensemble:
-                    write_back()
-                    for i, m in enumerate(models):
-                        after_batch(i, m)
-                else:
-                    after_batch(m0)
+            if o.after_batch is not None:
+                self._after_batch()
             if show and (n % 20 == 0):
                 bar.set_postfix(loss=f"{float(loss_sum[0]) / total:.4f}", acc=f"{int(correct[0]) / total:.3f}")
-        for h_, l_, c_ in zip(histories, loss_sum.tolist(), correct.tolist()):
-            h_.loss.append(l_ / total)
-            h_.accuracy.append(c_ / total)
-        write_back()
-        if checkpoint is not None:
-            if ensemble:
-                state = {"kind": kind, "signature": signature, "W": W.clone(), "b": b.clone(), "epoch": epoch + 1,
-                         "histories": [h_.as_dict() for h_ in histories]}  # fmt: skip
-            else:
-                state = {"kind": kind, "signature": signature, "model": m0.state_dict(), "epoch": epoch + 1,
-                         "history": histories[0].as_dict()}  # fmt: skip
-            save_checkpoint(checkpoint, state)
-    write_back()
-    return histories
+        return loss_sum, correct, total
+
+    def _after_batch(self):
+        if not self.ensemble:
+            return self.o.after_batch(self.models[0])
+        self._write_back()
+        for i, m in enumerate(self.models):
+            self.o.after_batch(i, m)
+
+    def _save(self, epoch, histories):
+        if self.o.checkpoint is None:
+            return
+        state = {"kind": self.kind, "signature": self.signature, "epoch": epoch + 1}
+        if self.ensemble:
+            state.update(W=self.W.clone(), b=self.b.clone(), histories=[h_.as_dict() for h_ in histories])
+        else:
+            state.update(model=self.models[0].state_dict(), history=histories[0].as_dict())
+        save_checkpoint(self.o.checkpoint, state)
 
 
 def fit_backprop(
-    model: SNODE, data: Dataset, *, epochs: int, optimizer: str = "adam", lr: float = 1e-3, batch_size: int = 100,
-    seed: int = 0, progress: bool | None = None, checkpoint=None, after_step=None,
-) -> History:  # fmt: skip
+    model: SNODE,
+    data: Dataset,
+    *,
+    epochs: int,
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    batch_size: int = 100,
+    seed: int = 0,
+    progress: bool | None = None,
+    checkpoint=None,
+    after_step=None,
+) -> History:
     """The ResNet analogue (§3.5): the same Euler network, trained by backpropagation with Adam or
     SGD (momentum 0.9) through :func:`labkit.train.fit`, on the model's own loss; ``after_step``
     as there."""
@@ -627,15 +636,34 @@ def fit_backprop(
         xT = m.flow(m.encode(xb))
         return m.loss(xT, yb), xT[:, : m.classes]
 
-    return fit(model, data, epochs, batch_size=batch_size, optimizer=opt, seed=seed, progress=progress,
-               checkpoint=checkpoint, step_fn=step, after_step=after_step, desc=f"{optimizer} epoch")  # fmt: skip
+    return fit(
+        model,
+        data,
+        epochs,
+        batch_size=batch_size,
+        optimizer=opt,
+        seed=seed,
+        progress=progress,
+        checkpoint=checkpoint,
+        step_fn=step,
+        after_step=after_step,
+        desc=f"{optimizer} epoch",
+    )
 
 
 @torch.no_grad()
 def sensitivity_attack(
-    model: SNODE, x0: torch.Tensor, labels: torch.Tensor, *, steps: int = 30, step_size: float = 0.03,
-    kappa: float = 0.975, clamp=(-1.0, 0.0), generator=None, return_points: bool = False,
-):  # fmt: skip
+    model: SNODE,
+    x0: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int = 30,
+    step_size: float = 0.03,
+    kappa: float = 0.975,
+    clamp=(-1.0, 0.0),
+    generator=None,
+    return_points: bool = False,
+):
     """The sensitivity-guided search for small adversarial perturbations (:prf:ref:`alg-sensitivity-attack`,
     after the reference code; it reaches at most ``steps · step_size``): at each of
     ``steps`` iterations, with ``z`` the first ``classes`` components of ``x(T)`` and ``P`` the
@@ -689,10 +717,6 @@ def smoothness(model: SNODE) -> float:
         return float((dW.pow(2).sum() + db.pow(2).sum()) / model.h)
 
 
-#: The largest slope of each activation, for :func:`lipschitz_bound`.
-MAX_SLOPE = {"tanh": 1.0, "sigmoid": 0.25, "relu": 1.0, "softplus": 1.0}
-
-
 @torch.no_grad()
 def lipschitz_bound(model: SNODE) -> float:
     """A sound upper bound of the ℓ2 Lipschitz constant of the logits as a function of the images
@@ -701,7 +725,7 @@ def lipschitz_bound(model: SNODE) -> float:
     constant is at most ``1 + h s ‖W_k‖₂``; :meth:`SNODE.encode` and taking the first ``classes``
     components have norm 1. The norms are computed exactly in float64."""
     norms = torch.linalg.matrix_norm(model.W.detach().double(), ord=2)
-    return float(torch.prod(1 + model.h * MAX_SLOPE[model.activation] * norms))
+    return float(torch.prod(1 + model.h * activations.get(model.activation).slopes[1] * norms))
 
 
 class OnImages(nn.Module):
@@ -754,9 +778,38 @@ def adaptive_gradient(model: SNODE, x0, target, *, rtol: float = 1e-3, atol: flo
     kinks = {"jump_t": (torch.arange(model.steps, dtype=x.dtype) + 0.5) * model.h}
     rtol, atol = _validate.positive(rtol, "rtol"), _validate.positive(atol, "atol")
     if adjoint:
-        out = odeint_adjoint(field, x, t, rtol=rtol, atol=atol, method="dopri5", adjoint_params=(model.W, model.b),
-                             options=kinks, adjoint_options=kinks)  # fmt: skip
+        out = odeint_adjoint(
+            field,
+            x,
+            t,
+            rtol=rtol,
+            atol=atol,
+            method="dopri5",
+            adjoint_params=(model.W, model.b),
+            options=kinks,
+            adjoint_options=kinks,
+        )
     else:
         out = odeint(field, x, t, rtol=rtol, atol=atol, method="dopri5", options=kinks)
     loss = model.loss(out[-1], target)
     return torch.autograd.grad(loss, (model.W, model.b))
+
+
+def reference_iteration(model, x0, labels, memory, *, beta: str, sobolev: bool, weight_decay: float = 0.0):
+    """One NCG iteration (:prf:ref:`alg-ncg`) of one network composed of this module's reference
+    functions, as :func:`ncg_train` computed it before its batched engine (a sweep per function,
+    the Thomas solve, Python floats for β and η): the baseline of the tests and of
+    ``scripts/bench_ncg_overhead.py``. ``memory`` is ``{}`` at a restart and is updated in place."""
+    params = (model.W.detach(), model.b.detach())
+    g = adjoint_gradient(model, x0, labels, weight_decay=weight_decay)
+    if sobolev:
+        g = tuple(sobolev_gradient(t, model.T) for t in g)
+    g_prev, d_prev = memory.get("g"), memory.get("d")
+    b_ = cg_beta(beta, g, g_prev, d_prev)
+    d = tuple(-a + b_ * p for a, p in zip(g, d_prev)) if d_prev is not None and b_ else tuple(-a for a in g)
+    xT, xi = _sensitivity(model, x0, dW=d[0], db=d[1])
+    eta = line_search(model, xT, xi, labels, weight_decay=weight_decay, params=params, direction=d)
+    with torch.no_grad():
+        model.W.add_(d[0], alpha=eta)
+        model.b.add_(d[1], alpha=eta)
+    memory.update(g=g, d=d)

@@ -31,7 +31,9 @@ operator gets the general ``max(1, g‖A‖² − 1)``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +58,9 @@ __all__ = [
     "SwitchingBlock",
     "Lift",
     "Head",
+    "SwitchingOptions",
     "StructuredNet",
+    "Recipe",
     "PRESETS",
     "preset",
     "hinge_loss",
@@ -205,8 +209,17 @@ class ConvOp(_Op):
     the transposed convolution; delta-orthogonal initialisation (only the centre tap, a random
     orthogonal matrix times ``gain``), as the authors'."""
 
-    def __init__(self, channels: int, out: int | None = None, size=(32, 32), *, kernel_size=3, bias=True,
-                 gain=1.0, generator=None):  # fmt: skip
+    def __init__(
+        self,
+        channels: int,
+        out: int | None = None,
+        size=(32, 32),
+        *,
+        kernel_size=3,
+        bias=True,
+        gain=1.0,
+        generator=None,
+    ):
         super().__init__()
         channels = _validate.positive_int(channels, "channels")
         out = channels if out is None else _validate.positive_int(out, "out")
@@ -475,9 +488,22 @@ class SwitchingBlock(nn.Module):
     divides ``A_e`` by ``max(1, ‖A_e‖)`` (a sound bound) in ``project()``. ``conv`` and ``size``
     choose convolutions on ``(width, *size)`` images instead of matrices on ``width`` features."""
 
-    def __init__(self, width: int, *, conv: bool = True, size=(32, 32), a: float = 0.5, substeps: int = 2,
-                 rule: str = "prescribed", orthogonal: bool = False, normalized: bool = False, h_c: float = 1.0,
-                 h_e: float = 0.1, orthogonal_kernel: int = 3, generator=None):  # fmt: skip
+    def __init__(
+        self,
+        width: int,
+        *,
+        conv: bool = True,
+        size=(32, 32),
+        a: float = 0.5,
+        substeps: int = 2,
+        rule: str = "prescribed",
+        orthogonal: bool = False,
+        normalized: bool = False,
+        h_c: float = 1.0,
+        h_e: float = 0.1,
+        orthogonal_kernel: int = 3,
+        generator=None,
+    ):
         super().__init__()
         width = _validate.positive_int(width, "width")
         self.a, self.substeps = _slope(a), _substeps(substeps)
@@ -645,27 +671,56 @@ class Head(nn.Linear):
 KINDS = ("resnet", "naive", "nonexpansive", "switching")
 
 
+@dataclass(frozen=True)
+class SwitchingOptions:
+    """The options of a switching network's :class:`SwitchingBlock` s (§5.3), given to
+    :class:`StructuredNet` as keywords: the LeakyReLU slope ``a``, ``substeps`` per pair, the step
+    ``rule``, orthogonal operators (``orthogonal``, ``orthogonal_kernel``), ``normalized`` steps and
+    the constant ``h_c`` of the step rule."""
+
+    a: float = 0.5
+    substeps: int = 2
+    rule: str = "prescribed"
+    orthogonal: bool = False
+    orthogonal_kernel: int = 3
+    normalized: bool = False
+    h_c: float = 1.0
+
+
 class StructuredNet(nn.Module):
     """The authors' skeleton (their ``network.py``, §5.3): normalise, then per block a :class:`Lift` to the block's
     width, ``layers`` dynamic layers and (convolutional) a 2 × 2 max-pool, then flatten and a
     :class:`Head`. ``kind`` chooses the dynamic layers: ``"resnet"`` (:class:`ResidualStep`, ``s =
     1``), ``"naive"`` (``s = ½``), ``"nonexpansive"`` (:class:`NonExpansiveStep`, ReLU) or
-    ``"switching"`` (``layers/2`` :class:`SwitchingBlock` s with ``rule``). ``conv=False`` builds the
-    dense analogue (one block, no pooling) for flat inputs. The input is normalised by ``(x − mean)
-    / std`` inside the model, so attacks act on pixels in ``[0, 1]``."""
+    ``"switching"`` (``layers/2`` :class:`SwitchingBlock` s with the keywords ``switching`` of
+    :class:`SwitchingOptions`). ``conv=False`` builds the dense analogue (one block, no pooling) for
+    flat inputs. The input is normalised by ``(x − mean) / std`` inside the model, so attacks act on
+    pixels in ``[0, 1]``."""
 
-    def __init__(self, kind="switching", *, in_shape=(3, 32, 32), widths=(32, 64, 128), layers=4, classes=10,
-                 conv=True, a=0.5, substeps=2, rule="prescribed", orthogonal=False, orthogonal_kernel=3,
-                 normalized=False, h_c=1.0, lift_project=None, head_project=None, mean=None, std=None,
-                 seed=0):  # fmt: skip
+    def __init__(
+        self,
+        kind="switching",
+        *,
+        in_shape=(3, 32, 32),
+        widths=(32, 64, 128),
+        layers=4,
+        classes=10,
+        conv=True,
+        lift_project=None,
+        head_project=None,
+        mean=None,
+        std=None,
+        seed=0,
+        **switching,
+    ):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+        sw = SwitchingOptions(**switching)
         layers = _validate.positive_int(layers, "layers")
         if kind == "switching" and layers % 2:
             raise ValueError(f"a switching network has pairs of layers: layers must be even, got {layers}.")
         in_shape = tuple(int(s) for s in in_shape)
-        channels = in_shape[0]
         if conv and len(in_shape) != 3:
             raise ValueError(f"a convolutional network needs in_shape (C, H, W), got {in_shape}.")
         widths = [_validate.positive_int(w, "width") for w in widths]
@@ -673,39 +728,12 @@ class StructuredNet(nn.Module):
             raise ValueError("the dense network has one block: give one width.")
         gen = torch.Generator().manual_seed(seed)
         self.kind, self.in_shape, self.classes = kind, in_shape, classes
-        self.a, self.substeps, self.rule = a, substeps, rule
-        shape = (1, channels, 1, 1) if conv else (1, -1)
-        mean = torch.zeros(channels) if mean is None else torch.as_tensor(mean, dtype=torch.float32)
-        std = torch.ones(channels) if std is None else torch.as_tensor(std, dtype=torch.float32)
-        if mean.numel() != channels or std.numel() != channels or bool((std <= 0).any()):
-            raise ValueError(f"mean and std must have one entry per channel ({channels}), std > 0.")
-        self.register_buffer(
-            "mean", mean.reshape(shape) if conv else mean.repeat_interleave(math.prod(in_shape[1:])).reshape(1, -1)
-        )  # noqa: E501
-        self.register_buffer(
-            "std", std.reshape(shape) if conv else std.repeat_interleave(math.prod(in_shape[1:])).reshape(1, -1)
-        )  # noqa: E501
-        gain = math.sqrt(2 / (1 + a**2)) if kind == "switching" else math.sqrt(2)
-        blocks, size, c_in = [], in_shape[1:] if conv else None, channels if conv else math.prod(in_shape)
+        self.a, self.substeps, self.rule = sw.a, sw.substeps, sw.rule
+        self._normalisation(mean, std, conv)
+        blocks, size, c_in = [], in_shape[1:] if conv else None, in_shape[0] if conv else math.prod(in_shape)
         for width in widths:
             lift = Lift(c_in, width, conv=conv, size=size, project=lift_project, generator=gen)
-            dyn = []
-            for _ in range(layers // 2 if kind == "switching" else layers):
-                if kind == "switching":
-                    dyn.append(SwitchingBlock(width, conv=conv, size=size, a=a, substeps=substeps, rule=rule,
-                                              orthogonal=orthogonal, orthogonal_kernel=orthogonal_kernel,
-                                              normalized=normalized, h_c=h_c, generator=gen))  # fmt: skip
-                    continue
-
-                def op(width=width, size=size):
-                    if conv:
-                        return ConvOp(width, size=size, gain=gain, generator=gen)
-                    return DenseOp(width, gain=gain, generator=gen)
-
-                if kind == "nonexpansive":
-                    dyn.append(NonExpansiveStep(op(), step=1.0, a=0.0))
-                else:
-                    dyn.append(ResidualStep(op(), op(), scale=1.0 if kind == "resnet" else 0.5))
+            dyn = self._dynamic(width, layers, conv=conv, size=size, switching=sw, generator=gen)
             pool = [nn.MaxPool2d(2)] if conv else []
             blocks.append(nn.Sequential(lift, *dyn, *pool))
             if conv:
@@ -716,6 +744,36 @@ class StructuredNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         features = widths[-1] * (size[0] * size[1] if conv else 1)
         self.head = Head(features, classes, project=head_project, generator=gen)
+
+    def _normalisation(self, mean, std, conv):
+        """The buffers ``mean`` and ``std`` of the input's normalisation, one entry per channel."""
+        channels = self.in_shape[0]
+        mean = torch.zeros(channels) if mean is None else torch.as_tensor(mean, dtype=torch.float32)
+        std = torch.ones(channels) if std is None else torch.as_tensor(std, dtype=torch.float32)
+        if mean.numel() != channels or std.numel() != channels or bool((std <= 0).any()):
+            raise ValueError(f"mean and std must have one entry per channel ({channels}), std > 0.")
+        pixels = math.prod(self.in_shape[1:])
+        for name, value in (("mean", mean), ("std", std)):
+            shaped = value.reshape(1, channels, 1, 1) if conv else value.repeat_interleave(pixels).reshape(1, -1)
+            self.register_buffer(name, shaped)
+
+    def _dynamic(self, width, layers, *, conv, size, switching: SwitchingOptions, generator) -> list:
+        """The dynamic layers of one block of ``width`` channels (or features)."""
+        if self.kind == "switching":
+            options = dataclasses.asdict(switching)
+            return [
+                SwitchingBlock(width, conv=conv, size=size, **options, generator=generator) for _ in range(layers // 2)
+            ]
+        gain = math.sqrt(2)
+
+        def op():
+            if conv:
+                return ConvOp(width, size=size, gain=gain, generator=generator)
+            return DenseOp(width, gain=gain, generator=generator)
+
+        if self.kind == "nonexpansive":
+            return [NonExpansiveStep(op(), step=1.0, a=0.0) for _ in range(layers)]
+        return [ResidualStep(op(), op(), scale=1.0 if self.kind == "resnet" else 0.5) for _ in range(layers)]
 
     def forward(self, x):
         if x.ndim < 2 or math.prod(x.shape[1:]) != math.prod(self.in_shape):
@@ -822,51 +880,95 @@ class NonFiniteLoss(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
-def fit(model: StructuredNet, data: Dataset, epochs: int, *, margin: float = 0.15, gamma: float = 0.0,
-        lr: float = 0.01, decay_every: int = 30, batch_size: int = 128, augment: bool = True,
-        optimizer: str = "sgd", restarts: int = 2, seed: int = 0, device=None, progress=None) -> dict:  # fmt: skip
-    """Train with the authors' recipe (their ``main.ipynb`` and ``training.py``, §5.3): SGD (momentum
-    0.9) at ``lr``, ×0.1 every
-    ``decay_every`` epochs (``steps`` per epoch), the summed hinge :func:`hinge_loss` plus ``gamma``
-    × the orthogonality penalty, crops and flips (``augment``), and the model's projections after
-    every step. If the loss becomes NaN or infinite, training restarts from the initial weights with
-    ``lr/10``, at most ``restarts`` times, and the restart is logged (pitfall 7). Returns the history
-    as a dict with ``restarts`` and the final ``lr``."""
+@dataclass(frozen=True)
+class Recipe:
+    """The training recipe of :func:`fit` (the authors' ``main.ipynb`` and ``training.py``, §5.3),
+    given to it as keywords: the hinge ``margin``, the orthogonality weight ``gamma``, the learning
+    rate ``lr`` divided by 10 every ``decay_every`` epochs, the ``optimizer`` (``"sgd"`` with
+    momentum 0.9, or ``"adam"``) and how many ``restarts`` a non-finite loss may cause. Checked
+    when made."""
+
+    margin: float = 0.15
+    gamma: float = 0.0
+    lr: float = 0.01
+    decay_every: int = 30
+    optimizer: str = "sgd"
+    restarts: int = 2
+
+    def __post_init__(self):
+        _validate.positive_int(self.decay_every, "decay_every")
+        _validate.positive(self.margin, "margin")
+        _validate.nonneg(self.gamma, "gamma")
+        _validate.positive(self.lr, "lr")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
+
+
+def fit(
+    model: StructuredNet,
+    data: Dataset,
+    epochs: int,
+    *,
+    batch_size: int = 128,
+    augment: bool = True,
+    seed: int = 0,
+    device=None,
+    progress=None,
+    **recipe,
+) -> dict:
+    """Train with the authors' recipe (the keywords ``recipe`` of :class:`Recipe`, §5.3): SGD
+    (momentum 0.9) at ``lr``, ×0.1 every ``decay_every`` epochs (``steps`` per epoch), the summed
+    hinge :func:`hinge_loss` plus ``gamma`` × the orthogonality penalty, crops and flips
+    (``augment``), and the model's projections after every step. If the loss becomes NaN or
+    infinite, training restarts from the initial weights with ``lr/10``, at most ``restarts``
+    times, and the restart is logged (pitfall 7). Returns the history as a dict with ``restarts``
+    and the final ``lr``."""
     epochs = _validate.positive_int(epochs, "epochs")
-    decay_every = _validate.positive_int(decay_every, "decay_every")
-    margin, gamma = _validate.positive(margin, "margin"), _validate.nonneg(gamma, "gamma")
-    lr = _validate.positive(lr, "lr")
-    if optimizer not in ("sgd", "adam"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}.")
+    r = Recipe(**recipe)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     train_data = Augmented(data) if augment else data
-    steps = math.ceil(len(data) / batch_size)
-
-    def loss_fn(logits, y):
-        loss = hinge_loss(logits, y, margin) + (gamma * model.penalty() if gamma else 0.0)
-        if not bool(torch.isfinite(loss)):
-            raise NonFiniteLoss(f"the loss is {float(loss.detach())} at learning rate {lr:g}")
-        return loss
-
-    log = []
-    for attempt in range(restarts + 1):
-        if optimizer == "sgd":
-            opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-        else:
-            opt = torch.optim.Adam(model.parameters(), lr=lr)
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=decay_every * steps, gamma=0.1)
+    steps, lr, log = math.ceil(len(data) / batch_size), r.lr, []
+    for attempt in range(r.restarts + 1):
         try:
-            hist = _train.fit(model, train_data, epochs, batch_size=batch_size, optimizer=opt, loss_fn=loss_fn,
-                              after_step=_Projection(sched, model), seed=seed, device=device,
-                              progress=progress)  # fmt: skip
+            hist = _attempt(
+                model,
+                train_data,
+                epochs,
+                r,
+                lr,
+                steps,
+                batch_size=batch_size,
+                seed=seed,
+                device=device,
+                progress=progress,
+            )
             return {**hist.as_dict(), "restarts": log, "lr": lr}
         except NonFiniteLoss as err:
-            if attempt == restarts:
+            if attempt == r.restarts:
                 raise
             log.append(str(err))
             model.load_state_dict(start)
             lr /= 10
     raise AssertionError("unreachable")
+
+
+def _attempt(model, train_data, epochs, r: Recipe, lr, steps, **options):
+    """One training of :func:`fit` at learning rate ``lr``; :class:`NonFiniteLoss` if the loss is not finite."""
+
+    def loss_fn(logits, y):
+        loss = hinge_loss(logits, y, r.margin) + (r.gamma * model.penalty() if r.gamma else 0.0)
+        if not bool(torch.isfinite(loss)):
+            raise NonFiniteLoss(f"the loss is {float(loss.detach())} at learning rate {lr:g}")
+        return loss
+
+    if r.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=r.decay_every * steps, gamma=0.1)
+    return _train.fit(
+        model, train_data, epochs, optimizer=opt, loss_fn=loss_fn, after_step=_Projection(sched, model), **options
+    )
 
 
 def block_jacobian_norms(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -909,8 +1011,17 @@ class MassPreservingNet(nn.Module):
     back, spread evenly. ``plain=True`` builds the
     same network with an unconstrained increment ``x ↦ x + h N(x)`` (the comparison)."""
 
-    def __init__(self, dim: int = 3, widths=(10, 10, 15), *, layers: int = 3, hidden: int = 50, h: float = 0.5,
-                 plain: bool = False, seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        dim: int = 3,
+        widths=(10, 10, 15),
+        *,
+        layers: int = 3,
+        hidden: int = 50,
+        h: float = 0.5,
+        plain: bool = False,
+        seed: int = 0,
+    ):
         super().__init__()
         dim = _validate.positive_int(dim, "dim")
         widths = [_validate.positive_int(w, "width") for w in widths]

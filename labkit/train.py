@@ -4,10 +4,20 @@
 ``seed + epoch``), so a run interrupted after epoch ``k`` and resumed from its checkpoint ends
 with the same weights as an uninterrupted run. Checkpoints are written atomically (temporary
 file, then rename) and read with ``torch.load(..., weights_only=True)``.
+
+**Data parallel.** Under ``torchrun`` (after :func:`labkit.runtime.init_distributed`) the same
+call of ``fit`` trains with PyTorch's ``DistributedDataParallel``: each of the ``W`` ranks reads its
+share of every global batch of the one-process order through a ``DistributedSampler``
+(:class:`ShardSampler`), ``batch_size / W`` examples per step (``batch_size`` stays the global
+batch and must be divisible by ``W``), and the gradients are averaged; so with a mean loss and a
+data set whose size is a multiple of the batch, ``W`` processes end with the weights of one.
+Only rank 0 shows progress and writes the checkpoint (atomically); every rank resumes from it.
+A custom ``step_fn`` is refused there (its forward passes would bypass the gradient averaging).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import tempfile
@@ -23,7 +33,17 @@ from tqdm.auto import tqdm
 from . import _validate
 from .runtime import distributed, progress_enabled, resolve_device
 
-__all__ = ["History", "fit", "every_step", "evaluate", "inputs", "save_checkpoint", "load_checkpoint", "ShardSampler"]
+__all__ = [
+    "History",
+    "Hooks",
+    "fit",
+    "every_step",
+    "evaluate",
+    "inputs",
+    "save_checkpoint",
+    "load_checkpoint",
+    "ShardSampler",
+]
 
 
 @dataclass
@@ -126,20 +146,27 @@ def _check_resume(state: dict, path, model, optimizer, stateful: dict) -> None:
         raise ValueError(f"{path} is not a fit checkpoint: it lacks {sorted(missing)}.")
     own, saved = model.state_dict(), state["model"]
     if set(own) != set(saved):
-        raise ValueError(f"{path} was written for another model: missing {sorted(set(own) - set(saved))[:5]}, "
-                         f"unexpected {sorted(set(saved) - set(own))[:5]}.")  # fmt: skip
+        raise ValueError(
+            f"{path} was written for another model: missing {sorted(set(own) - set(saved))[:5]}, "
+            f"unexpected {sorted(set(saved) - set(own))[:5]}."
+        )
     for key, value in own.items():
         if tuple(saved[key].shape) != tuple(value.shape):
-            raise ValueError(f"{path} was written for another model: {key} has shape {tuple(saved[key].shape)}, "
-                             f"this model's {tuple(value.shape)}.")  # fmt: skip
+            raise ValueError(
+                f"{path} was written for another model: {key} has shape {tuple(saved[key].shape)}, "
+                f"this model's {tuple(value.shape)}."
+            )
     kind = state.get("optimizer_type")
     groups = [len(g["params"]) for g in state["optimizer"].get("param_groups", [])]
     if kind != type(optimizer).__name__ or groups != [len(g["params"]) for g in optimizer.param_groups]:
-        raise ValueError(f"{path} was written with another optimiser ({kind}, parameter groups {groups}); "
-                         f"this run uses {type(optimizer).__name__}.")  # fmt: skip
+        raise ValueError(
+            f"{path} was written with another optimiser ({kind}, parameter groups {groups}); "
+            f"this run uses {type(optimizer).__name__}."
+        )
     if set(state.get("hooks", {})) != set(stateful):
-        raise ValueError(f"{path} carries the state of the hooks {sorted(state.get('hooks', {}))}; this run has "
-                         f"{sorted(stateful)}.")  # fmt: skip
+        raise ValueError(
+            f"{path} carries the state of the hooks {sorted(state.get('hooks', {}))}; this run has {sorted(stateful)}."
+        )
 
 
 class ShardSampler(DistributedSampler):
@@ -205,6 +232,137 @@ def evaluate(model, data: Dataset, *, batch_size: int = 512, device=None, loss_f
     return {"loss": loss_sum / total, "accuracy": correct / total}
 
 
+@dataclass(frozen=True)
+class Hooks:
+    """The options of :func:`fit` that act around its steps, grouped as diffrax groups a solver's:
+    ``step_fn(model, xb, yb) -> (loss, out)`` replaces the default step's loss; ``after_step(model)``
+    runs after each optimiser step and ``after_epoch(model, epoch, history)`` after each epoch;
+    ``checkpoint`` is the path of the checkpoint that makes the run resumable; ``progress`` shows
+    the bars (default: except in smoke mode), labelled ``desc``."""
+
+    step_fn: object = None
+    after_step: object = None
+    after_epoch: object = None
+    checkpoint: object = None
+    progress: bool | None = None
+    desc: str = "epoch"
+
+    @classmethod
+    def of(cls, options: dict) -> Hooks:
+        """The hooks of the keywords ``options``; ``TypeError`` naming any that is not one."""
+        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise TypeError(f"fit got unknown options {unknown}; the hooks are those of labkit.train.Hooks.")
+        return cls(**options)
+
+
+class _Resume:
+    """The checkpoint of one :func:`fit` call: what it restores at the start and saves after each
+    epoch (the model, the optimiser, the stateful hooks and the history)."""
+
+    def __init__(self, path, model, optimizer, hooks: Hooks):
+        self.hooks = _stateful_hooks(
+            {"step_fn": hooks.step_fn, "after_step": hooks.after_step, "after_epoch": hooks.after_epoch}, path
+        )
+        self.path = None if path is None else _validate.writable(path, "checkpoint")
+        self.model, self.optimizer = model, optimizer
+
+    def restore(self, epochs: int, dev) -> tuple[int, History]:
+        """The epoch to start from and the history so far (0 and an empty one without a checkpoint)."""
+        if self.path is None or not self.path.exists():
+            return 0, History()
+        state = load_checkpoint(self.path, map_location=dev)
+        _check_resume(state, self.path, self.model, self.optimizer, self.hooks)
+        start = int(state["epoch"])
+        if start > epochs:
+            raise ValueError(f"checkpoint {self.path} is at epoch {start}, beyond epochs={epochs}.")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for name, owner in self.hooks.items():
+            owner.load_state_dict(state["hooks"][name])
+        return start, History(**state["history"])
+
+    def save(self, epoch: int, history: History, rank: int, world: int) -> None:
+        if self.path is None:
+            return
+        if rank == 0:
+            save_checkpoint(
+                self.path,
+                {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "optimizer_type": type(self.optimizer).__name__,
+                    "hooks": {name: owner.state_dict() for name, owner in self.hooks.items()},
+                    "epoch": epoch + 1,
+                    "history": history.as_dict(),
+                },
+            )
+        if world > 1:
+            torch.distributed.barrier()  # no rank runs ahead of the checkpoint it would resume from
+
+
+def _check_data(train_data, val_data) -> None:
+    if len(train_data) == 0:
+        raise ValueError("train_data is empty.")
+    if val_data is not None and len(val_data) == 0:
+        raise ValueError("val_data is empty: give None for no validation, or a data set with examples.")
+    for name, given in (("train_data", train_data), ("val_data", val_data)):  # checked whole, before any step
+        for tensor in getattr(given, "tensors", ()):
+            _validate.finite(tensor, name, "training on it gives a NaN loss" if name == "train_data" else "")
+
+
+def _parallel(model, dev, batch_size: int, step_fn):
+    """``(net, rank, world)``: the model wrapped in ``DistributedDataParallel`` under ``torchrun``
+    (the model itself otherwise), after checking that the global batch divides among the ranks."""
+    rank, world = distributed()
+    if world == 1:
+        return model, rank, world
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} (the global batch) must be divisible by the {world} ranks.")
+    if step_fn is not None:
+        raise ValueError("a custom step_fn cannot train under DistributedDataParallel; use the default step.")
+    ids = [dev.index] if dev.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids), rank, world
+
+
+def _epoch_loader(train_data, epoch: int, *, seed: int, batch_size: int, rank: int, world: int) -> DataLoader:
+    """The batches of ``epoch``: shuffled by a generator seeded ``seed + epoch`` (each rank's share
+    of them under ``torchrun``, :class:`ShardSampler`); torch's global generator is seeded the same
+    way, for dropout and other randomness in the model."""
+    torch.manual_seed(seed + epoch)
+    if world > 1:
+        sampler = ShardSampler(train_data, world, rank, seed=seed, batch_size=batch_size)
+        sampler.set_epoch(epoch)
+        return DataLoader(train_data, batch_size=batch_size // world, sampler=sampler)
+    gen = torch.Generator().manual_seed(seed + epoch)
+    return DataLoader(train_data, batch_size=batch_size, shuffle=True, generator=gen)
+
+
+def _train_epoch(net, model, batches, dev, optimizer, loss_fn, hooks: Hooks) -> tuple[float, float]:
+    """One pass over ``batches`` (a progress bar over the loader); the mean loss and accuracy."""
+    model.train()
+    loss_sum, correct, total = 0.0, 0, 0
+    for xb, yb in batches:
+        xb, yb = xb.to(dev), yb.to(dev)
+        if hooks.step_fn is None:
+            out = net(xb)
+            if loss_fn is F.cross_entropy:  # a label past the outputs: say so, not an IndexError
+                _validate.labels_fit(out, yb, "train_data's labels")
+            loss = loss_fn(out, yb)
+        else:
+            loss, out = hooks.step_fn(model, xb, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if hooks.after_step is not None:
+            hooks.after_step(model)
+        loss_sum += loss.item() * yb.shape[0]
+        correct += int((out.argmax(1) == yb).sum())
+        total += yb.shape[0]
+        batches.set_postfix(loss=f"{loss_sum / total:.4f}", acc=f"{correct / total:.3f}")
+    return loss_sum / total, correct / total
+
+
 def fit(
     model,
     train_data: Dataset,
@@ -217,128 +375,50 @@ def fit(
     val_data: Dataset | None = None,
     device=None,
     seed: int = 0,
-    checkpoint=None,
-    progress: bool | None = None,
-    step_fn=None,
-    after_step=None,
-    after_epoch=None,
-    desc: str = "epoch",
+    **hooks,
 ) -> History:
     """Train ``model`` on ``train_data`` for ``epochs`` epochs; return a :class:`History`.
 
-    Defaults: Adam with learning rate ``lr``, cross-entropy loss. Each mini-batch runs
-    ``loss, out = step_fn(model, xb, yb)`` (default: ``out = model(xb)``, ``loss = loss_fn(out, yb)``;
-    a method whose loss needs more than the outputs, such as CLIP's pairs, passes its own), then
-    the optimiser step. ``after_step(model)`` is called after each optimiser step and
-    ``after_epoch(model, epoch, history)`` after each epoch, when ``history`` already holds the
-    epoch's training loss and accuracy, before validation and the checkpoint (later chapters use
-    them to project or stabilise weights, to schedule or to select models).
-    With ``checkpoint=path`` the state is saved after every epoch and, if the file exists when
-    ``fit`` starts, training resumes from it, giving the same final weights as a run that was
+    Defaults: Adam with learning rate ``lr``, cross-entropy loss. The keywords ``hooks`` are the
+    options of :class:`Hooks`. Each mini-batch runs ``loss, out = step_fn(model, xb, yb)``
+    (default: ``out = model(xb)``, ``loss = loss_fn(out, yb)``; a method whose loss needs more than
+    the outputs, such as CLIP's pairs, passes its own), then the optimiser step. ``after_step(model)``
+    is called after each optimiser step and ``after_epoch(model, epoch, history)`` after each epoch,
+    when ``history`` already holds the epoch's training loss and accuracy, before validation and the
+    checkpoint (later chapters use them to project or stabilise weights, to schedule or to select
+    models). With ``checkpoint=path`` the state is saved after every epoch and, if the file exists
+    when ``fit`` starts, training resumes from it, giving the same final weights as a run that was
     never interrupted. A hook with state of its own must say so: an object with ``state_dict()`` and
     ``load_state_dict()`` (a schedule: ``after_step=every_step(scheduler)``) has its state saved
     and restored with the rest; with a checkpoint, a hook that could hide state (a closure) is
-    refused. A checkpoint of another model, optimiser or set of hooks is refused before anything
-    is loaded, and an unwritable checkpoint path before the first epoch. Progress bars are shown
-    except in smoke mode.
-
-    **Data parallel.** Under ``torchrun`` (after :func:`labkit.runtime.init_distributed`) the same
-    call trains with PyTorch's ``DistributedDataParallel``: each of the ``W`` ranks reads its share
-    of every global batch of the one-process order through a ``DistributedSampler``
-    (:class:`ShardSampler`), ``batch_size / W`` examples per step (``batch_size`` stays the global
-    batch and must be divisible by ``W``), and the gradients are averaged; so with a mean loss and a
-    data set whose size is a multiple of the batch, ``W`` processes end with the weights of one. Only rank 0
-    shows progress and writes the checkpoint (atomically); every rank resumes from it. A custom
-    ``step_fn`` is refused there (its forward passes would bypass the gradient averaging).
+    refused. Every argument is checked before the first step: a checkpoint of another model,
+    optimiser or set of hooks is refused before anything is loaded, an unwritable checkpoint path
+    before the first epoch, an empty or non-finite data set before any step. Under ``torchrun`` the
+    same call trains data-parallel (the module's *Data parallel*).
     """
+    hooks = Hooks.of(hooks)
     epochs = _validate.positive_int(epochs, "epochs")
     batch_size = _validate.positive_int(batch_size, "batch_size")
-    if len(train_data) == 0:
-        raise ValueError("train_data is empty.")
-    if val_data is not None and len(val_data) == 0:
-        raise ValueError("val_data is empty: give None for no validation, or a data set with examples.")
-    for name, given in (("train_data", train_data), ("val_data", val_data)):  # checked whole, before any step
-        for tensor in getattr(given, "tensors", ()):
-            _validate.finite(tensor, name, "training on it gives a NaN loss" if name == "train_data" else "")
+    _check_data(train_data, val_data)
     dev = resolve_device(device)
     model.to(dev)
-    rank, world = distributed()
-    net = model
-    if world > 1:
-        if batch_size % world:
-            raise ValueError(f"batch_size {batch_size} (the global batch) must be divisible by the {world} ranks.")
-        if step_fn is not None:
-            raise ValueError("a custom step_fn cannot train under DistributedDataParallel; use the default step.")
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    net, rank, world = _parallel(model, dev, batch_size, hooks.step_fn)
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=_validate.positive(lr, "lr"))
     loss_fn = loss_fn or F.cross_entropy
-    history = History()
-    start = 0
-    stateful = _stateful_hooks({"step_fn": step_fn, "after_step": after_step, "after_epoch": after_epoch}, checkpoint)
-    if checkpoint is not None:
-        checkpoint = _validate.writable(checkpoint, "checkpoint")
-    if checkpoint is not None and checkpoint.exists():
-        state = load_checkpoint(checkpoint, map_location=dev)
-        _check_resume(state, checkpoint, model, optimizer, stateful)
-        start = int(state["epoch"])
-        if start > epochs:
-            raise ValueError(f"checkpoint {checkpoint} is at epoch {start}, beyond epochs={epochs}.")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        for name, owner in stateful.items():
-            owner.load_state_dict(state["hooks"][name])
-        history = History(**state["history"])
-    show = (progress_enabled() if progress is None else progress) and rank == 0
+    resume = _Resume(hooks.checkpoint, model, optimizer, hooks)
+    start, history = resume.restore(epochs, dev)
+    show = (progress_enabled() if hooks.progress is None else hooks.progress) and rank == 0
     for epoch in range(start, epochs):
-        gen = torch.Generator().manual_seed(seed + epoch)
-        torch.manual_seed(seed + epoch)  # dropout and other in-model randomness
-        if world > 1:
-            sampler = ShardSampler(train_data, world, rank, seed=seed, batch_size=batch_size)
-            sampler.set_epoch(epoch)
-            loader = DataLoader(train_data, batch_size=batch_size // world, sampler=sampler)
-        else:
-            loader = DataLoader(train_data, batch_size=batch_size, shuffle=True, generator=gen)
-        model.train()
-        loss_sum, correct, total = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", disable=not show, leave=False)
-        for xb, yb in bar:
-            xb, yb = xb.to(dev), yb.to(dev)
-            if step_fn is None:
-                out = net(xb)
-                if loss_fn is F.cross_entropy:  # a label past the outputs: say so, not an IndexError
-                    _validate.labels_fit(out, yb, "train_data's labels")
-                loss = loss_fn(out, yb)
-            else:
-                loss, out = step_fn(model, xb, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if after_step is not None:
-                after_step(model)
-            loss_sum += loss.item() * yb.shape[0]
-            correct += int((out.argmax(1) == yb).sum())
-            total += yb.shape[0]
-            bar.set_postfix(loss=f"{loss_sum / total:.4f}", acc=f"{correct / total:.3f}")
-        history.loss.append(loss_sum / total)
-        history.accuracy.append(correct / total)
-        if after_epoch is not None:
-            after_epoch(model, epoch, history)
+        loader = _epoch_loader(train_data, epoch, seed=seed, batch_size=batch_size, rank=rank, world=world)
+        bar = tqdm(loader, desc=f"{hooks.desc} {epoch + 1}/{epochs}", disable=not show, leave=False)
+        loss, accuracy = _train_epoch(net, model, bar, dev, optimizer, loss_fn, hooks)
+        history.loss.append(loss)
+        history.accuracy.append(accuracy)
+        if hooks.after_epoch is not None:
+            hooks.after_epoch(model, epoch, history)
         if val_data is not None:
             metrics = evaluate(model, val_data, device=dev, loss_fn=loss_fn)
             history.val_loss.append(metrics["loss"])
             history.val_accuracy.append(metrics["accuracy"])
-        if checkpoint is not None and rank == 0:
-            save_checkpoint(
-                checkpoint,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "optimizer_type": type(optimizer).__name__,
-                    "hooks": {name: owner.state_dict() for name, owner in stateful.items()},
-                    "epoch": epoch + 1,
-                    "history": history.as_dict(),
-                },
-            )
-        if checkpoint is not None and world > 1:
-            torch.distributed.barrier()  # no rank runs ahead of the checkpoint it would resume from
+        resume.save(epoch, history, rank, world)
     return history

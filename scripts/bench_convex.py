@@ -128,7 +128,7 @@ def main(argv=None) -> int:
                 "steps": args.steps,
                 "parameters": n_params,
                 "variants": args.variants,
-            },  # fmt: skip
+            },
         )
         print(f"wrote {args.json}")
     return 0

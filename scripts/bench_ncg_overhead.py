@@ -28,7 +28,7 @@ from pathlib import Path
 
 def _iteration(kind, model, x0, y):
     """A function ``one(j)`` that runs NCG iteration ``j`` (a restart every sixth) of ``kind`` on ``model``."""
-    from labkit import _ncg
+    from labkit import _ncg, snode
 
     if kind == "reference":
         memory = {}
@@ -36,17 +36,26 @@ def _iteration(kind, model, x0, y):
         def one(j):
             if j % 6 == 0:
                 memory.clear()
-            _ncg.reference_iteration(model, x0, y, memory, beta="fletcher-reeves", sobolev=True)
+            snode.reference_iteration(model, x0, y, memory, beta="fletcher-reeves", sobolev=True)
 
         return one
     state = _ncg.State(model.W.data.unsqueeze(0), model.b.data.unsqueeze(0))
-    batch = _ncg.Batch(x0[None], y[None], h=model.h, sigma=model.sigma, dsigma=model.dsigma, loss=model.loss_kind,
-                       classes=model.classes, T=model.T)  # fmt: skip
+    batch = _ncg.Batch(
+        x0[None],
+        y[None],
+        h=model.h,
+        sigma=model.sigma,
+        dsigma=model.dsigma,
+        loss=model.loss_kind,
+        classes=model.classes,
+        T=model.T,
+    )
     M = _ncg.sobolev_matrix(model.steps, model.T, dtype=model.W.dtype, device=model.W.device)
 
     def one(j):
-        _ncg.iteration(state, batch, M=M, mask=None, rule="fletcher-reeves", restart=j % 6 == 0, weight_decay=0.0,
-                       trust=1.0)  # fmt: skip
+        _ncg.iteration(
+            state, batch, M=M, mask=None, rule="fletcher-reeves", restart=j % 6 == 0, weight_decay=0.0, trust=1.0
+        )
 
     return one
 
@@ -107,9 +116,12 @@ def main(argv=None) -> int:
     x0 = -torch.rand(args.batch, args.dim, generator=g).to(device)
     y = torch.randint(0, min(10, args.dim), (args.batch,), generator=g).to(device)
     t_all = time.perf_counter()
-    models = {kind: snode.SNODE(args.dim, T=3.0, steps=args.steps, classes=min(10, args.dim),
-                                generator=torch.Generator().manual_seed(0)).to(device)
-              for kind in ("reference", "batched")}  # fmt: skip
+    models = {
+        kind: snode.SNODE(
+            args.dim, T=3.0, steps=args.steps, classes=min(10, args.dim), generator=torch.Generator().manual_seed(0)
+        ).to(device)
+        for kind in ("reference", "batched")
+    }
     measured = _measure({k: _iteration(k, m, x0, y) for k, m in models.items()}, args.iterations, sync)
     rows, weights = [], {k: m.W.detach() for k, m in models.items()}
     for kind, (seconds, calls) in measured.items():
@@ -117,15 +129,26 @@ def main(argv=None) -> int:
         print(f"{kind:>10}: {1e3 * seconds:8.2f} ms per iteration, {calls:8.0f} operator calls per iteration")
     diff = float((weights["batched"] - weights["reference"]).norm() / weights["reference"].norm())
     ref, new = rows
-    ratios = {"time_ratio": ref["seconds_per_iteration"] / new["seconds_per_iteration"],
-              "calls_ratio": ref["operator_calls_per_iteration"] / new["operator_calls_per_iteration"],
-              "relative_difference": diff}  # fmt: skip
-    print(f"reference / batched: {ratios['time_ratio']:.1f}× the time, {ratios['calls_ratio']:.1f}× the operator "
-          f"calls; weights differ by {diff:.1e} (relative) after {args.iterations + 6} iterations")  # fmt: skip
+    ratios = {
+        "time_ratio": ref["seconds_per_iteration"] / new["seconds_per_iteration"],
+        "calls_ratio": ref["operator_calls_per_iteration"] / new["operator_calls_per_iteration"],
+        "relative_difference": diff,
+    }
+    print(
+        f"reference / batched: {ratios['time_ratio']:.1f}× the time, {ratios['calls_ratio']:.1f}× the operator "
+        f"calls; weights differ by {diff:.1e} (relative) after {args.iterations + 6} iterations"
+    )
     if args.json:
         sizes = {"dim": args.dim, "steps": args.steps, "batch": args.batch, "iterations": args.iterations}
-        save_record(args.json, rows, mode="benchmark", seconds=time.perf_counter() - t_all, env=environment(device),
-                    sizes=sizes, extra=ratios)  # fmt: skip
+        save_record(
+            args.json,
+            rows,
+            mode="benchmark",
+            seconds=time.perf_counter() - t_all,
+            env=environment(device),
+            sizes=sizes,
+            extra=ratios,
+        )
         print(f"wrote {args.json}")
     return 0
 

@@ -70,22 +70,39 @@ def _measure(what, dim, steps, batch, images, device, queue):
         seconds = (time.perf_counter() - t0) / reps
         other = (snode.autograd_gradient if what == "adjoint" else snode.adjoint_gradient)(model, x0, yb)
         diff = max(float((a - b).norm() / b.norm()) for a, b in zip(out, other))
-        queue.put({"what": f"{what} gradient of a batch of {batch}", "seconds": seconds,
-                   "images_per_second": batch / seconds, "relative_difference": diff,
-                   "peak_mb": _rss_mb(), "before_mb": before, **gpu_peak()})  # fmt: skip
+        queue.put(
+            {
+                "what": f"{what} gradient of a batch of {batch}",
+                "seconds": seconds,
+                "images_per_second": batch / seconds,
+                "relative_difference": diff,
+                "peak_mb": _rss_mb(),
+                "before_mb": before,
+                **gpu_peak(),
+            }
+        )
         return
     t0 = time.perf_counter()
     if what.startswith("ensemble"):
         k = int(what[len("ensemble") :])
-        models = [snode.SNODE(dim, T=3.0, steps=steps, generator=torch.Generator().manual_seed(i)).to(device)
-                  for i in range(k)]  # fmt: skip
+        models = [
+            snode.SNODE(dim, T=3.0, steps=steps, generator=torch.Generator().manual_seed(i)).to(device)
+            for i in range(k)
+        ]
         t0 = time.perf_counter()
         snode.ncg_train_ensemble(models, data, seeds=list(range(k)), epochs=1, batch_size=batch, progress=False)
         sync()
         seconds = time.perf_counter() - t0
-        queue.put({"what": f"NCG ensemble of {k}, one epoch each (6 iterations per batch, Sobolev)", "seconds": seconds,
-                   "images_per_second": k * images / seconds, "peak_mb": _rss_mb(), "before_mb": before,
-                   **gpu_peak()})  # fmt: skip
+        queue.put(
+            {
+                "what": f"NCG ensemble of {k}, one epoch each (6 iterations per batch, Sobolev)",
+                "seconds": seconds,
+                "images_per_second": k * images / seconds,
+                "peak_mb": _rss_mb(),
+                "before_mb": before,
+                **gpu_peak(),
+            }
+        )
         return
     if what == "ncg":
         snode.ncg_train(model, data, epochs=1, batch_size=batch, progress=False)
@@ -95,8 +112,16 @@ def _measure(what, dim, steps, batch, images, device, queue):
         label = "Adam epoch (backpropagation)"
     sync()
     seconds = time.perf_counter() - t0
-    queue.put({"what": label, "seconds": seconds, "images_per_second": images / seconds, "peak_mb": _rss_mb(),
-               "before_mb": before, **gpu_peak()})  # fmt: skip
+    queue.put(
+        {
+            "what": label,
+            "seconds": seconds,
+            "images_per_second": images / seconds,
+            "peak_mb": _rss_mb(),
+            "before_mb": before,
+            **gpu_peak(),
+        }
+    )
 
 
 def main(argv=None) -> int:
@@ -127,8 +152,10 @@ def main(argv=None) -> int:
         proc.join()
         rows.append(row)
         extra = f", relative difference {row['relative_difference']:.1e}" if "relative_difference" in row else ""
-        print(f"{row['what']:>46}: {row['seconds']:8.3f} s, {row['images_per_second']:8.1f} images/s, "
-              f"peak {row['peak_mb']:.0f} MB (before {row['before_mb']:.0f} MB){extra}")  # fmt: skip
+        print(
+            f"{row['what']:>46}: {row['seconds']:8.3f} s, {row['images_per_second']:8.1f} images/s, "
+            f"peak {row['peak_mb']:.0f} MB (before {row['before_mb']:.0f} MB){extra}"
+        )
     adj, auto = rows[0]["seconds"], rows[1]["seconds"]
     print(f"hand-written adjoint / autograd time: {adj / auto:.2f}")
     if args.json:

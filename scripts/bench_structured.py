@@ -79,12 +79,27 @@ def main(argv=None) -> int:
             seconds, n = time_step(name, size, args.batch, args.steps, device)
             total += seconds * args.steps
             ips = args.batch / seconds
-            rows.append({"what": f"{name}, {size} size", "preset": name, "size": size, "parameters": n,
-                         "batch": args.batch, "seconds": seconds, "images_per_second": ips})  # fmt: skip
+            rows.append(
+                {
+                    "what": f"{name}, {size} size",
+                    "preset": name,
+                    "size": size,
+                    "parameters": n,
+                    "batch": args.batch,
+                    "seconds": seconds,
+                    "images_per_second": ips,
+                }
+            )
             print(f"{rows[-1]['what']:>24}: {n:>9,} parameters, {seconds:7.3f} s per step, {ips:8.0f} images/s")
     if args.json:
-        save_record(args.json, rows, mode="benchmark", seconds=total, env=env,
-                    sizes={"batch": args.batch, "steps": args.steps, "sizes": args.sizes})  # fmt: skip
+        save_record(
+            args.json,
+            rows,
+            mode="benchmark",
+            seconds=total,
+            env=env,
+            sizes={"batch": args.batch, "steps": args.steps, "sizes": args.sizes},
+        )
         print(f"wrote {args.json}")
     return 0
 

@@ -37,13 +37,27 @@ def main(argv=None) -> int:
             scores = trip(Path(tmp) / tool, args.labs)
             for (name, kind), points in scores.items():
                 lab = course.read_lab(course.ROOT / "labs" / f"{name}.ipynb")
-                rows.append({"tool": tool, "version": version(tool), "lab": name, "submission": kind,
-                             "points": points, "expected": course.expected_points(lab, kind),
-                             "max": [ex.points for ex in lab.exercises]})  # fmt: skip
+                rows.append(
+                    {
+                        "tool": tool,
+                        "version": version(tool),
+                        "lab": name,
+                        "submission": kind,
+                        "points": points,
+                        "expected": course.expected_points(lab, kind),
+                        "max": [ex.points for ex in lab.exercises],
+                    }
+                )
                 print(f"{tool:>13} {name} {kind:>8}: {points} (expected {rows[-1]['expected']})")
     if args.json:
-        save_record(args.json, rows, mode=runtime.mode(), seconds=time.perf_counter() - t0, env=environment(),
-                    sizes={"labs": args.labs, "broken": {str(k): v for k, v in course.BROKEN.items()}})  # fmt: skip
+        save_record(
+            args.json,
+            rows,
+            mode=runtime.mode(),
+            seconds=time.perf_counter() - t0,
+            env=environment(),
+            sizes={"labs": args.labs, "broken": {str(k): v for k, v in course.BROKEN.items()}},
+        )
         print(f"wrote {args.json}")
     return 0 if all(r["points"] == r["expected"] for r in rows) else 1
 

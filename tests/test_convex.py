@@ -218,8 +218,11 @@ def test_sll_scaling_satisfies_the_sdp_condition():
 @pytest.mark.parametrize("make", [lambda: cv.SLLLayer(6, 9), lambda: cv.SLLConv2d(2, 3)])
 def test_sll_evaluation_scaling_is_cached_until_a_value_changes(make):
     layer = make().double()
-    x = torch.randn(4, 6, dtype=torch.float64) if isinstance(layer, cv.SLLLayer) else torch.randn(
-        4, 2, 5, 5, dtype=torch.float64)  # fmt: skip
+    x = (
+        torch.randn(4, 6, dtype=torch.float64)
+        if isinstance(layer, cv.SLLLayer)
+        else torch.randn(4, 2, 5, 5, dtype=torch.float64)
+    )
     trained = layer(x)
     layer.eval()
     first = layer.scaling()
@@ -414,12 +417,14 @@ def test_an_in_place_weight_edit_is_followed_by_the_certificate():
     keep = r > 0
     assert int(keep.sum()) >= 50
     x, y, r = x[keep], y[keep], r[keep]
-    adv = attacks.pgd(model, x, y, 0.99 * r, norm="l2", steps=50, clamp=(-10.0, 10.0),
-                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    adv = attacks.pgd(
+        model, x, y, 0.99 * r, norm="l2", steps=50, clamp=(-10.0, 10.0), generator=torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
         assert bool((model(adv).argmax(1) == y).all())
-        flipped = attacks.pgd(model, x, y, 4 * r, norm="l2", steps=50, clamp=(-10.0, 10.0),
-                              generator=torch.Generator().manual_seed(0))  # fmt: skip
+        flipped = attacks.pgd(
+            model, x, y, 4 * r, norm="l2", steps=50, clamp=(-10.0, 10.0), generator=torch.Generator().manual_seed(0)
+        )
         assert bool((model(flipped).argmax(1) != y).any())  # the attack can flip points beyond the radius
     # and an attack library the project does not write agrees: nothing flips at 0.99 of the radii
     report = audit.certificates(model, x, y, r, limit=40, steps=30, clamp=(-10.0, 10.0))

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from labkit import lipschitz
+from labkit import _stabilize, lipschitz
 from labkit import lognorm as ln
 
 
@@ -152,14 +152,16 @@ def test_matrix_hinge_gradient_matches_finite_differences():
     """F(E) = ½ Σ_D ‖(sym(D(A + εE)) − δI)₊‖²: G·ε is its gradient, also with several eigenvalues above δ."""
     n, eps, delta = 6, 0.7, -0.2
     A, E, P = _A(n, 11), _A(n, 12), _A(n, 13)
-    ds = ln._random_vertices(5, n, 0.1, 1.0, torch.Generator().manual_seed(0))
-    F, G, fmax = ln._hinge(E, eps, A, ds, delta)
+    ds = _stabilize._random_vertices(5, n, 0.1, 1.0, torch.Generator().manual_seed(0))
+    F, G, fmax = _stabilize._hinge(E, eps, A, ds, delta)
     DM = ds[:, :, None] * (A + eps * E)
     w = torch.linalg.eigvalsh(0.5 * (DM + DM.mT))
     assert int((w > delta).sum(1).max()) > 1  # the case the top-eigenvalue hinge gets wrong
     assert fmax == pytest.approx(float(w.max()))
     h = 1e-6
-    fd = (ln._hinge(E + h * P, eps, A, ds, delta)[0] - ln._hinge(E - h * P, eps, A, ds, delta)[0]) / (2 * h)
+    fd = (_stabilize._hinge(E + h * P, eps, A, ds, delta)[0] - _stabilize._hinge(E - h * P, eps, A, ds, delta)[0]) / (
+        2 * h
+    )
     assert eps * float((G * P).sum()) == pytest.approx(fd, rel=1e-6)
 
 
@@ -169,20 +171,20 @@ def test_tracked_hinge_underestimates_and_is_exact_from_an_exact_basis():
     n, eps, delta = 12, 0.8, 0.2
     A, E = _A(n, 41) / math.sqrt(n), _A(n, 42)
     E = E / E.norm()
-    ds = ln._random_vertices(7, n, 0.0, 1.0, torch.Generator().manual_seed(5))
-    F, G, fmax, V = ln._hinge(E, eps, A, ds, delta, basis=3)
+    ds = _stabilize._random_vertices(7, n, 0.0, 1.0, torch.Generator().manual_seed(5))
+    F, G, fmax, V = _stabilize._hinge(E, eps, A, ds, delta, basis=3)
     assert F > 0 and V.shape[:2] == (7, n) and V.shape[2] >= 3
-    F0, G0, fmax0 = ln._hinge(E, eps, A, ds, delta)
+    F0, G0, fmax0 = _stabilize._hinge(E, eps, A, ds, delta)
     assert (F, fmax) == (pytest.approx(F0, rel=1e-12), pytest.approx(fmax0, rel=1e-12))
     assert torch.allclose(G, G0, atol=1e-12)
-    Ft, Gt, fmax_t, _, wide = ln._tracked_hinge(E, eps, A, ds, delta, V)
+    Ft, Gt, fmax_t, _, wide = _stabilize._tracked_hinge(E, eps, A, ds, delta, V)
     assert wide and Ft == pytest.approx(F0, rel=1e-9) and fmax_t == pytest.approx(fmax0, rel=1e-12)
     assert torch.allclose(Gt, G0, atol=1e-9)
     P = _A(n, 43)
     for step in (1e-3, 1e-2, 1e-1):  # a moved point: never above the exact values, close for small moves
         E1 = (E + step * P) / (E + step * P).norm()
-        F1, _, fmax1 = ln._hinge(E1, eps, A, ds, delta)
-        Ft, _, fmax_t, _, _ = ln._tracked_hinge(E1, eps, A, ds, delta, V)
+        F1, _, fmax1 = _stabilize._hinge(E1, eps, A, ds, delta)
+        Ft, _, fmax_t, _, _ = _stabilize._tracked_hinge(E1, eps, A, ds, delta, V)
         assert Ft <= F1 + 1e-12 and fmax_t <= fmax1 + 1e-12
         if step <= 1e-2:
             assert Ft == pytest.approx(F1, rel=1e-3)
@@ -192,18 +194,18 @@ def test_lower_bound_and_repair_bracket_the_working_set_optimum():
     """From any infeasible E: _lower_bound ≤ the SLSQP optimum over the working set ≤ ‖repaired Δ‖."""
     n, delta = 6, 0.3
     A = 2 * _A(n, 21) / math.sqrt(n)
-    ds = ln._random_vertices(8, n, 0.0, 1.0, torch.Generator().manual_seed(2))
+    ds = _stabilize._random_vertices(8, n, 0.0, 1.0, torch.Generator().manual_seed(2))
     _, optimum = ln.stabilize_slsqp(A, delta, "tanh", vertices=ds, restarts=2)
     for seed in range(5):
         E = _A(n, 30 + seed)
         E, eps = E / E.norm(), optimum * (0.3 + 0.2 * seed)
-        F, G, fmax = ln._hinge(E, eps, A, ds, delta)
+        F, G, fmax = _stabilize._hinge(E, eps, A, ds, delta)
         assert F > 0
-        assert ln._lower_bound(eps, E, F, G) <= optimum + 1e-9
-        fixed = ln._repair(A, eps * E, fmax, delta, 0.0)
-        assert ln._hinge(fixed / fixed.norm(), float(fixed.norm()), A, ds, delta)[2] <= delta + 1e-12
+        assert _stabilize._lower_bound(eps, E, F, G) <= optimum + 1e-9
+        fixed = _stabilize._repair(A, eps * E, fmax, delta, 0.0)
+        assert _stabilize._hinge(fixed / fixed.norm(), float(fixed.norm()), A, ds, delta)[2] <= delta + 1e-12
         assert float(fixed.norm()) >= optimum - 1e-9
-    assert ln._repair(A, 0 * A, 1.0, 0.0, 0.0) is None  # δ = 0 and ℓ = 0: no cheap repair
+    assert _stabilize._repair(A, 0 * A, 1.0, 0.0, 0.0) is None  # δ = 0 and ℓ = 0: no cheap repair
 
 
 @pytest.mark.parametrize("bounds,delta", [((0.0, 1.0), 0.3), ((0.2, 1.0), 0.3), ((0.2, 1.0), -0.1)])
@@ -217,12 +219,12 @@ def test_repair_lowers_every_vertex_to_the_target(bounds, delta):
         Delta = 0.3 * _A(n, 50 + seed) / math.sqrt(n)
         worst, d = ln.worst_case_lognorm(A + Delta, bounds, method="enumerate")
         assert worst > delta
-        fixed = ln._repair(A, Delta, worst, delta, lo)
+        fixed = _stabilize._repair(A, Delta, worst, delta, lo)
         after, _ = ln.worst_case_lognorm(A + fixed, bounds, method="enumerate")
         assert after <= delta + 1e-12
         if delta > 0 and lo == 0:  # only the scaling applies: μ₂ is positively homogeneous
             assert after == pytest.approx(delta, abs=1e-12)
-            assert float(ln._top(torch.diagonal(d)[None], A + fixed)[0]) == pytest.approx(delta, abs=1e-12)
+            assert float(_stabilize._top(torch.diagonal(d)[None], A + fixed)[0]) == pytest.approx(delta, abs=1e-12)
 
 
 def test_stabilize_end_game_returns_a_repaired_answer_within_rel_tol():
@@ -244,8 +246,8 @@ def test_stabilize_end_game_returns_a_repaired_answer_within_rel_tol():
 def test_local_maxima_are_one_flip_optimal_and_ascend():
     n = 9
     A = _A(n, 7)
-    starts = ln._random_vertices(6, n, 0.0, 1.0, torch.Generator().manual_seed(3))
-    mus, found = ln._local_maxima(A, 0.0, 1.0, starts)
+    starts = _stabilize._random_vertices(6, n, 0.0, 1.0, torch.Generator().manual_seed(3))
+    mus, found = _stabilize._local_maxima(A, 0.0, 1.0, starts)
     start_mu = torch.stack([torch.tensor(float(lipschitz.mu(torch.diag(d) @ A))) for d in starts])
     assert bool((mus >= start_mu.to(mus.dtype) - 1e-12).all())
     for mu, d in zip(mus, found):
@@ -260,25 +262,25 @@ def test_local_maxima_are_one_flip_optimal_and_ascend():
 def test_krylov_top_is_a_lower_estimate_and_exact_from_a_near_start():
     n = 40
     M = _A(n, 8) / math.sqrt(n)
-    d = ln._random_vertices(5, n, 0.0, 1.0, torch.Generator().manual_seed(4))
-    mu, v = ln._top(d, M)
+    d = _stabilize._random_vertices(5, n, 0.0, 1.0, torch.Generator().manual_seed(4))
+    mu, v = _stabilize._top(d, M)
     start = v + 1e-3 * _A(5, 9)[:, :1].expand(5, n) * torch.linspace(-1, 1, n)
-    w, u = ln._krylov_top(d, M, start, 12)
+    w, u = _stabilize._krylov_top(d, M, start, 12)
     assert bool((w <= mu + 1e-12).all()) and torch.allclose(w, mu, atol=1e-10)
     assert torch.allclose((u * v).sum(1).abs(), torch.ones(5, dtype=mu.dtype), atol=1e-6)
-    w2, _ = ln._krylov_top(d, M, torch.ones(5, n, dtype=M.dtype), 3)  # few steps from a poor start: below
+    w2, _ = _stabilize._krylov_top(d, M, torch.ones(5, n, dtype=M.dtype), 3)  # few steps from a poor start: below
     assert bool((w2 <= mu + 1e-12).all()) and bool((w2 < mu - 1e-6).any())
 
 
 def test_local_maxima_with_krylov_flips_ascend_and_report_exact_values():
     n = 24
     A = _A(n, 17) / math.sqrt(n)
-    starts = ln._random_vertices(6, n, 0.0, 1.0, torch.Generator().manual_seed(6))
-    mus, found = ln._local_maxima(A, 0.0, 1.0, starts, krylov=10)
-    start_mu, _ = ln._top(starts, A)
-    exact, _ = ln._top(found, A)
+    starts = _stabilize._random_vertices(6, n, 0.0, 1.0, torch.Generator().manual_seed(6))
+    mus, found = _stabilize._local_maxima(A, 0.0, 1.0, starts, krylov=10)
+    start_mu, _ = _stabilize._top(starts, A)
+    exact, _ = _stabilize._top(found, A)
     assert torch.allclose(mus, exact, atol=1e-12) and bool((mus >= start_mu - 1e-12).all())
-    dense, _ = ln._local_maxima(A, 0.0, 1.0, starts)
+    dense, _ = _stabilize._local_maxima(A, 0.0, 1.0, starts)
     assert float(mus.max()) >= float(dense.max()) - 0.05  # as good a cut, up to the Ritz error's effect
 
 
@@ -315,11 +317,11 @@ def test_partial_eigensolver_matches_a_full_decomposition():
     X = torch.randn(k, n, n, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     S = (X + X.mT) / (2 * math.sqrt(n))
     w_full, V_full = torch.linalg.eigh(S)
-    w, V = ln._top_eigs(S, 3)
+    w, V = _stabilize._top_eigs(S, 3)
     assert torch.allclose(w, w_full[:, -3:], atol=1e-12)
     assert torch.allclose((V * V_full[:, :, -3:]).sum(1).abs(), torch.ones(k, 3, dtype=S.dtype), atol=1e-10)
     delta = float(w_full[:, -9].min())  # at least 9 eigenvalues of every matrix are ≥ δ
-    w, V = ln._eigs_above(S, delta, 2)
+    w, V = _stabilize._eigs_above(S, delta, 2)
     above = (w_full > delta).sum(1)
     assert w.shape[1] > int(above.max()) and bool((w[:, 0] <= delta).all())
     assert torch.allclose(w, w_full[:, -w.shape[1] :], atol=1e-12)
@@ -329,10 +331,10 @@ def test_hinge_beyond_n16_equals_the_dense_hinge():
     """The hinge from partial decompositions (n > 16) has the value, gradient, μ₂ and basis of the dense one."""
     n = 24
     A = 2 * _A(n, 3) / math.sqrt(n)
-    ds = ln._random_vertices(10, n, 0.0, 1.0, torch.Generator().manual_seed(1))
+    ds = _stabilize._random_vertices(10, n, 0.0, 1.0, torch.Generator().manual_seed(1))
     E = _A(n, 4)
     E = E / E.norm()
-    F, G, fmax, Vb = ln._hinge(E, 0.3, A, ds, 0.4, basis=4)
+    F, G, fmax, Vb = _stabilize._hinge(E, 0.3, A, ds, 0.4, basis=4)
     S = ds[:, :, None] * (A + 0.3 * E)
     w, V = torch.linalg.eigh(0.5 * (S + S.mT))
     r = (w - 0.4).clamp(min=0)

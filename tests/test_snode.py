@@ -11,8 +11,15 @@ from labkit import snode
 
 
 def _model(dim=7, steps=5, activation="tanh", loss="l2", classes=3, seed=0):
-    m = snode.SNODE(dim, T=1.5, steps=steps, activation=activation, classes=classes, loss=loss,
-                    generator=torch.Generator().manual_seed(seed)).double()  # fmt: skip
+    m = snode.SNODE(
+        dim,
+        T=1.5,
+        steps=steps,
+        activation=activation,
+        classes=classes,
+        loss=loss,
+        generator=torch.Generator().manual_seed(seed),
+    ).double()
     with torch.no_grad():  # larger weights than the default start, so that the tests see curvature
         m.W.mul_(8.0)
         m.b.normal_(0, 0.3, generator=torch.Generator().manual_seed(seed + 1))
@@ -309,19 +316,18 @@ def test_bad_input_is_named():
 
 
 def _reference_ncg(m, data, *, epochs, batch_size, iterations, beta, sobolev, weight_decay=0.0, seed=0):
-    """Mini-batch NCG composed of the reference functions (labkit._ncg.reference_iteration), as
+    """Mini-batch NCG composed of the reference functions (labkit.snode.reference_iteration), as
     ncg_train computed it before the batched iteration."""
     from torch.utils.data import DataLoader
 
-    from labkit import _ncg
-
     for epoch in range(epochs):
-        loader = DataLoader(data, batch_size=batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(seed + epoch))  # fmt: skip
+        loader = DataLoader(
+            data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed + epoch)
+        )
         for xb, yb in loader:
             x0, memory = m.encode(xb), {}
             for _ in range(iterations):
-                _ncg.reference_iteration(m, x0, yb, memory, beta=beta, sobolev=sobolev, weight_decay=weight_decay)
+                snode.reference_iteration(m, x0, yb, memory, beta=beta, sobolev=sobolev, weight_decay=weight_decay)
 
 
 def _ncg_case(loss="l2", seed=0, n=48):
@@ -332,9 +338,16 @@ def _ncg_case(loss="l2", seed=0, n=48):
 
 
 @pytest.mark.parametrize("loss", ["l2", "cross_entropy"])
-@pytest.mark.parametrize(("beta", "sobolev", "wd"), [("fletcher-reeves", True, 0.0), ("polak-ribiere", False, 0.3),
-                                                     ("hestenes-stiefel", True, 0.0), ("dai-yuan", False, 0.0),
-                                                     ("none", True, 0.1)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("beta", "sobolev", "wd"),
+    [
+        ("fletcher-reeves", True, 0.0),
+        ("polak-ribiere", False, 0.3),
+        ("hestenes-stiefel", True, 0.0),
+        ("dai-yuan", False, 0.0),
+        ("none", True, 0.1),
+    ],
+)
 def test_batched_ncg_equals_the_reference_iteration(loss, beta, sobolev, wd):
     ref, data = _ncg_case(loss)
     new, _ = _ncg_case(loss)
@@ -355,8 +368,13 @@ def test_sobolev_product_equals_the_tridiagonal_solve():
         v = _ncg.sobolev(u[None], M, None, T)[0]
         assert _rel(v, snode.sobolev_gradient(u, T)) < 1e-12
         big = u[:, None].expand(N, 3000, 5, 3)[None]  # past PRODUCT_LIMIT on a CPU: the tridiagonal solve, per network
-        assert _rel(_ncg.sobolev(torch.stack([big[0], 2 * big[0]]), M, torch.tensor([True, False]), T)[0],
-                    snode.sobolev_gradient(big[0], T)) < 1e-12  # fmt: skip
+        assert (
+            _rel(
+                _ncg.sobolev(torch.stack([big[0], 2 * big[0]]), M, torch.tensor([True, False]), T)[0],
+                snode.sobolev_gradient(big[0], T),
+            )
+            < 1e-12
+        )
 
 
 def test_batched_outer_products_equal_the_loop():
@@ -383,9 +401,17 @@ def test_ensemble_equals_its_separate_trainings(tmp_path):
         singles.append(m)
     ensemble = [_ncg_case(seed=seed)[0].float() for seed, _ in cases]
     calls = []
-    hs = snode.ncg_train_ensemble(ensemble, data, seeds=[s for s, _ in cases], sobolev=[f for _, f in cases], epochs=2,
-                                  batch_size=16, iterations=3, progress=False,
-                                  after_batch=lambda i, m: calls.append(i))  # fmt: skip
+    hs = snode.ncg_train_ensemble(
+        ensemble,
+        data,
+        seeds=[s for s, _ in cases],
+        sobolev=[f for _, f in cases],
+        epochs=2,
+        batch_size=16,
+        iterations=3,
+        progress=False,
+        after_batch=lambda i, m: calls.append(i),
+    )
     for a, b in zip(ensemble, singles):
         assert _rel(a.W.detach(), b.W.detach()) < 1e-5 and _rel(a.b.detach(), b.b.detach()) < 1e-5
     assert len(hs) == 3 and len(hs[0].loss) == 2 and calls[:3] == [0, 1, 2]

@@ -111,8 +111,16 @@ def test_orthogonal_linear_and_the_operators_adjoints_and_bounds():
 def _blocks(conv, factor=1.0, rule="prescribed"):
     out = []
     for h_c in (0.3, 0.6, 1.0):
-        b = st.SwitchingBlock(4 if conv else 12, conv=conv, size=(5, 5), rule=rule, orthogonal=True, normalized=True,
-                              h_c=h_c, generator=torch.Generator().manual_seed(int(10 * h_c))).double()  # fmt: skip
+        b = st.SwitchingBlock(
+            4 if conv else 12,
+            conv=conv,
+            size=(5, 5),
+            rule=rule,
+            orthogonal=True,
+            normalized=True,
+            h_c=h_c,
+            generator=torch.Generator().manual_seed(int(10 * h_c)),
+        ).double()
         with torch.no_grad():
             if rule == "prescribed":
                 b.op_e.weight.mul_(5)  # then normalised back to norm 1 by the projection
@@ -143,8 +151,9 @@ def test_certified_switching_blocks_are_1_lipschitz_and_three_times_the_step_bre
 
 
 def test_flexible_clamps_expand_and_the_coupled_rule_does_not():
-    b = st.SwitchingBlock(10, conv=False, rule="flexible", orthogonal=True, h_c=0.11, h_e=1.9,
-                          generator=torch.Generator().manual_seed(0)).double()  # fmt: skip
+    b = st.SwitchingBlock(
+        10, conv=False, rule="flexible", orthogonal=True, h_c=0.11, h_e=1.9, generator=torch.Generator().manual_seed(0)
+    ).double()
     x = torch.randn(30, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     assert b.h_e == pytest.approx(1.9) and float(st.block_jacobian_norms(b, x).max()) > 1.5
     b.rule = "coupled"
@@ -174,8 +183,7 @@ def test_step_bounds_are_sound_for_every_kind_of_step():
 
 @pytest.mark.parametrize("name", list(st.PRESETS))
 def test_every_preset_runs_and_its_bound_is_above_its_jacobians(name):
-    model, recipe = st.preset(name, widths=(4, 6), layers=2, in_shape=(3, 8, 8), mean=st.CIFAR_MEAN,
-                              std=st.CIFAR_STD)  # fmt: skip
+    model, recipe = st.preset(name, widths=(4, 6), layers=2, in_shape=(3, 8, 8), mean=st.CIFAR_MEAN, std=st.CIFAR_STD)
     assert set(recipe) == {"gamma", "margin", "lr", "optimizer", "nominal"}
     model = model.double().eval()
     x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -200,8 +208,9 @@ def _tiny(n=64, seed=0):
 
 @pytest.mark.parametrize("name", ["nonexpansive", "switching", "flexible", "certified"])
 def test_projections_keep_the_constraints_after_every_step(name, monkeypatch):
-    model, recipe = st.preset(name, widths=(4,), layers=2, in_shape=(3, 8, 8), classes=2, mean=st.CIFAR_MEAN,
-                              std=st.CIFAR_STD)  # fmt: skip
+    model, recipe = st.preset(
+        name, widths=(4,), layers=2, in_shape=(3, 8, 8), classes=2, mean=st.CIFAR_MEAN, std=st.CIFAR_STD
+    )
     seen = []
     original = st.StructuredNet.project
 
@@ -227,8 +236,17 @@ def test_projections_keep_the_constraints_after_every_step(name, monkeypatch):
         seen.append(1)
 
     monkeypatch.setattr(st.StructuredNet, "project", checked)
-    hist = st.fit(model, _tiny(), 2, margin=recipe["margin"], gamma=recipe["gamma"], lr=0.05, batch_size=16,
-                  optimizer=recipe["optimizer"], progress=False)  # fmt: skip
+    hist = st.fit(
+        model,
+        _tiny(),
+        2,
+        margin=recipe["margin"],
+        gamma=recipe["gamma"],
+        lr=0.05,
+        batch_size=16,
+        optimizer=recipe["optimizer"],
+        progress=False,
+    )
     assert len(seen) == 8 and hist["restarts"] == [] and len(hist["loss"]) == 2
 
 
