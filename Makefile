@@ -63,7 +63,7 @@ benchmark: $(STAMP)
 
 ## Run a chapter's experiment at full size and record it for the book: make full CH=ch01
 full: $(STAMP)
-	LABKIT_MODE=full $(BIN)/python -m labkit.experiment $(CH)
+	LABKIT_MODE=full $(BIN)/python -m labkit.chapters $(CH)
 
 clean:
 	-$(BIN)/jupyter-book clean . 2>/dev/null

@@ -15,16 +15,23 @@ tables, banners and glue names come from :mod:`labkit.report`.
 """
 
 import importlib
+import pkgutil
 
-from ._version import __version__
-from .runtime import MODES, Config, by_mode, device, mode, progress_enabled, seed_everything, setup
+from ._version import __version__ as __version__
+from .runtime import MODES as MODES
+from .runtime import Config as Config
+from .runtime import by_mode as by_mode
+from .runtime import device as device
+from .runtime import mode as mode
+from .runtime import progress_enabled as progress_enabled
+from .runtime import seed_everything as seed_everything
+from .runtime import setup as setup
 
-#: The idea modules. ``import labkit`` reaches each as ``labkit.<name>``, imported on first use, so that
-#: ``python -m labkit.experiment`` (or ``labkit.bench``) does not find its module imported already by
-#: the package (runpy warns of that).
-_MODULES = ("attacks", "audit", "bench", "certify", "chapters", "check", "clip", "convex", "course", "data",
-            "experiment", "lipschitz", "lognorm", "odes", "report", "runtime", "snode", "structured",
-            "train")  # fmt: skip
+#: The modules of the package (the private ones, named with ``_``, left out), found, not listed: a new
+#: idea module needs no entry here. ``import labkit`` reaches each as ``labkit.<name>``, imported on
+#: first use, so that ``python -m labkit.chapters`` does not find its module imported already by the
+#: package (runpy warns of that).
+_MODULES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
 
 
 def __getattr__(name):
@@ -37,33 +44,17 @@ def __dir__():
     return sorted(set(globals()) | set(_MODULES))
 
 
-__all__ = [
-    "MODES",
-    "Config",
-    "__version__",
-    "attacks",
-    "audit",
-    "bench",
-    "by_mode",
-    "certify",
-    "chapters",
-    "check",
-    "clip",
-    "convex",
-    "course",
-    "data",
-    "device",
-    "experiment",
-    "lipschitz",
-    "lognorm",
-    "mode",
-    "odes",
-    "progress_enabled",
-    "report",
-    "runtime",
-    "snode",
-    "structured",
-    "seed_everything",
-    "setup",
-    "train",
-]
+__all__ = sorted(
+    [
+        "MODES",
+        "Config",
+        "__version__",
+        "by_mode",
+        "device",
+        "mode",
+        "progress_enabled",
+        "seed_everything",
+        "setup",
+        *_MODULES,
+    ]
+)

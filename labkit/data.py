@@ -29,7 +29,7 @@ from torch.utils.data import TensorDataset
 
 from . import _validate, runtime
 
-__all__ = ["DATASETS", "DataNotFoundError", "load", "sample_path", "cache_dir"]
+__all__ = ["DATASETS", "OFFICIAL", "DataNotFoundError", "load", "require_full", "sample_path", "cache_dir"]
 
 #: name -> (torchvision class name, folder in torchvision's layout, image shape C, H, W)
 DATASETS = {
@@ -37,6 +37,8 @@ DATASETS = {
     "fashion_mnist": ("FashionMNIST", "FashionMNIST", (1, 28, 28)),
     "cifar10": ("CIFAR10", "cifar-10-batches-py", (3, 32, 32)),
 }
+#: The official numbers of training and test images of each data set.
+OFFICIAL = {"mnist": (60_000, 10_000), "fashion_mnist": (60_000, 10_000), "cifar10": (50_000, 10_000)}
 _ALIASES = {"fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "cifar-10": "cifar10"}
 
 
@@ -220,6 +222,22 @@ def load(name: str, train: bool = True, limit: int | None = None, *, download: b
     if limit is not None:
         ds = TensorDataset(*(t[:limit] for t in ds.tensors))
     return ds
+
+
+def require_full(name: str, train_limit: int | None = None, test_limit: int | None = None) -> None:
+    """Raise :class:`DataNotFoundError` unless :func:`load` finds the official number of training
+    and test images of ``name`` (:data:`OFFICIAL`), with the limits given: a full-mode run refuses a
+    subset (the CIFAR-10 sample, say) before anything is trained."""
+    n_train, n_test = len(load(name, limit=train_limit)), len(load(name, train=False, limit=test_limit))
+    want = OFFICIAL[_canonical(name)]
+    if n_train < want[0] or n_test < want[1]:
+        n = lambda v: f"{v:,}".replace(",", " ")  # noqa: E731
+        raise DataNotFoundError(
+            f"full mode needs all of {name} ({n(want[0])} / {n(want[1])} images) but found {n(n_train)} / {n(n_test)} "
+            "(the subset in LABKIT_DATA?). Point LABKIT_DATA at a folder with the full data set (for CIFAR-10 "
+            "cifar10-full.npz or cifar-10-batches-py), or run `python -m labkit.data download "
+            f"{name}` on a machine with network access."
+        )
 
 
 def _main(argv=None) -> int:

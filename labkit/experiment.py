@@ -1,9 +1,10 @@
 """Experiment plumbing shared by the chapters: robustness curves and result records.
 
 A chapter's experiment is one labkit function; the page runs it at ``book`` (or ``smoke``) sizes,
-and ``python -m labkit.experiment CHAPTER`` runs it at ``full`` sizes and writes a *record*: a
-JSON file in ``book/data/`` with the results, the device, the time taken, the versions and the
-git commit, which the page then shows beside its own numbers (Preface, *Modes*).
+and ``python -m labkit.chapters CHAPTER`` (:func:`labkit.chapters.main`) runs it at ``full``
+sizes and writes a *record*: a JSON file in ``book/data/`` with the results, the device, the time
+taken, the versions and the git commit, which the page then shows beside its own numbers
+(Preface, *Modes*).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import math
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -23,7 +23,7 @@ import torch
 
 from . import _validate, attacks, train
 from ._version import __version__
-from .runtime import init_distributed, resolve_device, seed_everything
+from .runtime import resolve_device
 
 __all__ = [
     "result",
@@ -34,7 +34,6 @@ __all__ = [
     "load_record",
     "set_sizes",
     "partial_path",
-    "main",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,102 +220,7 @@ def set_sizes(sizes: dict, items) -> dict:
 
 
 def partial_path(out) -> Path:
-    """Where :func:`main` keeps the results of an unfinished full run next to its record ``out``."""
+    """Where :func:`labkit.chapters.main` keeps the results of an unfinished full run next to its
+    record ``out``."""
     out = Path(out)
     return out.with_name(out.stem + ".partial.json")
-
-
-def main(argv=None) -> int:
-    """``python -m labkit.experiment CHAPTER [--mode MODE] [--out FILE] [--restart] [--set SIZE=VALUE …]``: run a
-    chapter's experiment (:mod:`labkit.chapters`) at the sizes of ``MODE`` (default: full) on the default device
-    and write its record
-    (default: the file the book reads). For experiments made of independent seeded runs, each
-    finished run is kept in a partial file beside the record, and a later call with the same sizes
-    resumes from it (``--restart`` discards it); the partial file is removed once the record is
-    written. An output path that cannot be written is refused before anything runs."""
-    import argparse
-    import inspect
-    import time
-
-    from . import chapters  # not at module level: the chapters import this module
-
-    with_record = [c for c in chapters.CHAPTERS if chapters.get(c).RECORD]
-    parser = argparse.ArgumentParser(prog="python -m labkit.experiment", description=main.__doc__)
-    parser.add_argument("chapter", choices=with_record)
-    parser.add_argument(
-        "--mode",
-        choices=("smoke", "book", "full"),
-        default="full",
-        help="the sizes (and data) to run with: default full; smoke or book to try it quickly",
-    )
-    parser.add_argument("--out", type=Path, help="record file (default: the one the book reads)")
-    parser.add_argument("--restart", action="store_true", help="ignore the results of an unfinished run")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SIZE=VALUE",
-        help="change one full-mode size (a JSON value), e.g. --set epochs=10 for a shortened schedule; "
-        "the record keeps the sizes it ran with, and the page shows them",
-    )
-    args = parser.parse_args(argv)
-    previous = os.environ.get("LABKIT_MODE")
-    os.environ["LABKIT_MODE"] = args.mode  # the data follow the mode too (smoke: the bundled samples)
-    try:
-        chapter = chapters.get(args.chapter)
-        out_path = args.out or chapters.DATA / chapter.RECORD
-        sizes = chapter.sizes(args.mode)
-        rank, world = init_distributed()  # under torchrun: data-parallel training, rank 0 writes
-        try:
-            sizes = set_sizes(sizes, args.set)
-        except ValueError as err:
-            parser.error(str(err))
-        _validate.writable(out_path, "record")
-        env = environment()
-        seed_everything(0)
-        t0 = time.perf_counter()
-        kwargs, extra, before = dict(sizes), None, 0.0
-        if "on_result" in inspect.signature(chapter.run).parameters:
-            part = partial_path(out_path)
-            old = load_record(part) if not args.restart else None
-            done = old["results"] if old is not None and old.get("sizes") == json.loads(json.dumps(sizes)) else {}
-            if done:
-                before = old["seconds"]
-                extra = {
-                    "resumed": {
-                        "runs": sorted(done),
-                        "seconds": before,
-                        **{k: old.get(k) for k in ("commit", "dirty", "device", "torch")},
-                    }
-                }
-                print(f"resuming: {len(done)} finished run(s) from {part}", file=sys.stderr)
-            finished = dict(done)
-
-            def keep(key, result):
-                finished[key] = result
-                if rank == 0:
-                    save_record(part, finished, mode="partial", seconds=before + time.perf_counter() - t0, sizes=sizes,
-                                env=env)  # fmt: skip
-
-            kwargs.update(done=done, on_result=keep)
-        results = chapter.run(**kwargs)
-        if rank != 0:  # every rank ran the experiment; one writes it
-            return 0
-        if world > 1:
-            extra = {**(extra or {}), "world_size": world}
-        seconds = before + time.perf_counter() - t0
-        out = save_record(out_path, results, mode=args.mode, seconds=seconds, sizes=sizes, env=env, extra=extra)
-        if "on_result" in kwargs:
-            partial_path(out_path).unlink(missing_ok=True)
-        print(f"wrote {out}", file=sys.stderr)
-        return 0
-
-    finally:  # the caller's mode, as it was
-        if previous is None:
-            os.environ.pop("LABKIT_MODE", None)
-        else:
-            os.environ["LABKIT_MODE"] = previous
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

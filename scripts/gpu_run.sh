@@ -39,6 +39,7 @@ SMOKE=0
 PHASE=${1:-all}
 case "$PHASE" in all|probe|parts|cifar|cpls|wide|snode|bench) ;; *) echo "unknown phase $PHASE (all, probe, parts, cifar, cpls, wide, snode, bench)" >&2; exit 2;; esac
 BENCH_DATASETS=${BENCH_DATASETS:-mnist fashion_mnist}
+BENCH_JSON="[$(printf '"%s",' $BENCH_DATASETS | sed 's/,$//')]"  # the same list as JSON, for --set
 CIFAR=0
 case "$PHASE" in cifar|cpls) CIFAR=1;; bench) case " $BENCH_DATASETS " in *" cifar10 "*) CIFAR=1;; esac;; esac
 OUT=${OUT:?set OUT to the folder for the results}
@@ -87,94 +88,76 @@ print(f"device: {name}; torch {torch.__version__}; python {platform.python_versi
 EOF
 echo "data: ${LABKIT_DATA:-the bundled samples}; phase $PHASE" >> "$OUT/summary.txt"
 
+# Each phase once. In --smoke mode every chapter runs at its smoke sizes (--mode smoke) and every
+# benchmark at the tiny sizes of SMALL, each step within 300 s; otherwise within the limits below
+# (a call may last 10 minutes: the limits of a phase add up to at most 9).
 if [ "$SMOKE" = 1 ]; then
     export LABKIT_MODE=smoke
-    if [ "$PHASE" = all ] || [ "$PHASE" = probe ]; then
-        step tests 300 $PY -m pytest -q -p no:cacheprovider tests/test_core.py tests/test_lognorm.py tests/test_snode.py \
-            -k "device or cuda"
-        step bench_convex 300 $PY scripts/bench_convex.py --device "$DEVICE" --preset mnist --batch 8 --steps 1 \
-            --json "$OUT/bench_convex_$DEVICE.json" --variants cudnn-benchmark tf32 channels-last bf16 fused-adam combined
-        step bench_snode 300 $PY scripts/bench_snode.py --device "$DEVICE" --dim 16 --steps 5 --batch 20 --images 40 \
-            --json "$OUT/bench_snode_$DEVICE.json" --ensemble 3
-        step bench_ncg 300 $PY scripts/bench_ncg_overhead.py --device "$DEVICE" --steps 20 --iterations 6 \
-            --json "$OUT/bench_ncg_overhead_$DEVICE.json"
-        step bench_structured 300 $PY scripts/bench_structured.py --device "$DEVICE" --sizes book --batch 8 --steps 1 \
-            --json "$OUT/bench_structured_$DEVICE.json"
-    fi
-    [ "$PHASE" = all ] && step full_ch02 120 $PY -m labkit.experiment ch02 --help
-    [ "$PHASE" = cifar ] && step full_ch05 300 $PY -m labkit.experiment ch05 --out "$OUT/ch05_full.json" \
-        --set n_train=200 --set n_test=100 --set 'widths=[4, 8, 8]' --set layers=2 --set epochs=1 \
-        --set require_full_cifar=false --set n_attack=20 --set strong_steps=3 --set n_audit=2 --set sir_steps=5 \
-        --set 'presets=["switching", "certified"]' --set min_checked=1
-    [ "$PHASE" = cpls ] && step full_ch04 300 $PY -m labkit.experiment ch04 --out "$OUT/ch04_cifar.json" \
-        --set 'datasets=[]' --set cifar_preset=cifar --set cifar_train=100 --set cifar_test=50 --set cifar_epochs=1 \
-        --set require_full_cifar=false --set n_attack=20 --set n_lower=4 --set lower_steps=5 --set n_audit=2 \
-        --set audit_steps=5 --set 'cifar_speedups=["channels-last", "bf16"]'
-    [ "$PHASE" = wide ] && step full_ch01 300 $PY -m labkit.experiment ch01 --out "$OUT/ch01_wide.json" \
-        --set width=6 --set n_train=200 --set n_test=50 --set epochs=1 --set pgd_steps=3 --set n_audit=20 \
-        --set 'targets=[null, 0.2]' --set 'datasets=["mnist"]'
-    [ "$PHASE" = snode ] && step full_ch03 300 $PY -m labkit.experiment ch03 --mode smoke --out "$OUT/ch03_full.json" \
-        --set 'seeds=[0, 1]'
-    [ "$PHASE" = bench ] && step bench 300 $PY -m labkit.bench --mode smoke --methods plain cpl \
-        --datasets $BENCH_DATASETS --results "$OUT/bench_full"
+    MODE=smoke
+    TESTS=(tests/test_core.py tests/test_lognorm.py tests/test_snode.py -k "device or cuda")
 else
-    # one call may last 10 minutes: the limits of a phase add up to at most 9
-    if [ "$PHASE" = all ]; then
-        step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_core.py tests/test_lognorm.py \
-            tests/test_chapters.py tests/test_reliability.py tests/test_snode.py tests/test_structured.py
-        step bench_convex 60 $PY scripts/bench_convex.py --device "$DEVICE" --json "$OUT/bench_convex_$DEVICE.json"
-        step bench_snode 60 $PY scripts/bench_snode.py --device "$DEVICE" --json "$OUT/bench_snode_$DEVICE.json"
-    fi
-    if [ "$PHASE" = probe ]; then  # what is new since the last GPU run
-        step tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_structured.py tests/test_experiment.py tests/test_convex.py \
-            tests/test_snode.py
-        # Chapter 3's NCG without per-step overhead: the batched iteration as CUDA graphs, one network and
-        # an ensemble of 9 (goals: 2 000 images/s per network, 10 000 in all), and the overhead side by side
-        step bench_snode 90 $PY scripts/bench_snode.py --device "$DEVICE" --json "$OUT/bench_snode_$DEVICE.json" \
-            --ensemble 9
-        step bench_ncg 30 $PY scripts/bench_ncg_overhead.py --device "$DEVICE" --json "$OUT/bench_ncg_overhead_$DEVICE.json"
-        # Chapter 4's epoch goal (at most 7 s): the plain CPL-S step and its variants, one row each
-        step bench_convex 180 $PY scripts/bench_convex.py --device "$DEVICE" --json "$OUT/bench_convex_$DEVICE.json" \
-            --variants cudnn-benchmark tf32 channels-last bf16 fused-adam combined
-    fi
-    if [ "$PHASE" = all ] || [ "$PHASE" = probe ]; then
-        step bench_structured 60 $PY scripts/bench_structured.py --device "$DEVICE" \
-            --json "$OUT/bench_structured_$DEVICE.json"
-    fi
-    # Chapter 2 on all of MNIST: resumable run by run; what the limit stops comes back as a partial record
-    [ "$PHASE" = all ] && step full_ch02 270 $PY -m labkit.experiment ch02 --out "$OUT/ch02_full.json"
-    # Chapter 5 on the full CIFAR-10: the paper's network, a shortened schedule (stated in the record).
-    # The paper's regimes first, the certified network last: at paper size its exact orthogonal and
-    # sound-norm projections cost 2.7 s per step on the H200 with batched SVDs (bench_structured_cuda.json;
-    # Gram iteration on the device replaces them since, not yet timed there),
-    # so a limit that stops the run keeps the others (a run that put it first got none)
-    [ "$PHASE" = cifar ] && step full_ch05 "${CH05_LIMIT:-420}" $PY -m labkit.experiment ch05 \
-        --out "$OUT/ch05_full.json" --set epochs="${CH05_EPOCHS:-6}" --set decay_every="${CH05_DECAY:-4}" \
-        --set strong_steps=50 --set strong_restarts=2 --set n_audit=32 --set audit_steps=30 \
-        --set 'presets=["switching", "resnet", "flexible", "nonexpansive", "naive", "certified"]'
-    # CPL-S (Chapter 4) on the full CIFAR-10: the authors' recipe with the triangular schedule over
-    # CPLS_EPOCHS epochs instead of 200 (the record keeps the sizes), certified and PGD accuracy
-    # CPLS_SPEEDUPS: the variants of the training step that the probe found fastest (a JSON list of
-    # convex.SPEEDUPS, e.g. '["channels-last", "bf16"]'); the record keeps them with its sizes
-    [ "$PHASE" = cpls ] && step full_ch04 "${CPLS_LIMIT:-540}" $PY -m labkit.experiment ch04 \
-        --out "$OUT/ch04_cifar.json" --set 'datasets=[]' --set cifar_epochs="${CPLS_EPOCHS:-20}" \
-        --set "cifar_speedups=${CPLS_SPEEDUPS:-[]}"
-    # Chapter 1 at a width the 2-core CPU could not reach (its record stops at 16): every run is
-    # kept as it ends, so a limit that stops the phase leaves a partial record to resume from
-    [ "$PHASE" = wide ] && step full_ch01 "${WIDE_LIMIT:-540}" $PY -m labkit.experiment ch01 \
-        --out "$OUT/ch01_wide.json" --set width="${WIDE_WIDTH:-20}"
-    # Chapter 3's full record, three seeds: the NCG trainings of all seeds and both gradients train
-    # together on the device, then the Adam analogues one by one; each finished run is kept
-    [ "$PHASE" = snode ] && step full_ch03 "${SNODE_LIMIT:-540}" $PY -m labkit.experiment ch03 \
-        --out "$OUT/ch03_full.json"
+    MODE=full
+    TESTS=(tests/test_core.py tests/test_lognorm.py tests/test_chapters.py tests/test_reliability.py
+           tests/test_snode.py tests/test_structured.py tests/test_experiment.py tests/test_convex.py)
 fi
-# Chapter 6's full grid: one record per run, written as each run ends, so a limit loses at most one run
-if [ "$PHASE" = bench ] && [ "$SMOKE" = 0 ]; then
+limit() { [ "$SMOKE" = 1 ] && echo 300 || echo "$1"; }
+small() { [ "$SMOKE" = 1 ] && echo "$@"; }  # the arguments, in --smoke mode only
+chapter() {  # chapter NAME LIMIT ARGS...: python -m labkit.chapters NAME at this mode's sizes, resumable
+    local name=$1 seconds=$2
+    shift 2
+    step "full_$name" "$(limit "$seconds")" $PY -m labkit.chapters "$name" --mode "$MODE" "$@"
+}
+bench() {  # bench NAME LIMIT ARGS...: scripts/bench_NAME.py on this device, its record in $OUT
+    local name=$1 seconds=$2
+    shift 2
+    step "bench_$name" "$(limit "$seconds")" $PY "scripts/bench_$name.py" --device "$DEVICE" \
+        --json "$OUT/bench_${name}_$DEVICE.json" "$@"
+}
+
+case "$PHASE" in
+all)  # the tests, the benchmarks, and Chapter 2 on all of MNIST (a limit leaves a partial record)
+    step tests "$(limit 150)" $PY -m pytest -q -p no:cacheprovider "${TESTS[@]}"
+    bench convex 60 $(small --preset mnist --batch 8 --steps 1)
+    bench snode 60 $(small --dim 16 --steps 5 --batch 20 --images 40)
+    bench structured 60 $(small --sizes book --batch 8 --steps 1)
+    chapter ch02 210 --out "$OUT/ch02_full.json"
+    ;;
+probe)  # what is new since the last GPU run: Chapter 3's NCG as CUDA graphs, one network and an
+        # ensemble of 9 (goals: 2 000 images/s per network, 10 000 in all), its overhead side by
+        # side, and Chapter 4's epoch goal (at most 7 s): the CPL-S step and its variants
+    step tests "$(limit 150)" $PY -m pytest -q -p no:cacheprovider "${TESTS[@]}"
+    bench snode 90 --ensemble "$([ "$SMOKE" = 1 ] && echo 3 || echo 9)" $(small --dim 16 --steps 5 --batch 20 --images 40)
+    bench ncg_overhead 30 $(small --steps 20 --iterations 6)
+    bench convex 180 --variants cudnn-benchmark tf32 channels-last bf16 fused-adam combined \
+        $(small --preset mnist --batch 8 --steps 1)
+    bench structured 60 $(small --sizes book --batch 8 --steps 1)
+    ;;
+cifar)  # Chapter 5 on the full CIFAR-10, a shortened schedule (kept in the record); the certified
+        # network last, since at paper size its projections are the slowest step
+    chapter ch05 "${CH05_LIMIT:-420}" --out "$OUT/ch05_full.json" --set epochs="${CH05_EPOCHS:-6}" \
+        --set decay_every="${CH05_DECAY:-4}" --set strong_steps=50 --set strong_restarts=2 --set n_audit=32 \
+        --set audit_steps=30 --set 'presets=["switching", "resnet", "flexible", "nonexpansive", "naive", "certified"]'
+    ;;
+cpls)  # CPL-S (Chapter 4) on the full CIFAR-10, the authors' recipe over CPLS_EPOCHS epochs, with
+       # the training step's variants CPLS_SPEEDUPS (a JSON list of convex.SPEEDUPS)
+    chapter ch04 "${CPLS_LIMIT:-540}" --out "$OUT/ch04_cifar.json" --set 'datasets=[]' \
+        --set cifar_epochs="${CPLS_EPOCHS:-20}" --set "cifar_speedups=${CPLS_SPEEDUPS:-[]}"
+    ;;
+wide)  # Chapter 1 at a width the 2-core CPU's record does not reach (it stops at 16)
+    chapter ch01 "${WIDE_LIMIT:-540}" --out "$OUT/ch01_wide.json" --set width="${WIDE_WIDTH:-20}"
+    ;;
+snode)  # Chapter 3's full record: the NCG trainings of every seed together, then the Adam analogues
+    chapter ch03 "${SNODE_LIMIT:-540}" --out "$OUT/ch03_full.json"
+    ;;
+bench)  # Chapter 6's grid, one record per run as it ends: a limit loses at most one run
     mkdir -p "$OUT/bench_full" && cp .device-data/bench_full/*.json "$OUT/bench_full/" 2>/dev/null
-    step bench "${BENCH_LIMIT:-540}" $PY -m labkit.bench --mode full --datasets $BENCH_DATASETS \
-        --shard "${BENCH_SHARD:-1/1}" --results "$OUT/bench_full"
-fi
-[ "$PHASE" = bench ] && tar czf "$OUT/bench_full.tgz" -C "$OUT" bench_full && rm -rf "$OUT/bench_full"
+    few=()  # in --smoke mode two methods only
+    [ "$SMOKE" = 1 ] && few=(--set 'methods=["plain", "cpl"]')
+    chapter ch06 "${BENCH_LIMIT:-540}" --set "datasets=$BENCH_JSON" --shard "${BENCH_SHARD:-1/1}" \
+        --out "$OUT/bench_full" "${few[@]}"
+    tar czf "$OUT/bench_full.tgz" -C "$OUT" bench_full && rm -rf "$OUT/bench_full"
+    ;;
+esac
 ls -l "$OUT" >> "$LOG"
 if [ -n "$FAILED" ]; then
     echo "failed:$FAILED" | tee -a "$OUT/summary.txt"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from labkit import audit, bench, certify, lipschitz, snode
+from labkit import audit, bench, certify, chapters, lipschitz, snode, structured
 from labkit.chapters import ch06
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,24 +42,34 @@ def _close(a, b, path=""):
 
 
 def test_the_registry_has_every_method_of_the_book_and_the_grid_respects_what_applies():
-    chapters = {m.chapter for m in bench.METHODS.values()}
-    assert chapters == {"ch01", "ch02", "ch03", "ch04", "ch05"}
-    assert {"plain", "weight-decay", "clip", "lognorm", "lognorm-unit", "snode", "snode-resnet", "cpl", "sll",
-            "sp-certified"} <= set(bench.METHODS)  # fmt: skip
-    assert {f"sp-{p}" for p in bench.structured.PRESETS} <= set(bench.METHODS)
-    runs = bench.grid(seeds=[0, 1])
-    dense_only = [m for m, v in bench.METHODS.items() if "conv" not in v.kinds]
-    assert len(runs) == 2 * (2 * len(bench.METHODS) + len(bench.METHODS) - len(dense_only))
+    owners = {m.chapter for m in ch06.METHODS.values()}
+    assert owners == {"ch01", "ch02", "ch03", "ch04", "ch05"}
+    assert {
+        "plain",
+        "weight-decay",
+        "clip",
+        "lognorm",
+        "lognorm-unit",
+        "snode",
+        "snode-resnet",
+        "cpl",
+        "sll",
+        "sp-certified",
+    } <= set(ch06.METHODS)
+    assert {f"sp-{p}" for p in structured.PRESETS} <= set(ch06.METHODS)
+    runs = ch06.grid(seeds=[0, 1])
+    dense_only = [m for m, v in ch06.METHODS.items() if "conv" not in v.kinds]
+    assert len(runs) == 2 * (2 * len(ch06.METHODS) + len(ch06.METHODS) - len(dense_only))
     assert not any(d == "cifar10" and m in dense_only for d, m, _ in runs)
     assert len(set(runs)) == len(runs)
-    for m in bench.METHODS.values():
+    for m in ch06.METHODS.values():
         assert m.certifies == (m.name in {"lognorm-unit", "cpl", "sll", "sp-certified"}), m.name
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 40])
 def test_shards_cover_the_grid_exactly_once(n):
-    runs = bench.grid(seeds=[0, 1, 2])
-    parts = [bench.shard(runs, f"{i}/{n}") for i in range(1, n + 1)]
+    runs = ch06.grid(seeds=[0, 1, 2])
+    parts = [chapters.shard(runs, f"{i}/{n}") for i in range(1, n + 1)]
     flat = [r for p in parts for r in p]
     assert sorted(flat) == sorted(runs) and len(flat) == len(set(flat))
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
@@ -68,7 +78,7 @@ def test_shards_cover_the_grid_exactly_once(n):
 @pytest.mark.parametrize("spec", ["0/2", "3/2", "a/b", "1-2", "1/0", "2", ""])
 def test_a_malformed_shard_is_refused(spec):
     with pytest.raises(ValueError, match="i/n"):
-        bench.shard([1, 2, 3], spec)
+        chapters.shard([1, 2, 3], spec)
 
 
 def _linear_pair(d=20, n=200, seed=0):
@@ -95,8 +105,7 @@ def test_the_soundness_audit_passes_a_sound_bound_and_fails_a_halved_one():
         radii = certify.certified_radius(logits, y, L * factor)
         minimal = audit.deepfool_norms(model, x, y)
         lower = lipschitz.lower_bound(model, x[:8], steps=30, generator=torch.Generator().manual_seed(0))
-        report = bench.soundness(model, x, y, radii, lower=lower, bound=L * factor, minimal=minimal, steps=10,
-                                 n_apgd=2)  # fmt: skip
+        report = bench.soundness(model, x, y, radii, lower=lower, bound=L * factor, minimal=minimal, steps=10, n_apgd=2)
         assert report["points"] == len(y)
         assert report["sound"] is sound, report
         if not sound:  # every part of the audit catches it on this classifier
@@ -136,13 +145,13 @@ def test_the_snode_bound_is_above_every_jacobian_norm():
 def smoke(tmp_path_factory):
     """The command line over every method at smoke size (MNIST and CIFAR-10), and its records."""
     folder = tmp_path_factory.mktemp("bench") / "results"
-    assert bench.main(["--mode", "smoke", "--results", str(folder)]) == 0
-    return folder, bench.collect(folder)
+    assert chapters.main(["ch06", "--mode", "smoke", "--out", str(folder)]) == 0
+    return folder, ch06.collect(folder)
 
 
 def test_a_smoke_grid_over_every_method_writes_one_valid_record_per_run(smoke):
     folder, results = smoke
-    runs = bench.grid(None, ch06.sizes("smoke")["datasets"], [0])
+    runs = ch06.grid(None, ch06.sizes("smoke")["datasets"], [0])
     assert sorted(results) == sorted(f"{d}/{m}/seed {s}" for d, m, s in runs)
     assert len(list(folder.glob("*.json"))) == len(runs) and not list(folder.glob(".*.tmp"))
     for key, r in results.items():
@@ -182,10 +191,14 @@ def test_the_chapter_tables_figures_and_values_come_from_the_records(smoke, caps
     assert values["audited"] == sum(r["audit"]["points"] for r in results.values())
     b = ch06.budget(results)["mnist"]
     assert b["ratio"] >= b["ratio_without_lognorm"] >= 1 and b["epochs"] == [ch06.sizes("smoke")["epochs"]]
-    for draw in (lambda: ch06.plot_curves(results, "mnist"), lambda: ch06.plot_pareto(results),
-                 lambda: ch06.plot_gap(results), lambda: ch06.plot_paper(results)):  # fmt: skip
+    for draw in (
+        lambda: ch06.plot_curves(results, "mnist"),
+        lambda: ch06.plot_pareto(results),
+        lambda: ch06.plot_gap(results),
+        lambda: ch06.plot_paper(results),
+    ):
         assert draw() is not None
-    assert bench.main(["--mode", "smoke", "--results", str(smoke[0]), "--summary"]) == 0
+    assert chapters.main(["ch06", "--mode", "smoke", "--out", str(smoke[0]), "--summary"]) == 0
     assert "audit" in capsys.readouterr().out
 
 
@@ -204,16 +217,27 @@ def test_verify_has_teeth(smoke):
         ch06.verify({key: results[key]}, min_checked=10**6)
 
 
+#: The grid of one run, the plain network on MNIST.
+PLAIN = ["--set", 'methods=["plain"]', "--set", 'datasets=["mnist"]']
+
+
 def _cli(*args, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LABKIT_MODE": "smoke"}
-    return subprocess.Popen([sys.executable, "-m", "labkit.bench", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "labkit.chapters", "ch06", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def test_a_killed_grid_resumes_to_the_same_merged_results(tmp_path):
-    grid = ["--methods", "plain", "cpl", "sll", "--datasets", "mnist", "--mode", "smoke"]
-    reference = _cli(*grid, "--results", str(tmp_path / "ref"))
-    killed = _cli(*grid, "--results", str(tmp_path / "cut"))
+    grid = ["--set", 'methods=["plain", "cpl", "sll"]', "--set", 'datasets=["mnist"]', "--mode", "smoke"]
+    reference = _cli(*grid, "--out", str(tmp_path / "ref"))
+    killed = _cli(*grid, "--out", str(tmp_path / "cut"))
     first = tmp_path / "cut" / "mnist__plain__seed0.json"
     deadline = time.monotonic() + 120
     while not first.exists() and killed.poll() is None and time.monotonic() < deadline:
@@ -223,10 +247,10 @@ def test_a_killed_grid_resumes_to_the_same_merged_results(tmp_path):
     done = sorted(p.name for p in (tmp_path / "cut").glob("*.json"))
     assert "mnist__plain__seed0.json" in done and len(done) < 3, done
     stamp = first.stat().st_mtime_ns
-    resumed = _cli(*grid, "--results", str(tmp_path / "cut"))
+    resumed = _cli(*grid, "--out", str(tmp_path / "cut"))
     assert resumed.wait(timeout=300) == 0 and reference.wait(timeout=300) == 0, resumed.stderr.read()
     assert first.stat().st_mtime_ns == stamp  # the finished run was read, not run again
-    a, b = bench.collect(tmp_path / "ref"), bench.collect(tmp_path / "cut")
+    a, b = ch06.collect(tmp_path / "ref"), ch06.collect(tmp_path / "cut")
     assert list(a) == list(b) and len(a) == 3
     _close({k: _stable(v) for k, v in a.items()}, {k: _stable(v) for k, v in b.items()})
 
@@ -234,21 +258,21 @@ def test_a_killed_grid_resumes_to_the_same_merged_results(tmp_path):
 def test_bad_input_gets_a_clear_error_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "results"
     for args, message in [
-        (["--methods", "resnet-9000"], "unknown method 'resnet-9000'"),
-        (["--datasets", "svhn"], "unknown data set 'svhn'"),
+        (["--set", 'methods=["resnet-9000"]'], "unknown method 'resnet-9000'"),
+        (["--set", 'datasets=["svhn"]'], "unknown data set 'svhn'"),
         (["--shard", "3/2"], "i/n"),
-        (["--methods", "clip", "--datasets", "cifar10"], "no method"),
-        (["--seeds", "-1"], "non-negative"),
+        (["--set", 'methods=["clip"]', "--set", 'datasets=["cifar10"]'], "no method"),
+        (["--set", "seeds=[-1]"], "non-negative"),
         (["--set", "warp=9"], "give SIZE=VALUE"),
     ]:
         with pytest.raises(SystemExit) as err:
-            bench.main(["--mode", "smoke", "--results", str(out), *args])
+            chapters.main(["ch06", "--mode", "smoke", "--out", str(out), *args])
         assert err.value.code == 2 and message in capsys.readouterr().err
         assert not out.exists()
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(SystemExit) as err:
-        bench.main(["--mode", "smoke", "--methods", "plain", "--datasets", "mnist", "--results", str(blocker / "sub")])
+        chapters.main(["ch06", "--mode", "smoke", *PLAIN, "--out", str(blocker / "sub")])
     assert err.value.code == 2 and "cannot write the results folder" in capsys.readouterr().err
     assert blocker.read_text() == "not a folder"
 
@@ -257,14 +281,18 @@ def test_records_that_differ_only_in_the_grid_are_reused_and_the_banner_groups_b
     source, results = smoke
     folder = tmp_path / "results"
     folder.mkdir()
-    path = bench.record_path(folder, ("mnist", "plain", 0))
-    path.write_bytes(bench.record_path(source, ("mnist", "plain", 0)).read_bytes())
+    path = chapters.record_path(folder, "mnist/plain/seed 0")
+    path.write_bytes(chapters.record_path(source, "mnist/plain/seed 0").read_bytes())
     before = path.read_bytes()
     # the same run chosen through another grid (seeds given as a size): read, not run again
-    assert bench.main(["--mode", "smoke", "--methods", "plain", "--datasets", "mnist", "--seeds", "0",
-                       "--set", "seeds=[0, 7]", "--results", str(folder)]) == 0  # fmt: skip
+    assert (
+        chapters.main(
+            ["ch06", "--mode", "smoke", *PLAIN, "--set", "seeds=[7, 0]", "--shard", "2/2", "--out", str(folder)]
+        )
+        == 0
+    )
     assert path.read_bytes() == before and sorted(folder.iterdir()) == [path]
-    assert bench.run_sizes({"seeds": [1], "epochs": 2}) == {"epochs": 2}
+    assert chapters.run_sizes({"seeds": [1], "epochs": 2}, ch06.GRID_SIZES) == {"epochs": 2}
     # records with other sizes are shown on lines of their own, each with what changed
     mixed = {k: json.loads(json.dumps(r)) for k, r in results.items()}
     key = next(k for k in mixed if k.startswith("cifar10/"))
@@ -277,8 +305,8 @@ def test_records_that_differ_only_in_the_grid_are_reused_and_the_banner_groups_b
 def test_records_made_with_other_sizes_are_not_mixed_in(tmp_path, capsys):
     folder = tmp_path / "results"
     folder.mkdir()
-    path = bench.record_path(folder, ("mnist", "plain", 0))
+    path = chapters.record_path(folder, "mnist/plain/seed 0")
     path.write_text(json.dumps({"mode": "book", "sizes": ch06.sizes("book"), "results": {}}))
     with pytest.raises(SystemExit):
-        bench.main(["--mode", "smoke", "--methods", "plain", "--datasets", "mnist", "--results", str(folder)])
+        chapters.main(["ch06", "--mode", "smoke", *PLAIN, "--out", str(folder)])
     assert "other sizes" in capsys.readouterr().err and sorted(folder.iterdir()) == [path]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from labkit import chapters, data, report, runtime
-from labkit.chapters import ch01, ch02, ch04, ch05
+from labkit.chapters import ch00, ch01, ch02, ch04, ch05
 
 #: Every chapter of the registry, so that a new chapter is tested without a list to keep in sync.
 EXPERIMENTS = [chapters.get(name) for name in chapters.CHAPTERS]
@@ -20,16 +20,55 @@ def test_every_mode_has_the_same_sizes_and_the_page_reads_the_current_mode(chapt
     assert chapter.sizes("full") is not chapter.SIZES["full"]  # a copy: a page may change it
 
 
+@pytest.mark.parametrize("chapter", EXPERIMENTS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_every_chapter_keeps_the_protocol(chapter, monkeypatch):
+    """The protocol of labkit.chapters: sizes per mode, jobs with distinct keys built without running
+    anything, and a smoke run whose results verify and make the table and the glue values."""
+    monkeypatch.setenv("LABKIT_MODE", "smoke")
+    for name in ("SIZES", "sizes", "jobs", "run", "verify", "table", "values"):
+        assert callable(getattr(chapter, name)) or name == "SIZES", name
+    assert (getattr(chapter, "RECORD", None) is None) != (getattr(chapter, "RECORDS", None) is None) or chapter is ch00
+    s = chapters.given(chapter.sizes("smoke"), chapter.SIZES)
+    jobs = chapter.jobs(s)
+    assert jobs and all(isinstance(j, chapters.Job) for j in jobs)
+    keys = [j.key for j in jobs]
+    assert len(set(keys)) == len(keys), "two jobs with one key would share a record"
+    results = chapter.run(**chapter.sizes("smoke"))
+    assert sorted(results) == sorted(keys)
+    chapter.verify(results)
+    assert str(chapter.table(results)).strip()
+    values = chapter.values(results)
+    assert values and all(isinstance(k, str) for k in values)
+
+
+def test_execute_skips_what_is_done_seeds_each_job_and_reports_each_result():
+    reported = []
+
+    def job(key, seed):
+        return chapters.Job(key, lambda: (torch.rand(1).item(), {}), lambda model, kept, sec: {"draw": model}, seed)
+
+    jobs = [job("a", 3), job("b", 3), job("c", 4)]
+    out = chapters.execute(jobs, done={"b": {"draw": -1.0}}, on_result=lambda k, r: reported.append(k))
+    assert list(out) == ["a", "b", "c"] and out["b"] == {"draw": -1.0} and reported == ["a", "c"]
+    again = chapters.execute([job("a", 3)])
+    assert again["a"] == out["a"]  # seeded on its own: the same draw whatever ran before
+
+
 def test_full_mode_of_the_page_and_of_the_command_are_the_same_experiment(monkeypatch):
     """`LABKIT_MODE=full make book` and `make full CH=chNN` run chNN.run(**chNN.sizes()) with the
-    same sizes: the ones python -m labkit.experiment saves in the record."""
+    same sizes: the ones python -m labkit.chapters saves in the record."""
     seen = {}
-    monkeypatch.setattr(ch01, "run", lambda **kw: seen.setdefault("command", kw) and {})
+
+    def run(*, done=None, on_result=None, **sizes):
+        seen.setdefault("command", sizes)
+        return {}
+
+    monkeypatch.setattr(ch01, "run", run)
     monkeypatch.setattr(chapters, "DATA", None)
     from labkit import experiment
 
     monkeypatch.setattr(experiment, "save_record", lambda *a, **kw: seen.setdefault("record", kw))
-    experiment.main(["ch01", "--out", "/tmp/unused-record.json"])
+    chapters.main(["ch01", "--out", "/tmp/unused-record.json"])
     monkeypatch.setenv("LABKIT_MODE", "full")
     assert seen["command"] == ch01.sizes() == seen["record"]["sizes"]
 
@@ -45,8 +84,11 @@ def test_given_refuses_missing_and_misspelt_sizes_before_any_work():
 
 def test_per_mode_builds_one_table_per_mode_and_refuses_a_short_row():
     table = chapters.per_mode({"n": (1, 2, 3), "lists": ([1], [2], [3])}, fixed=[0])
-    assert table == {"smoke": {"fixed": [0], "n": 1, "lists": [1]}, "book": {"fixed": [0], "n": 2, "lists": [2]},
-                     "full": {"fixed": [0], "n": 3, "lists": [3]}}  # fmt: skip
+    assert table == {
+        "smoke": {"fixed": [0], "n": 1, "lists": [1]},
+        "book": {"fixed": [0], "n": 2, "lists": [2]},
+        "full": {"fixed": [0], "n": 3, "lists": [3]},
+    }
     table["smoke"]["fixed"].append(1)
     assert table["book"]["fixed"] == [0]  # the common values are not shared between modes
     with pytest.raises(ValueError, match="one value per mode"):
@@ -98,8 +140,9 @@ def test_chapter_tables_and_values_from_a_committed_record():
 
 def test_table_formats_rows_and_names_a_missing_key():
     rows = [{"name": "a", "x": 0.12345, "y": None}, {"name": "b", "x": 1.0, "y": 2}]
-    t = report.table(rows, [("name", "name"), ("x", "x", "{:.2f}"), ("twice x", lambda r: 2 * r["x"], "{:.1f}"),
-                            ("y", "y")])  # fmt: skip
+    t = report.table(
+        rows, [("name", "name"), ("x", "x", "{:.2f}"), ("twice x", lambda r: 2 * r["x"], "{:.1f}"), ("y", "y")]
+    )
     assert t == "| name | x | twice x | y |\n|---|---|---|---|\n| a | 0.12 | 0.2 | – |\n| b | 1.00 | 2.0 | 2 |"
     assert t._repr_markdown_() == str(t)
     assert report.table(rows[:1], [("n", "name")], caption="Caption").startswith("Caption\n\n| n |")
@@ -133,12 +176,21 @@ def test_glue_names_are_stable_and_clashes_are_refused(monkeypatch):
 
 def test_banner_says_where_a_record_ran_or_how_to_make_one():
     assert report.banner(None, command="make full CH=ch09") == "*No full-mode record yet: run `make full CH=ch09`.*"
-    record = {"device": "cuda", "device_name": "H200", "created": "2026-11-30T10:00:00+00:00", "seconds": 9000,
-              "torch": "2.11", "commit": "0123456789abcdef", "dirty": True,
-              "resumed": {"runs": ["a", "b"], "commit": "fedcba9876543210"}}  # fmt: skip
+    record = {
+        "device": "cuda",
+        "device_name": "H200",
+        "created": "2026-11-30T10:00:00+00:00",
+        "seconds": 9000,
+        "torch": "2.11",
+        "commit": "0123456789abcdef",
+        "dirty": True,
+        "resumed": {"runs": ["a", "b"], "commit": "fedcba9876543210"},
+    }
     line = report.banner(record, command="unused")
-    assert line == ("Full mode: cuda (H200), 2026-11-30, 2.5 h, torch 2.11, commit 0123456789 (with local changes); "
-                    "resumed after an interruption, 2 run(s) from commit fedcba9876.")  # fmt: skip
+    assert line == (
+        "Full mode: cuda (H200), 2026-11-30, 2.5 h, torch 2.11, commit 0123456789 (with local changes); "
+        "resumed after an interruption, 2 run(s) from commit fedcba9876."
+    )
     assert "150 min" not in line and "1 min" in report.banner({**record, "seconds": 60, "resumed": None}, command="")
 
 
@@ -216,30 +268,48 @@ def test_ch04_bench_values_and_table():
     v = ch04.bench_values(bench, epochs=200)
     numbers = {k: x for k, x in v.items() if k != "best"}
     assert numbers == pytest.approx(
-        {"parameters": 41.0, "images_per_second": 25.0, "epoch_seconds": 2000.0, "epoch_minutes": 2000 / 60,
-         "run_hours": 2000 * 200 / 3600, "best_epoch_seconds": 2000.0}
-    )  # fmt: skip
+        {
+            "parameters": 41.0,
+            "images_per_second": 25.0,
+            "epoch_seconds": 2000.0,
+            "epoch_minutes": 2000 / 60,
+            "run_hours": 2000 * 200 / 3600,
+            "best_epoch_seconds": 2000.0,
+        }
+    )
     assert v["best"] == "the plain step"
     assert "cpl-s" in ch04.bench_table(bench)
-    rows = [*bench["results"], {"what": "evaluation forward", "seconds": 1.0, "images_per_second": 250.0},
-            {"what": "train step, bf16", "seconds": 5.0, "images_per_second": 50.0},
-            {"what": "train step, tf32", "seconds": 8.0, "images_per_second": 31.25}]  # fmt: skip
+    rows = [
+        *bench["results"],
+        {"what": "evaluation forward", "seconds": 1.0, "images_per_second": 250.0},
+        {"what": "train step, bf16", "seconds": 5.0, "images_per_second": 50.0},
+        {"what": "train step, tf32", "seconds": 8.0, "images_per_second": 31.25},
+    ]
     v = ch04.bench_values({**bench, "results": rows}, epochs=200)
     assert v["epoch_seconds"] == pytest.approx(2000.0)  # the plain step, not the evaluation forward
     assert v["best"] == "bf16" and v["best_epoch_seconds"] == pytest.approx(1000.0)
     with pytest.raises(ValueError, match="non-positive"):
         ch04.bench_values({**bench, "results": [{"what": "train", "images_per_second": 0.0}]}, epochs=1)
     with pytest.raises(ValueError, match=r"non-positive speed \(0.0\)"):  # a variant's, not the first row's
-        ch04.bench_values({**bench, "results": [*rows, {"what": "train step, bf16", "images_per_second": 0.0}]},
-                          epochs=1)  # fmt: skip
+        ch04.bench_values(
+            {**bench, "results": [*rows, {"what": "train step, bf16", "images_per_second": 0.0}]}, epochs=1
+        )
 
 
 def test_ch04_cifar_values_read_the_cpls_record():
     from labkit.chapters import ch04
 
-    run = {"radii": [0.1, 0.2, 0.3], "clean": 0.5, "certified": [0.4, 0.3, 0.2], "empirical": {"pgd": [0.45, 0.4, 0.3]},
-           "lipschitz": {"lower": 0.6, "upper": 1.0}, "n_attack": 1000, "seconds": 1440.0,
-           "sizes": {"n_audit": 50}, "audit": {"points": 50, "flipped": 0}}  # fmt: skip
+    run = {
+        "radii": [0.1, 0.2, 0.3],
+        "clean": 0.5,
+        "certified": [0.4, 0.3, 0.2],
+        "empirical": {"pgd": [0.45, 0.4, 0.3]},
+        "lipschitz": {"lower": 0.6, "upper": 1.0},
+        "n_attack": 1000,
+        "seconds": 1440.0,
+        "sizes": {"n_audit": 50},
+        "audit": {"points": 50, "flipped": 0},
+    }
     record = {"results": {"cifar10/cpl": run}, "sizes": {"cifar_epochs": 1}, "device": "cpu", "device_name": "x86_64"}
     v = ch04.cifar_values(record)
     assert v["epochs"] == "1 epoch" and v["minutes"] == pytest.approx(24.0)
@@ -287,11 +357,21 @@ def test_ch03_claim_table_and_verify_from_synthetic_results():
     with pytest.raises(AssertionError, match="monte_carlo standard deviation"):
         ch03.verify({"x/seed 0": broken})
     bench = {
-        "results": [{"what": "adjoint gradient", "seconds": 0.1, "images_per_second": 1000.0, "peak_mb": 700.0,
-                     "before_mb": 600.0}],
+        "results": [
+            {
+                "what": "adjoint gradient",
+                "seconds": 0.1,
+                "images_per_second": 1000.0,
+                "peak_mb": 700.0,
+                "before_mb": 600.0,
+            }
+        ],
         "sizes": {"dim": 196, "steps": 150, "batch": 100, "images": 1000},
-        "device_name": "cpu", "threads": 2, "created": "2026-11-30T00:00:00", "commit": "abc",
-    }  # fmt: skip
+        "device_name": "cpu",
+        "threads": 2,
+        "created": "2026-11-30T00:00:00",
+        "commit": "abc",
+    }
     assert "d = 196, N = 150" in ch03.bench_table(bench)
     speeds = {
         "results": [
@@ -330,9 +410,14 @@ def test_ch01_labels_tables_and_comparison():
             "clean": clean,
             "radii": [0.0, 0.1],
             "empirical": {"pgd": [clean, pgd]},
-            "certification": {"radii": [0.1, 0.3], "certified": [cert + 0.1, cert], "bound": 2.0, "lower": 1.0,
-                              "audit": {"points": 5, "flipped": 0}},
-        }  # fmt: skip
+            "certification": {
+                "radii": [0.1, 0.3],
+                "certified": [cert + 0.1, cert],
+                "bound": 2.0,
+                "lower": 1.0,
+                "audit": {"points": 5, "flipped": 0},
+            },
+        }
 
     runs = {
         "mnist/classical": result(0.9, 0.05, 0.1),
@@ -374,8 +459,14 @@ def test_ch05_smoke_run_is_verified_tabled_resumed_and_its_verify_has_teeth(monk
 
 
 def test_ch04_resumes_run_by_run_and_leaves_cifar_out_without_layers(monkeypatch):
-    sizes = {**ch04.sizes("smoke"), "datasets": ["mnist"], "dense_layers": ["cpl", "sll"], "cifar_layers": [],
-             "n_train": 100, "n_test": 40}  # fmt: skip
+    sizes = {
+        **ch04.sizes("smoke"),
+        "datasets": ["mnist"],
+        "dense_layers": ["cpl", "sll"],
+        "cifar_layers": [],
+        "n_train": 100,
+        "n_test": 40,
+    }
     seen = {}
     results = ch04.run(**sizes, progress=False, on_result=seen.__setitem__)
     assert list(results) == ["mnist/cpl", "mnist/sll", "mnist/baseline"] and seen == results  # no CIFAR-10 run

@@ -22,9 +22,14 @@ def test_the_package_reaches_every_module_and_the_command_lines_run_without_runp
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
         labkit.nonsense  # noqa: B018
     root = Path(__file__).resolve().parents[1]
-    for module in ("labkit.experiment", "labkit.bench"):
-        done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", module, "--help"], cwd=root,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+    for module in ("labkit.chapters",):
+        done = subprocess.run(
+            [sys.executable, "-W", "error::RuntimeWarning", "-m", module, "--help"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0 and "usage" in done.stdout, done.stderr
         assert "found in sys.modules" not in done.stderr
 

@@ -86,7 +86,7 @@ def test_record_is_atomic_and_rejects_non_json(tmp_path):
 
 def test_main_rejects_unknown_chapter():
     with pytest.raises(SystemExit):
-        experiment.main(["ch99"])
+        chapters.main(["ch99"])
 
 
 def test_main_runs_a_chapter_at_the_sizes_of_the_mode_given(tmp_path, monkeypatch):
@@ -106,11 +106,11 @@ def test_main_runs_a_chapter_at_the_sizes_of_the_mode_given(tmp_path, monkeypatc
     monkeypatch.setattr(chapters, "CHAPTERS", (*chapters.CHAPTERS, "chY"))
     monkeypatch.setattr(chapters, "DATA", tmp_path)
     monkeypatch.setenv("LABKIT_MODE", "full")
-    assert experiment.main(["chY", "--mode", "smoke", "--out", str(tmp_path / "y.json")]) == 0
+    assert chapters.main(["chY", "--mode", "smoke", "--out", str(tmp_path / "y.json")]) == 0
     rec = experiment.load_record(tmp_path / "y.json")
     assert seen == {"n": 1, "mode": "smoke"} and rec["mode"] == "smoke" and rec["sizes"] == {"n": 1}
     with pytest.raises(SystemExit):
-        experiment.main(["chY", "--mode", "tiny"])
+        chapters.main(["chY", "--mode", "tiny"])
 
 
 def test_main_keeps_finished_runs_and_resumes_after_a_crash(tmp_path, monkeypatch):
@@ -147,20 +147,20 @@ def test_main_keeps_finished_runs_and_resumes_after_a_crash(tmp_path, monkeypatc
 
     fake.crash_at = 2
     with pytest.raises(KeyboardInterrupt):
-        experiment.main(["chX"])
+        chapters.main(["chX"])
     assert not out.exists()
     part = experiment.load_record(experiment.partial_path(out))
     assert part["mode"] == "partial" and sorted(part["results"]) == ["run0", "run1"]
 
     fake.crash_at = None
-    assert experiment.main(["chX"]) == 0
+    assert chapters.main(["chX"]) == 0
     assert calls == ["run0", "run1", "run2"]  # the finished runs were not repeated
     rec = experiment.load_record(out)
     assert rec["results"] == {f"run{i}": {"value": i * i} for i in range(3)}
     assert rec["resumed"]["runs"] == ["run0", "run1"]
     assert not experiment.partial_path(out).exists()
 
-    experiment.main(["chX", "--restart"])  # a finished record leaves nothing to resume
+    chapters.main(["chX", "--restart"])  # a finished record leaves nothing to resume
     assert calls[3:] == ["run0", "run1", "run2"] and "resumed" not in experiment.load_record(out)
 
 
@@ -170,7 +170,7 @@ def test_main_refuses_an_unwritable_out_before_running(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(OSError, match="cannot write the record"):
-        experiment.main(["ch02", "--out", str(blocker / "rec.json")])
+        chapters.main(["ch02", "--out", str(blocker / "rec.json")])
     assert ran == [] and blocker.read_text() == "not a folder"
 
 
@@ -185,11 +185,11 @@ def test_main_set_changes_a_size_in_the_run_and_the_record_and_refuses_unknown_o
     seen = []
     monkeypatch.setattr(chapters.get("ch05"), "run", lambda **kw: seen.append(kw) or {})
     out = tmp_path / "rec.json"
-    experiment.main(["ch05", "--out", str(out), "--set", "epochs=3", "--set", "widths=[4, 8, 8]"])
+    chapters.main(["ch05", "--out", str(out), "--set", "epochs=3", "--set", "widths=[4, 8, 8]"])
     assert seen[0]["epochs"] == 3 and seen[0]["widths"] == [4, 8, 8]
     assert experiment.load_record(out)["sizes"]["epochs"] == 3
     for bad in ("epoch=3", "epochs"):
         with pytest.raises(SystemExit):
-            experiment.main(["ch05", "--out", str(tmp_path / "other.json"), "--set", bad])
+            chapters.main(["ch05", "--out", str(tmp_path / "other.json"), "--set", bad])
         assert "SIZE=VALUE" in capsys.readouterr().err
     assert len(seen) == 1 and not (tmp_path / "other.json").exists()

@@ -235,3 +235,41 @@ def test_every_exercise_has_a_tier_and_a_solution(page):
     for _, title, label in exercises:
         assert title.split(":")[0] in TIERS, f"{page.name}: exercise {label} has no tier ({TIERS}) in its title"
         assert label in solutions, f"{page.name}: exercise {label} has no solution"
+
+
+#: What a reader sees of a chapter's code (DESIGN §4): the labkit calls that make a number or a figure,
+#: in a few lines that the HTML shows whole.
+VISIBLE_LINES, VISIBLE_WIDTH = 12, 88
+_HIDDEN = ("hide-input", "remove-input", "hide-cell", "remove-cell")
+
+
+def visible_cells(text: str) -> list[tuple[int, list[str]]]:
+    """The code cells of a page that a reader sees, as (first line, non-blank source lines): those
+    without a tag that hides their input, their options (``:tags:`` lines or a ``---`` block) left out."""
+    cells = []
+    for m in re.finditer(r"^```\{code-cell\}[^\n]*\n(.*?)^```\s*$", text, re.S | re.M):
+        lines, options = m.group(1).split("\n"), []
+        while lines and lines[0].startswith(":"):
+            options.append(lines.pop(0))
+        if lines and lines[0].strip() == "---":
+            end = lines.index("---", 1)
+            options, lines = options + lines[: end + 1], lines[end + 1 :]
+        if not any(tag in line for line in options for tag in _HIDDEN):
+            cells.append((text[: m.start()].count("\n") + 2, [line for line in lines if line.strip()]))
+    return cells
+
+
+@pytest.mark.parametrize("page", CHAPTERS, ids=lambda p: p.stem)
+def test_visible_cells_are_short_and_fit_the_page(page):
+    text = page.read_text(encoding="utf-8")
+    problems = []
+    for line_no, lines in visible_cells(text):
+        if len(lines) > VISIBLE_LINES:
+            problems.append(f"line {line_no}: {len(lines)} lines (at most {VISIBLE_LINES})")
+        problems += [f"line {line_no}: {len(s)} characters: {s.strip()[:50]}…" for s in lines if len(s) > VISIBLE_WIDTH]
+    assert not problems, f"{page.name}: visible cells to shorten (move the rest to the chapter module): {problems}"
+
+
+def test_the_cell_reader_sees_only_visible_cells():
+    text = "```{code-cell} ipython3\nx = 1\n\ny = 2\n```\n\n```{code-cell} ipython3\n:tags: [hide-input]\nz = 3\n```\n"
+    assert visible_cells(text) == [(2, ["x = 1", "y = 2"])]

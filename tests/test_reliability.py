@@ -103,8 +103,16 @@ def test_resume_is_exact_with_a_learning_rate_schedule(tmp_path):
         model = _model()
         opt = torch.optim.Adam(model.parameters(), lr=0.05)
         schedule = train.every_step(convex.triangular_lr(opt, 3 * 4))  # 3 epochs of 4 batches
-        train.fit(model, _data(), epochs=epochs, batch_size=32, optimizer=opt, after_step=schedule,
-                  checkpoint=path, progress=False)  # fmt: skip
+        train.fit(
+            model,
+            _data(),
+            epochs=epochs,
+            batch_size=32,
+            optimizer=opt,
+            after_step=schedule,
+            checkpoint=path,
+            progress=False,
+        )
         return _weights(model), opt.param_groups[0]["lr"]
 
     whole, lr_whole = run(3)
@@ -117,8 +125,14 @@ def test_resume_is_exact_with_a_learning_rate_schedule(tmp_path):
 def test_a_hook_that_could_hide_state_is_refused_with_a_checkpoint(tmp_path):
     calls = []
     with pytest.raises(ValueError, match="cannot save the state of after_step"):
-        train.fit(_model(), _data(), epochs=1, after_step=lambda m: calls.append(1), checkpoint=tmp_path / "c.pt",
-                  progress=False)  # fmt: skip
+        train.fit(
+            _model(),
+            _data(),
+            epochs=1,
+            after_step=lambda m: calls.append(1),
+            checkpoint=tmp_path / "c.pt",
+            progress=False,
+        )
     assert calls == [] and not (tmp_path / "c.pt").exists()
     train.fit(_model(), _data(), epochs=1, after_step=lambda m: calls.append(1), progress=False)  # no checkpoint
     assert calls
@@ -181,7 +195,7 @@ def test_certified_accuracy_refuses_an_empty_list_of_radii():
             ),
             ValueError,
             "device=",
-        ),  # fmt: skip
+        ),
         (lambda: certify.certified_radius(torch.zeros(2, 3), torch.tensor([0, 1]), -1.0), ValueError, "lipschitz"),
         (lambda: certify.certified_radius(torch.zeros(2, 3), torch.tensor([0, 3]), 1.0), ValueError, "labels must lie"),
         (lambda: attacks.robust_accuracy(_model(), _data(), attacks.fgsm, []), ValueError, "eps_list is empty"),
@@ -192,7 +206,7 @@ def test_certified_accuracy_refuses_an_empty_list_of_radii():
             lambda: attacks.fgsm(_model().to("meta"), *_data(4).tensors, 0.1),
             ValueError,
             r"the model is on meta but x is on cpu",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_bad_values_are_refused_with_the_argument_named(call, error, match):
@@ -248,8 +262,9 @@ def test_lln_radius_refuses_a_list_and_evaluation_an_empty_test_set():
     with pytest.raises(TypeError, match=r"pair_norms must be a torch\.Tensor"):
         certify.lln_radius(logits, labels, [[0.0, 1.0], [1.0, 0.0]])
     with pytest.raises(ValueError, match="test is empty"):
-        convex.evaluate_robustness(_model(), TensorDataset(torch.zeros(0, 6), torch.zeros(0).long()), [0.5],
-                                   lipschitz=1.0)  # fmt: skip
+        convex.evaluate_robustness(
+            _model(), TensorDataset(torch.zeros(0, 6), torch.zeros(0).long()), [0.5], lipschitz=1.0
+        )
 
 
 def test_clip_trains_on_a_subset_as_on_a_tensor_dataset():
@@ -258,8 +273,10 @@ def test_clip_trains_on_a_subset_as_on_a_tensor_dataset():
     full = _data(200)
     x, y = full.tensors
     runs = []
-    for tr, val in ((Subset(full, range(160)), Subset(full, range(160, 200))),
-                    (TensorDataset(x[:160], y[:160]), TensorDataset(x[160:], y[160:]))):  # fmt: skip
+    for tr, val in (
+        (Subset(full, range(160)), Subset(full, range(160, 200))),
+        (TensorDataset(x[:160], y[:160]), TensorDataset(x[160:], y[160:])),
+    ):
         torch.manual_seed(0)
         model = clip.mlp((6, 8, 2))
         clip.fit(model, tr, val, setting="standard", epochs=1, lam=0.1, progress=False)

@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from .. import data, experiment, lipschitz, lognorm, report, train
-from . import DATA, given, per_mode, pick
+from .. import bench, data, experiment, lipschitz, lognorm, report, train
+from . import DATA, Job, cached, execute, given, per_mode, pick
 
 __all__ = [
     "SIZES",
@@ -22,7 +22,11 @@ __all__ = [
     "DATA",
     "sizes",
     "label",
+    "train_classifier",
+    "jobs",
     "run",
+    "bench_methods",
+    "evaluate",
     "certification",
     "certified_table",
     "comparison",
@@ -72,47 +76,115 @@ def label(target, architecture: str = "free") -> str:
     return name if architecture == "free" else f"{name}, {architecture}"
 
 
-def run(*, seed=0, device=None, done=None, on_result=None, **sizes) -> dict:
-    """Train and evaluate every (data set, architecture, target) with the :data:`SIZES` given;
-    results keyed ``"<data set>/<label>"`` (:func:`label`), each a :func:`labkit.experiment.result`
-    with the block's bounds (``map: "block"``: the pair-ascent lower bound and the Euler bound), the
-    ``certificate``, the stabilisation ``history`` and the ``certification`` of the whole
-    classifier (:func:`certification`). Each run is seeded on its own, so an interrupted full run
-    resumes: results in ``done`` are kept, and ``on_result(key, result)`` is called after each new
-    one."""
-    s = given(sizes, SIZES)
-    out = {}
+def train_classifier(
+    train_set,
+    *,
+    width,
+    steps,
+    target,
+    architecture="free",
+    epochs,
+    lr,
+    batch_size=128,
+    seed=0,
+    device=None,
+    progress=None,
+) -> tuple:
+    """The chapter's recipe, which the bench (§6.1) runs too: an :class:`~labkit.lognorm.ODEClassifier`
+    (``width``, tanh block on ``[0, 1]`` with ``steps`` Euler steps, the lift and head free or of unit
+    norm) trained with Adam, and stabilised to ``target`` after every epoch
+    (:class:`~labkit.lognorm.StabilizeEachEpoch`; ``None``: classical training). Returns ``(model,
+    kept)``, kept holding the training ``history`` and the stabilisation's (``stabilize``)."""
+    if architecture not in ("free", "unit norm"):
+        raise ValueError(f"architectures must be 'free' or 'unit norm', got {architecture!r}.")
+    torch.manual_seed(seed)
+    model = lognorm.ODEClassifier(
+        width=width, T=1.0, steps=steps, activation="tanh", unit_norm=architecture == "unit norm"
+    )
+    hook = lognorm.StabilizeEachEpoch(target) if target is not None else None
+    hist = train.fit(
+        model,
+        train_set,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        after_epoch=hook,
+        device=device,
+        progress=progress,
+    )
+    return model, {"history": hist.as_dict(), "stabilize": hook.history if hook else []}
+
+
+def jobs(s, *, seed=0, device=None) -> list[Job]:
+    """One :class:`~labkit.chapters.Job` per (data set, architecture, target) of the sizes ``s``:
+    :func:`train_classifier`, then :func:`evaluate`."""
+    out = []
     for name in s.datasets:
-        tr = data.load(name, limit=s.n_train)
-        te = data.load(name, train=False, limit=s.n_test)
+        tr = cached(lambda name=name: data.load(name, limit=s.n_train))
+        te = cached(lambda name=name: data.load(name, train=False, limit=s.n_test))
         for arch, delta in [(a, d) for a in s.architectures for d in s.targets]:
-            if arch not in ("free", "unit norm"):
-                raise ValueError(f"architectures must be 'free' or 'unit norm', got {arch!r}.")
-            key = f"{name}/{label(delta, arch)}"
-            if done and key in done:
-                out[key] = done[key]
-                continue
-            torch.manual_seed(seed)
-            model = lognorm.ODEClassifier(width=s.width, T=1.0, steps=s.steps, activation="tanh",
-                                          unit_norm=arch == "unit norm")  # fmt: skip
-            hook = lognorm.StabilizeEachEpoch(delta) if delta is not None else None
-            t0 = time.perf_counter()
-            train.fit(model, tr, epochs=s.epochs, lr=s.lr, seed=seed, after_epoch=hook, device=device)
-            seconds = time.perf_counter() - t0
-            model.eval()
-            history = hook.history if hook else []
-            r = experiment.robustness(model, te, s.eps, pgd_steps=s.pgd_steps, seed=seed, device=device,
-                                      seconds=seconds, sizes=sizes, history=history, target=delta)  # fmt: skip
-            dev = next(model.parameters()).device
-            z = model._linear(model.lift, te.tensors[0][:64].to(dev).flatten(1)).detach()
-            lower = lipschitz.lower_bound(model.block, z, steps=100, generator=torch.Generator().manual_seed(seed))
-            r["certificate"] = certificate = model.certificate()
-            r["lipschitz"] = {"lower": lower, "upper": certificate["euler_bound"], "map": "block"}
-            r["certification"] = certification(model, te, s.radii, n_audit=s.n_audit, steps=s.pgd_steps, seed=seed)
-            out[key] = r
-            if on_result is not None:
-                on_result(key, r)
+            recipe = {
+                "width": s.width,
+                "steps": s.steps,
+                "target": delta,
+                "architecture": arch,
+                "epochs": s.epochs,
+                "lr": s.lr,
+                "seed": seed,
+                "device": device,
+            }
+            out.append(
+                Job(
+                    f"{name}/{label(delta, arch)}",
+                    lambda tr=tr, recipe=recipe: train_classifier(tr(), **recipe),
+                    lambda model, kept, seconds, te=te, delta=delta: evaluate(
+                        model, te(), s, target=delta, kept=kept, seconds=seconds, seed=seed, device=device
+                    ),
+                    seed,
+                )
+            )
     return out
+
+
+def run(*, seed=0, device=None, done=None, on_result=None, **sizes) -> dict:
+    """Train and evaluate every (data set, architecture, target) with the :data:`SIZES` given
+    (:func:`jobs`); results keyed ``"<data set>/<label>"`` (:func:`label`), each a
+    :func:`labkit.experiment.result` with the block's bounds (``map: "block"``: the pair-ascent lower
+    bound and the Euler bound), the ``certificate``, the stabilisation ``history`` and the
+    ``certification`` of the whole classifier (:func:`certification`). Results in ``done`` are kept,
+    and ``on_result(key, result)`` is called after each new one (:func:`labkit.chapters.execute`)."""
+    s = given(sizes, SIZES)
+    for arch in s.architectures:
+        if arch not in ("free", "unit norm"):
+            raise ValueError(f"architectures must be 'free' or 'unit norm', got {arch!r}.")
+    return execute(jobs(s, seed=seed, device=device), done=done, on_result=on_result)
+
+
+def evaluate(model, test, s, *, target, kept: dict, seconds: float, seed=0, device=None) -> dict:
+    """§1.4's measurements of a trained classifier: clean accuracy, the noise, FGSM and PGD curves
+    at ``eps``, the certificate, a pair-ascent lower bound of the block's constant on 64 lifted test
+    points, and the :func:`certification` of the whole classifier."""
+    model.eval()
+    r = experiment.robustness(
+        model,
+        test,
+        s.eps,
+        pgd_steps=s.pgd_steps,
+        seed=seed,
+        device=device,
+        seconds=seconds,
+        sizes=vars(s),
+        history=kept["stabilize"],
+        target=target,
+    )
+    dev = next(model.parameters()).device
+    z = model.lift_features(test.tensors[0][:64].to(dev).flatten(1)).detach()
+    lower = lipschitz.lower_bound(model.block, z, steps=100, generator=torch.Generator().manual_seed(seed))
+    r["certificate"] = certificate = model.certificate()
+    r["lipschitz"] = {"lower": lower, "upper": certificate["euler_bound"], "map": "block"}
+    r["certification"] = certification(model, test, s.radii, n_audit=s.n_audit, steps=s.pgd_steps, seed=seed)
+    return r
 
 
 def certification(model, test, radii, *, n_audit: int, steps: int, seed: int = 0) -> dict:
@@ -122,7 +194,7 @@ def certification(model, test, radii, *, n_audit: int, steps: int, seed: int = 0
     ``steps`` steps at 0.99 of its own radius on the first ``n_audit`` certified test points: the
     number it flips must be 0), and a pair-ascent lower bound of the classifier's constant, which
     must not exceed ``L``."""
-    from .. import attacks, certify
+    from .. import audit, certify
 
     x, y = test.tensors
     dev = next(model.parameters()).device
@@ -130,18 +202,18 @@ def certification(model, test, radii, *, n_audit: int, steps: int, seed: int = 0
     L = model.certificate()["lipschitz_bound"]
     with torch.no_grad():
         r = certify.certified_radius(model(x), y, L)
-    idx = torch.nonzero(r > 0).flatten()[:n_audit]
-    gen = torch.Generator().manual_seed(seed)
-    adv = attacks.pgd(model, x[idx], y[idx], 0.99 * r[idx], norm="l2", steps=steps, generator=gen)
-    with torch.no_grad():
-        flipped = int((model(adv).argmax(1) != y[idx]).sum())
+    a = audit.check(model, x, y, r, attack="labkit", steps=steps, limit=n_audit, seed=seed)
     lower = lipschitz.lower_bound(model, x[:64], steps=100, generator=torch.Generator().manual_seed(seed))
     return {
         "norm": "l2",
         "bound": L,
         "radii": list(radii),
         "certified": certify.accuracy_at(r, radii),
-        "audit": {"points": len(idx), "flipped": flipped, "attack": f"PGD l2, {steps} steps, at 0.99 of each radius"},
+        "audit": {
+            "points": a["points"],
+            "flipped": a["flipped"],
+            "attack": f"PGD l2, {steps} steps, at 0.99 of each radius",
+        },
         "lower": lower,
     }
 
@@ -331,7 +403,6 @@ def sweep_table(rows) -> report.Table:
 def against_slsqp(sizes, delta: float = 0.5, activation: str = "tanh") -> list:
     """§1.5: the two-level method against SLSQP with all 2^n vertex constraints on random n × n
     matrices (seed n); one row per size with both norms, both times and the difference in %."""
-    import time
 
     rows = []
     for n in sizes:
@@ -470,3 +541,53 @@ def bench_growth(bench: dict) -> str:
         + ", ".join(f"{r['rounds'] / n:.1f}" for n, r in done)
         + f" (n = {', '.join(str(n) for n, _ in done)}; rel_tol = 10⁻³)."
     )
+
+
+def _certificate(model):
+    return model, float(model.certificate()["lipschitz_bound"])
+
+
+def bench_methods() -> list[bench.Method]:
+    """The chapter's methods on the bench (§6.1): :func:`train_classifier` stabilised to ``δ = 0.2``,
+    with the free and with the unit-norm lift and head, at the book mode's width and the chapter's
+    steps and learning rate, for the bench's epochs and batch size."""
+    book = pick(SIZES, "book")
+
+    def trainer(architecture):
+        def train_(ctx):
+            model, kept = train_classifier(
+                ctx.train,
+                width=book["width"],
+                steps=book["steps"],
+                target=0.2,
+                architecture=architecture,
+                epochs=ctx.s.epochs,
+                lr=book["lr"],
+                batch_size=ctx.s.batch_size,
+                seed=ctx.seed,
+                device=ctx.device,
+                progress=ctx.progress,
+            )
+            return model, {**kept, "delta": 0.2}
+
+        return train_
+
+    common = {"chapter": "ch01", "kinds": bench.DENSE, "paper": "fgsm", "bound": _certificate}
+    return [
+        bench.Method(
+            name="lognorm",
+            title="log-norm ODE, δ = 0.2, free lift and head",
+            certifies=False,
+            guarantee="the block's Euler bound, about exp(Tδ); lift and head unconstrained",
+            train=trainer("free"),
+            **common,
+        ),
+        bench.Method(
+            name="lognorm-unit",
+            title="log-norm ODE, δ = 0.2, unit-norm lift and head",
+            certifies=True,
+            guarantee="ℓ2 certificate from the Euler bound of the stabilised block",
+            train=trainer("unit norm"),
+            **common,
+        ),
+    ]

@@ -4,10 +4,12 @@ numbers (§2.6)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from .. import clip, data, report
-from . import DATA, given, per_mode, pick
+from .. import bench, clip, data, report
+from . import DATA, Job, cached, execute, given, per_mode, pick
 
 __all__ = [
     "SIZES",
@@ -22,7 +24,13 @@ __all__ = [
     "settings_table",
     "reproduction_checks",
     "sizes",
+    "train_config",
+    "jobs",
     "run",
+    "bench_methods",
+    "full_size_values",
+    "regression_values",
+    "plot_regression",
     "verify",
     "table",
     "values",
@@ -64,53 +72,114 @@ def sizes(mode: str | None = None) -> dict:
     return pick(SIZES, mode)
 
 
+def train_config(
+    train_set,
+    val_set,
+    setting,
+    config: str,
+    *,
+    target,
+    epochs,
+    warmup,
+    lam,
+    increment,
+    weight_decay,
+    seed=0,
+    device=None,
+    progress=None,
+) -> tuple:
+    """The chapter's recipe for one ``config`` of :data:`CONFIGS`, which the bench (§6.1) runs too:
+    :func:`labkit.clip.mlp` of the ``setting`` trained by :func:`labkit.clip.fit`, with the penalty
+    ``lam`` toward ``target`` for the CLIP configurations, SGD weight decay ``weight_decay`` for
+    ``"weight decay"``, neither for ``"none"``. Returns ``(model, kept)``: the kept model and the
+    run's ``history``, ``trace``, ``best_epoch`` and ``seconds``."""
+    if config not in CONFIGS:
+        raise ValueError(f"configs must be among {CONFIGS}, got {config!r}.")
+    torch.manual_seed(seed)
+    model = clip.mlp(setting.sizes, setting.activation, last_activation=setting.last_activation)
+    fitted = clip.fit(
+        model,
+        train_set,
+        val_set,
+        setting=setting,
+        epochs=epochs,
+        warmup=warmup,
+        lam=lam if target is not None else 0.0,
+        target=target,
+        increment=increment,
+        weight_decay=weight_decay if config == "weight decay" else 0.0,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
+    kept = {"history": fitted.history, "trace": fitted.trace, "best_epoch": fitted.best_epoch}
+    return fitted.model, {**kept, "seconds": fitted.seconds}
+
+
+def jobs(s, *, seed=0, device=None, targets=None) -> list[Job]:
+    """One :class:`~labkit.chapters.Job` per (data set, setting, configuration) of the sizes ``s``:
+    :func:`train_config`, then :func:`labkit.clip.evaluate_robustness`."""
+    per_setting = lambda v, name: v[name] if isinstance(v, dict) else v  # noqa: E731
+    evaluation = {"eps": s.eps, "noise": s.noise, "attack_steps": s.attack_steps, "ascent_steps": s.ascent_steps}
+    out = []
+    for name in s.datasets:
+        splits = cached(
+            lambda name=name: clip.split(
+                data.load(name, limit=None if s.n_train is None else s.n_train + s.n_val), s.n_val
+            )
+        )
+        te = cached(lambda name=name: data.load(name, train=False, limit=s.n_test))
+        lo, hi = (targets or TARGETS)[name]
+        for sname, config in [(a, c) for a in s.settings for c in s.configs]:
+            target = {"CLIP low": lo, "CLIP high": hi}.get(config)
+            recipe = {
+                "target": target,
+                "epochs": per_setting(s.epochs, sname),
+                "warmup": per_setting(s.warmup, sname),
+                "lam": s.lam,
+                "increment": s.increment,
+                "weight_decay": s.weight_decay,
+                "seed": seed,
+                "device": device,
+            }
+
+            def evaluate(model, kept, seconds, te=te, splits=splits, target=target):
+                kept = dict(kept)
+                return clip.evaluate_robustness(
+                    model,
+                    te(),
+                    **evaluation,
+                    pairs_from=splits()[1],
+                    seed=seed,
+                    device=device,
+                    seconds=kept.pop("seconds"),
+                    sizes=vars(s),
+                    target=target,
+                    **kept,
+                )
+
+            train_ = lambda splits=splits, sname=sname, config=config, recipe=recipe: train_config(  # noqa: E731
+                *splits(), clip.get_setting(sname), config, **recipe
+            )
+            out.append(Job(f"{name}/{sname}/{config}", train_, evaluate, seed))
+    return out
+
+
 def run(*, seed=0, device=None, targets=None, done=None, on_result=None, **sizes) -> dict:
     """For each data set and setting of the :data:`SIZES` given, train the ``configs`` (no
     regularisation, SGD weight decay, CLIP with the low and the high target of :data:`TARGETS`, or
-    of ``targets``) and evaluate each with :func:`labkit.clip.evaluate_robustness`. ``epochs`` and
-    ``warmup`` are numbers or ``{setting: number}``. ``n_train`` images of the training split
-    (``None``: all) are split into training and ``n_val`` validation images. Results keyed
-    ``"<data set>/<setting>/<config>"``.
-
-    Every run is seeded on its own, so runs can be resumed: results already in ``done`` are taken
-    as they are, and ``on_result(key, result)`` is called after each new run
-    (``python -m labkit.experiment`` uses both to keep a partial record)."""
+    of ``targets``) and evaluate each with :func:`labkit.clip.evaluate_robustness` (:func:`jobs`).
+    ``epochs`` and ``warmup`` are numbers or ``{setting: number}``. ``n_train`` images of the
+    training split (``None``: all) are split into training and ``n_val`` validation images. Results
+    keyed ``"<data set>/<setting>/<config>"``. Results in ``done`` are kept, and ``on_result(key,
+    result)`` is called after each new run (:func:`labkit.chapters.execute`)."""
     s = given(sizes, SIZES)
-    per_setting = lambda v, name: v[name] if isinstance(v, dict) else v  # noqa: E731
     for config in s.configs:
         if config not in CONFIGS:
             raise ValueError(f"configs must be among {CONFIGS}, got {config!r}.")
-    evaluation = {"eps": s.eps, "noise": s.noise, "attack_steps": s.attack_steps, "ascent_steps": s.ascent_steps}
-    out = {}
-    for name in s.datasets:
-        whole = data.load(name, limit=None if s.n_train is None else s.n_train + s.n_val)
-        tr, val = clip.split(whole, s.n_val)
-        te = data.load(name, train=False, limit=s.n_test)
-        lo, hi = (targets or TARGETS)[name]
-        for sname in s.settings:
-            setting = clip.get_setting(sname)
-            for config in s.configs:
-                key = f"{name}/{sname}/{config}"
-                if done and key in done:
-                    out[key] = done[key]
-                    continue
-                target = {"CLIP low": lo, "CLIP high": hi}.get(config)
-                torch.manual_seed(seed)
-                model = clip.mlp(setting.sizes, setting.activation, last_activation=setting.last_activation)
-                schedule = {"epochs": per_setting(s.epochs, sname), "warmup": per_setting(s.warmup, sname),
-                            "lam": s.lam if target is not None else 0.0, "target": target,
-                            "increment": s.increment}  # fmt: skip
-                decay = s.weight_decay if config == "weight decay" else 0.0
-                fitted = clip.fit(model, tr, val, setting=setting, **schedule, weight_decay=decay, seed=seed,
-                                  device=device)  # fmt: skip
-                kept = {"history": fitted.history, "trace": fitted.trace, "best_epoch": fitted.best_epoch}
-                out[key] = clip.evaluate_robustness(
-                    fitted.model, te, **evaluation, pairs_from=val, seed=seed, device=device, seconds=fitted.seconds,
-                    sizes=sizes, target=target, **kept,
-                )  # fmt: skip
-                if on_result is not None:
-                    on_result(key, out[key])
-    return out
+    for sname in s.settings:
+        clip.get_setting(sname)
+    return execute(jobs(s, seed=seed, device=device, targets=targets), done=done, on_result=on_result)
 
 
 def verify(results: dict) -> None:
@@ -277,3 +346,90 @@ def reproduction_checks(results: dict) -> str:
         f"2.3 times). Under standard ℓ2 PGD at the same radius the two keep {high['pgd_l2']:.1%} and "
         f"{none['pgd_l2']:.1%}."
     )
+
+
+def bench_methods() -> list[bench.Method]:
+    """The chapter's methods on the bench (§6.1): a plain network, weight decay and CLIP toward the
+    low target of :data:`TARGETS`, each :func:`train_config` of the ``standard`` setting with the
+    chapter's λ, increment and weight decay, at the bench's epochs and batch size (one warm-up
+    epoch, on the bench's ``n_val`` validation images)."""
+    common = pick(SIZES, "full")
+
+    def trainer(config):
+        def train_(ctx):
+            setting = dataclasses.replace(clip.get_setting("standard"), batch_size=ctx.s.batch_size)
+            tr, val = clip.split(ctx.train, ctx.s.n_val)
+            target = TARGETS[ctx.dataset][0] if config == "CLIP low" else None
+            model, kept = train_config(
+                tr,
+                val,
+                setting,
+                config,
+                target=target,
+                epochs=ctx.s.epochs,
+                warmup=min(1, ctx.s.epochs - 1),
+                lam=common["lam"],
+                increment=common["increment"],
+                weight_decay=common["weight_decay"],
+                seed=ctx.seed,
+                device=ctx.device,
+                progress=ctx.progress,
+            )
+            return model, {"history": kept["history"], "target": target}
+
+        return train_
+
+    product = {
+        "chapter": "ch02",
+        "kinds": bench.DENSE,
+        "certifies": False,
+        "guarantee": bench.PRODUCT,
+        "bound": bench.product_bound,
+    }
+    return [
+        bench.Method(name="plain", title="plain network (784-200-80-10)", paper=None, train=trainer("none"), **product),
+        bench.Method(
+            name="weight-decay", title="weight decay 5·10⁻⁴", paper=None, train=trainer("weight decay"), **product
+        ),
+        bench.Method(
+            name="clip", title="CLIP (λ by target accuracy)", paper="sphere", train=trainer("CLIP low"), **product
+        ),
+    ]
+
+
+def full_size_values() -> dict:
+    """The full-mode sizes the prose quotes: validation images, attack steps, and the epochs and
+    warm-up epochs of each setting."""
+    full = pick(SIZES, "full")
+    per_setting = {f"{k}_{s}": full[k][s] for k in ("epochs", "warmup") for s in ("paper", "standard")}
+    return {"n_val": full["n_val"], "attack_steps": full["attack_steps"], **per_setting}
+
+
+def regression_values(reg: dict) -> dict:
+    """The Lipschitz constant and the error against the truth of each fit of
+    :func:`labkit.clip.regression`, for the prose (``reg_lip_<i>``, ``reg_err_<i>``)."""
+    out = {f"reg_lip_{i}": v for i, v in enumerate(reg["lipschitz"])}
+    return {**out, **{f"reg_err_{i}": v for i, v in enumerate(reg["truth_mse"])}}
+
+
+def plot_regression(reg: dict, lams):
+    """§2.4's figure: the fits of :func:`labkit.clip.regression` for each λ of ``lams`` beside the
+    samples and the truth (left), and their Lipschitz constants against λ (right)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1.6, 1]})
+    ax.plot(reg["x"], reg["y"], "k.", label="samples")
+    ax.plot(reg["grid"], reg["truth"], "k--", lw=1, label="ground truth")
+    for i, lam in enumerate(lams):
+        ax.plot(reg["grid"], reg["fits"][i], label=f"λ = {lam:g}")
+    ax.set(xlabel="x", ylabel="f(x)", title="fits")
+    ax.legend(fontsize=7)
+    drawn = [max(lam, 3e-4) for lam in lams]
+    bx.semilogx(drawn, reg["lipschitz"], "o-", label="Lip of the fit (grid)")
+    bx.semilogx(drawn, reg["estimate"], "s--", label="pair estimate")
+    bx.axhline(np.pi + 0.5, color="k", ls=":", label="Lip of ground truth")
+    bx.set(xlabel="λ (λ = 0 drawn at 3e-4)", ylabel="Lipschitz constant", title="constant against λ")
+    bx.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -14,9 +14,9 @@ import time
 import torch
 from torch.utils.data import TensorDataset
 
-from .. import attacks, data, report, snode, train
+from .. import attacks, bench, data, report, snode, train
 from ..runtime import resolve_device
-from . import DATA, given, per_mode, pick
+from . import DATA, Job, cached, execute, given, per_mode, pick
 
 __all__ = [
     "SIZES",
@@ -25,7 +25,19 @@ __all__ = [
     "MODELS",
     "sizes",
     "dataset",
+    "build",
+    "train_model",
+    "jobs",
     "run",
+    "bench_methods",
+    "size_values",
+    "rough_snode",
+    "roughness_values",
+    "plot_profiles",
+    "gradient_comparison",
+    "gradient_table",
+    "gradient_values",
+    "bench_values",
     "verify",
     "table",
     "values",
@@ -81,71 +93,139 @@ def _probe(model, x0, y) -> float:
         return float(model.loss(model.flow(x0), y))
 
 
-def run(*, seed=0, device=None, done=None, on_result=None, ensemble=None, **sizes) -> dict:
-    """Train the :data:`MODELS` for every seed of the :data:`SIZES` given and measure them; results
-    keyed ``"<model>/seed <s>"``, each with the clean accuracy, the training trace (loss of a fixed
-    probe of 500 training images every ``trace_every`` batches), the time, the smoothness, the
-    weights of a few entries along ``t``, the minimal adversarial norms of both attacks on the
-    first ``attack_images`` test images, ``‖Ξ(T)‖₂`` statistics and the noise propagation. Every
-    run is seeded on its own, so runs can be resumed: results already in ``done`` are taken as they
-    are, and ``on_result(key, result)`` is called after each new run (``python -m
-    labkit.experiment ch03`` keeps a partial record with them). ``device``: default the runtime's
-    (a GPU when there is one). With ``ensemble`` (default: on a CUDA device) the NCG trainings still
-    to run, of every seed and both gradients, train together in one batched pass
-    (:func:`labkit.snode.ncg_train_ensemble`, the same weights to rounding); each then records the
-    time of the whole pass and ``"ensemble"``, the number of networks in it."""
-    s = given(sizes, SIZES)
+def build(dim: int, *, T, steps, activation, loss, seed=0, device=None) -> snode.SNODE:
+    """The chapter's network, which the bench (§6.1) builds too: an :class:`~labkit.snode.SNODE` of
+    ``dim`` pixels on ``[0, T]`` with ``steps`` Euler steps, its weights drawn from ``seed``."""
+    torch.manual_seed(seed)
+    model = snode.SNODE(
+        dim, T=T, steps=steps, activation=activation, loss=loss, generator=torch.Generator().manual_seed(seed)
+    )
+    return model.to(resolve_device(device))
+
+
+def train_model(model, train_set, name: str, *, epochs, batch_size, iterations, lr, seed=0, after=None, progress=None):
+    """Train ``model`` as the training ``name`` of :data:`MODELS` does: NCG (``iterations`` per
+    batch) with L² or Sobolev gradients, or Adam (learning rate ``lr``) for the ResNet analogue;
+    ``after(model)`` after every batch. Returns the :class:`~labkit.train.History`."""
+    if name not in MODELS:
+        raise ValueError(f"the trainings are {MODELS}, got {name!r}.")
+    if name.startswith("sNODE"):
+        return snode.ncg_train(
+            model,
+            train_set,
+            epochs=epochs,
+            batch_size=batch_size,
+            iterations=iterations,
+            sobolev=name.endswith("Sobolev"),
+            seed=seed,
+            after_batch=after,
+            desc=name,
+            progress=progress,
+        )
+    return snode.fit_backprop(
+        model, train_set, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, after_step=after, progress=progress
+    )
+
+
+def _traced(s, train_set, run_seed, dev):
+    """A new network of the sizes ``s`` for ``run_seed``, its loss trace on a fixed probe of 500
+    training images and the hook that extends the trace every ``trace_every`` batches."""
+    model = build(
+        train_set.tensors[0][0].numel(),
+        T=s.T,
+        steps=s.steps,
+        activation=s.activation,
+        loss=s.loss,
+        seed=run_seed,
+        device=dev,
+    )
+    probe_x, probe_y = model.encode(train_set.tensors[0][:500].to(dev)), train_set.tensors[1][:500].to(dev)
+    trace, batches = [(0, _probe(model, probe_x, probe_y))], [0]
+
+    def after(m):
+        batches[0] += 1
+        if batches[0] % s.trace_every == 0:
+            trace.append((batches[0], _probe(m, probe_x, probe_y)))
+
+    return model, trace, after
+
+
+def _ensemble(s, train_set, together, dev) -> dict:
+    """The NCG trainings ``together`` (key, name, seed) in one batched pass: ``{key: (model, kept)}``,
+    each kept with its trace, the time of the whole pass and the number of networks in it."""
+    built = [_traced(s, train_set, run_seed, dev) for _, _, run_seed in together]
+    t0 = time.perf_counter()
+    snode.ncg_train_ensemble(
+        [m for m, _, _ in built],
+        train_set,
+        seeds=[k[2] for k in together],
+        sobolev=[k[1].endswith("Sobolev") for k in together],
+        epochs=s.epochs,
+        batch_size=s.batch_size,
+        iterations=s.iterations,
+        after_batch=lambda i, m: built[i][2](m),
+        desc="sNODE ensemble",
+    )
+    seconds = time.perf_counter() - t0
+    return {
+        k[0]: (m, {"trace": trace, "seconds": seconds, "ensemble": len(built)})
+        for k, (m, trace, _) in zip(together, built)
+    }
+
+
+def jobs(s, *, seed=0, device=None, ensemble=None, done=None) -> list[Job]:
+    """One :class:`~labkit.chapters.Job` per training of :data:`MODELS` and seed of the sizes ``s``:
+    :func:`build`, :func:`train_model` with the probe's trace, then the measurements. With
+    ``ensemble`` (default: on a CUDA device) the NCG trainings not in ``done``, of every seed and
+    both gradients, train together in one batched pass (:func:`labkit.snode.ncg_train_ensemble`, the
+    same weights to rounding), run by the first of their jobs, which come first; each then records
+    the time of the whole pass and ``"ensemble"``, the number of networks in it."""
     dev = resolve_device(device)
-    tr = dataset(True, s.n_train, s.factor)
-    te = dataset(False, s.n_test, s.factor)
-    dim = tr.tensors[0][0].numel()
+    tr = cached(lambda: dataset(True, s.n_train, s.factor))
+    te = cached(lambda: dataset(False, s.n_test, s.factor))
+    schedule = {"epochs": s.epochs, "batch_size": s.batch_size, "iterations": s.iterations, "lr": s.adam_lr}
+
+    def one(name, run_seed):
+        model, trace, after = _traced(s, tr(), run_seed, dev)
+        train_model(model, tr(), name, **schedule, seed=run_seed, after=after)
+        return model, {"trace": trace}
+
     keys = [(f"{name}/seed {run_seed}", name, run_seed) for run_seed in s.seeds for name in MODELS]
-    todo = [k for k in keys if not (done and k[0] in done)]
-    out = {}
-
-    def new(name, run_seed):
-        torch.manual_seed(run_seed)
-        model = snode.SNODE(dim, T=s.T, steps=s.steps, activation=s.activation, loss=s.loss,
-                            generator=torch.Generator().manual_seed(run_seed)).to(dev)  # fmt: skip
-        probe_x, probe_y = model.encode(tr.tensors[0][:500].to(dev)), tr.tensors[1][:500].to(dev)
-        trace, batches = [(0, _probe(model, probe_x, probe_y))], [0]
-
-        def after(m):
-            batches[0] += 1
-            if batches[0] % s.trace_every == 0:
-                trace.append((batches[0], _probe(m, probe_x, probe_y)))
-
-        return model, trace, after
-
-    def keep(key, model, run_seed, trace, seconds, **extra):
-        out[key] = {**_measure(model, te, s, run_seed, trace, seconds), **extra}
-        if on_result is not None:
-            on_result(key, out[key])
-
-    together = [k for k in todo if k[1].startswith("sNODE")]
+    together = [k for k in keys if k[1].startswith("sNODE") and not (done and k[0] in done)]
+    trained = {}
     if (dev.type == "cuda" if ensemble is None else ensemble) and len(together) > 1:
-        built = [new(name, run_seed) for _, name, run_seed in together]
-        t0 = time.perf_counter()
-        snode.ncg_train_ensemble([m for m, _, _ in built], tr, seeds=[k[2] for k in together],
-                                 sobolev=[k[1].endswith("Sobolev") for k in together], epochs=s.epochs,
-                                 batch_size=s.batch_size, iterations=s.iterations,
-                                 after_batch=lambda i, m: built[i][2](m), desc="sNODE ensemble")  # fmt: skip
-        seconds = time.perf_counter() - t0
-        for (key, _, run_seed), (model, trace, _) in zip(together, built):
-            keep(key, model, run_seed, trace, seconds, ensemble=len(built))
-    for key, name, run_seed in todo:
-        if key in out:
-            continue
-        model, trace, after = new(name, run_seed)
-        t0 = time.perf_counter()
-        if name.startswith("sNODE"):
-            snode.ncg_train(model, tr, epochs=s.epochs, batch_size=s.batch_size, iterations=s.iterations,
-                            sobolev=name.endswith("Sobolev"), seed=run_seed, after_batch=after, desc=name)  # fmt: skip
-        else:
-            snode.fit_backprop(model, tr, epochs=s.epochs, lr=s.adam_lr, batch_size=s.batch_size, seed=run_seed,
-                               after_step=after)  # fmt: skip
-        keep(key, model, run_seed, trace, time.perf_counter() - t0)
-    return {key: done[key] if done and key in done else out[key] for key, _, _ in keys}
+        passed = cached(lambda: _ensemble(s, tr(), together, dev))
+        trained = {k[0]: (lambda key=k[0]: passed()[key]) for k in together}
+
+    def evaluate(model, kept, seconds, run_seed):
+        extra = {"ensemble": kept["ensemble"]} if "ensemble" in kept else {}
+        return {**_measure(model, te(), s, run_seed, kept["trace"], kept.get("seconds", seconds)), **extra}
+
+    out = [
+        Job(
+            key,
+            trained.get(key, lambda name=name, run_seed=run_seed: one(name, run_seed)),
+            lambda m, kept, sec, run_seed=run_seed: evaluate(m, kept, sec, run_seed),
+            run_seed,
+        )
+        for key, name, run_seed in keys
+    ]
+    return sorted(out, key=lambda job: job.key not in trained)  # one pass trains the ensemble: its jobs first
+
+
+def run(*, seed=0, device=None, done=None, on_result=None, ensemble=None, **sizes) -> dict:
+    """Train the :data:`MODELS` for every seed of the :data:`SIZES` given and measure them
+    (:func:`jobs`); results keyed ``"<model>/seed <s>"``, each with the clean accuracy, the training
+    trace (loss of a fixed probe of 500 training images every ``trace_every`` batches), the time,
+    the smoothness, the weights of a few entries along ``t``, the minimal adversarial norms of both
+    attacks on the first ``attack_images`` test images, ``‖Ξ(T)‖₂`` statistics and the noise
+    propagation. Results in ``done`` are kept, and ``on_result(key, result)`` is called after each
+    new run (:func:`labkit.chapters.execute`; ``python -m labkit.chapters ch03`` keeps a partial
+    record with them). ``device``: default the runtime's (a GPU when there is one). ``seed`` is
+    unused: the seeds are the size ``seeds``."""
+    s = given(sizes, SIZES)
+    out = execute(jobs(s, device=device, ensemble=ensemble, done=done), done=done, on_result=on_result)
+    return {f"{name}/seed {run_seed}": out[f"{name}/seed {run_seed}"] for run_seed in s.seeds for name in MODELS}
 
 
 def _measure(model, te, s, seed, trace, seconds) -> dict:
@@ -154,10 +234,18 @@ def _measure(model, te, s, seed, trace, seconds) -> dict:
     clean = train.evaluate(model, te, device=dev)["accuracy"]
     x_img, y = te.tensors[0][: s.attack_images].to(dev), te.tensors[1][: s.attack_images].to(dev)
     x0 = model.encode(x_img)
-    sens = snode.sensitivity_attack(model, x0, y, steps=s.attack_steps, step_size=s.step_size,
-                                    generator=torch.Generator().manual_seed(seed))  # fmt: skip
-    pgd = attacks.minimal_l2(model, x_img, y, s.radii, steps=s.pgd_steps, bisections=s.bisections,
-                             generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    sens = snode.sensitivity_attack(
+        model, x0, y, steps=s.attack_steps, step_size=s.step_size, generator=torch.Generator().manual_seed(seed)
+    )
+    pgd = attacks.minimal_l2(
+        model,
+        x_img,
+        y,
+        s.radii,
+        steps=s.pgd_steps,
+        bisections=s.bisections,
+        generator=torch.Generator().manual_seed(seed),
+    )
     Xi = snode.input_jacobian(model, model.encode(te.tensors[0][: s.jacobian_images].to(dev)))
     xi_norms = torch.linalg.matrix_norm(Xi, 2)
     logit_norms = torch.linalg.matrix_norm(Xi[:, : model.classes], 2)
@@ -197,8 +285,12 @@ def propagation(model, image, noise: float, samples: int, seed: int = 0) -> dict
     noisy = x0 + noise * torch.randn(samples, x0.shape[1], generator=g, dtype=x0.dtype).to(x0.device)
     with torch.no_grad():
         out = model.flow(noisy)[:, : model.classes]
-    return {"linear": cov.diagonal().sqrt().tolist(), "monte_carlo": out.std(0).tolist(), "noise": noise,
-            "samples": samples}  # fmt: skip
+    return {
+        "linear": cov.diagonal().sqrt().tolist(),
+        "monte_carlo": out.std(0).tolist(),
+        "noise": noise,
+        "samples": samples,
+    }
 
 
 def attacked(r: dict) -> dict:
@@ -309,8 +401,22 @@ def values(results: dict) -> dict:
         if f"{tags[name]}/clean" in out:
             continue
         row = _row(key, r)
-        for what in ("clean", "smooth", "sens", "pgd", "both", "sens_text", "pgd_text", "both_text", "xi",
-                     "xi_logits", "seconds", "sens_found", "pgd_found", "attacked_accuracy"):  # fmt: skip
+        for what in (
+            "clean",
+            "smooth",
+            "sens",
+            "pgd",
+            "both",
+            "sens_text",
+            "pgd_text",
+            "both_text",
+            "xi",
+            "xi_logits",
+            "seconds",
+            "sens_found",
+            "pgd_found",
+            "attacked_accuracy",
+        ):
             out[f"{tags[name]}/{what}"] = row[what]
         lin, mc = r["propagation"]["linear"], r["propagation"]["monte_carlo"]
         out[f"{tags[name]}/propagation_gap"] = max(abs(a - b) / b for a, b in zip(lin, mc))
@@ -354,9 +460,10 @@ def claim(results: dict) -> str:
     else:
         verdict = "no sNODE variant has the larger median minimal norm"
     verdict += (
-        ", and each attack alone orders them the same way" if all(agree) else
-        "; the two attacks alone do not always order them the same way"
-    )  # fmt: skip
+        ", and each attack alone orders them the same way"
+        if all(agree)
+        else "; the two attacks alone do not always order them the same way"
+    )
     return (
         f"**The paper's claim, tested.** Median minimal adversarial ℓ2 norms over the correctly classified "
         f"attacked images, per image the smaller of the two attacks' norms ({seeds} seed(s)): "
@@ -438,8 +545,11 @@ def full_cost(bench: dict, *, images: int = 60_000) -> dict:
         raise ValueError(f"the benchmark record has a non-positive speed ({rows}).")
     ncg, adam = images / rows["NCG"], images / rows["Adam"]
     full = sizes("full")
-    return {"ncg_epoch_minutes": ncg / 60, "adam_epoch_minutes": adam / 60,
-            "hours": (2 * ncg + adam) * full["epochs"] * len(full["seeds"]) / 3600}  # fmt: skip
+    return {
+        "ncg_epoch_minutes": ncg / 60,
+        "adam_epoch_minutes": adam / 60,
+        "hours": (2 * ncg + adam) * full["epochs"] * len(full["seeds"]) / 3600,
+    }
 
 
 def bench_table(bench: dict) -> report.Table:
@@ -475,3 +585,145 @@ def overhead_table(record: dict) -> report.Table:
         f"threads, {record['created'][:10]}, commit {str(record['commit'])[:10]}; the weights of the two differ by "
         f"{record['relative_difference']:.1e} (relative) at the end",
     )
+
+
+def bench_methods() -> list[bench.Method]:
+    """The chapter's trainings on the bench (§6.1): the Sobolev NCG sNODE and the Adam ResNet
+    analogue, :func:`build` and :func:`train_model` with the chapter's ``T``, activation, loss,
+    iterations and learning rate but ``N = 4`` Euler steps (the bench's budget), on the images
+    averaged to 14×14 and scored on full-size images (:class:`labkit.snode.OnImages`)."""
+    full = pick(SIZES, "full")
+    net = {"T": full["T"], "steps": 4, "activation": full["activation"], "loss": full["loss"]}
+
+    def trainer(name):
+        def train_(ctx):
+            x, y = ctx.train.tensors
+            tr = TensorDataset(snode.downsample(x, full["factor"]), y)
+            model = build(tr.tensors[0][0].numel(), **net, seed=ctx.seed, device=ctx.device)
+            hist = train_model(
+                model,
+                tr,
+                name,
+                epochs=ctx.s.epochs,
+                batch_size=ctx.s.batch_size,
+                iterations=full["iterations"],
+                lr=full["adam_lr"],
+                seed=ctx.seed,
+                progress=ctx.progress,
+            )
+            return snode.OnImages(model, full["factor"]), {"history": hist.as_dict()}
+
+        return train_
+
+    common = {
+        "chapter": "ch03",
+        "kinds": bench.DENSE,
+        "certifies": False,
+        "paper": "sensitivity",
+        "guarantee": "none; Π(1 + h‖W_k‖) computed after training",
+        "bound": bench.network_bound,
+    }
+    return [
+        bench.Method(
+            name="snode",
+            title="sNODE of N = 4 Euler steps (Chapter 3: 30 to 150), NCG with Sobolev gradients",
+            train=trainer("sNODE, Sobolev"),
+            **common,
+        ),
+        bench.Method(
+            name="snode-resnet", title="sNODE's ResNet analogue (N = 4), Adam", train=trainer("ResNet, Adam"), **common
+        ),
+    ]
+
+
+def size_values(sizes: dict) -> dict:
+    """The sizes the prose quotes: every number of ``sizes``, the sensitivity attack's reach
+    (``attack_steps · step_size``) and the PGD grid of radii as text."""
+    reach = sizes["attack_steps"] * sizes["step_size"]
+    return {**report.numbers(sizes), "reach": reach, "radii_text": ", ".join(f"{r:g}" for r in sizes["radii"])}
+
+
+def rough_snode(steps: int = 60) -> snode.SNODE:
+    """§3.1's network: an sNODE on 14×14 images with ``steps`` steps whose weights are drawn
+    independently for every step, at the ``1/√d`` scale of ResNet layers (seeded)."""
+    model = snode.SNODE(196, T=3.0, steps=steps, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.W.normal_(0, 1 / math.sqrt(196), generator=torch.Generator().manual_seed(1))
+    return model
+
+
+def _rough(g) -> float:
+    return float((g[1:] - g[:-1]).pow(2).sum() / g.pow(2).sum())
+
+
+def roughness_values(gW, vW) -> dict:
+    """The step-to-step change of the L² and the Sobolev gradient relative to their size, over all
+    entries (``mot_rough_l2``, ``mot_rough_sob``)."""
+    return {"mot_rough_l2": _rough(gW), "mot_rough_sob": _rough(vW)}
+
+
+def plot_profiles(model, gW, vW):
+    """§3.1's figure: along the depth, the entry of the L² gradient ``gW`` with the largest total
+    size, and the same entry of the Sobolev gradient ``vW``, each scaled to its maximum."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    t = (np.arange(model.steps) + 0.5) * model.h
+    i, j = np.unravel_index(int(gW.abs().sum(0).argmax()), gW.shape[1:])
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(t, gW[:, i, j] / gW[:, i, j].abs().max(), label="$L^2$ gradient (scaled)")
+    ax.plot(t, vW[:, i, j] / vW[:, i, j].abs().max(), label="Sobolev gradient (scaled)")
+    ax.set(xlabel="depth t", title=f"one entry of ∂E/∂W(t), W[{i}, {j}]")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def gradient_comparison() -> list:
+    """§3.3's comparison on a small float64 sNODE (7×7 images, 30 steps): the exact gradient of the
+    Euler network by the discrete adjoint against autograd through it, against dopri5 with the
+    continuous adjoint at tolerances 1e-3, 1e-6 and 1e-9, and against backpropagation through
+    dopri5 at 1e-9. Rows with the relative difference to the exact and to the continuous gradient."""
+    small = snode.SNODE(49, T=3.0, steps=30, classes=10, generator=torch.Generator().manual_seed(1)).double()
+    imgs = dataset(True, 32, 4)
+    x0, y = small.encode(imgs.tensors[0]).double(), imgs.tensors[1]
+    exact = snode.adjoint_gradient(small, x0, y)[0]
+    rows = [{"how": "autograd through the Euler network", "g": snode.autograd_gradient(small, x0, y)[0]}]
+    for tol in (1e-3, 1e-6, 1e-9):
+        g = snode.adaptive_gradient(small, x0, y, rtol=tol, atol=tol)[0]
+        rows.append({"how": f"dopri5 + continuous adjoint, tol {tol:g}", "g": g})
+    g = snode.adaptive_gradient(small, x0, y, rtol=1e-9, atol=1e-9, adjoint=False)[0]
+    rows.append({"how": "dopri5 + backprop through the solver, tol 1e-9", "g": g})
+    tight = rows[3]["g"]
+    for r in rows:
+        r["exact"] = float((r["g"] - exact).norm() / exact.norm())
+        r["continuous"] = float((r["g"] - tight).norm() / tight.norm())
+    return rows
+
+
+def gradient_table(rows: list) -> report.Table:
+    """The table of :func:`gradient_comparison`."""
+    return report.table(
+        rows,
+        [
+            ("gradient", "how"),
+            ("relative difference to the exact Euler gradient", "exact", "{:.1e}"),
+            ("to the continuous gradient (tol 1e-9)", "continuous", "{:.1e}"),
+        ],
+    )
+
+
+def gradient_values(rows: list) -> dict:
+    """The differences the prose quotes: autograd's from the exact gradient, the loose continuous
+    adjoint's from the tight one, and the tight one's from the exact (the model error)."""
+    return {"dto_autograd": rows[0]["exact"], "otd_loose": rows[1]["continuous"], "otd_model": rows[3]["exact"]}
+
+
+def bench_values(record: dict) -> dict:
+    """The ratios of the benchmark ``record`` the prose quotes: the adjoint's time over autograd's
+    and an NCG epoch's over an Adam epoch's."""
+    rows = {r["what"].split()[0]: r for r in record["results"]}
+    return {
+        "adjoint_ratio": rows["adjoint"]["seconds"] / rows["autograd"]["seconds"],
+        "epoch_ratio": rows["NCG"]["seconds"] / rows["Adam"]["seconds"],
+    }

@@ -4,11 +4,11 @@ certified and attacked (§4.4), and CPL-S on CIFAR-10 with the authors' recipe (
 from __future__ import annotations
 
 import math
-import time
 
-from .. import convex, data, lipschitz, report
-from ..runtime import seed_everything
-from . import DATA, given, per_mode, pick
+import torch
+
+from .. import bench, convex, data, lipschitz, report
+from . import DATA, Job, cached, execute, given, per_mode, pick
 
 __all__ = [
     "SIZES",
@@ -16,7 +16,14 @@ __all__ = [
     "CIFAR_RECORD",
     "DATA",
     "sizes",
+    "train_preset",
+    "jobs",
     "run",
+    "BENCH_PRESETS",
+    "bench_methods",
+    "step_sweep",
+    "step_values",
+    "plot_step_sweep",
     "verify",
     "table",
     "values",
@@ -66,83 +73,99 @@ def sizes(mode: str | None = None) -> dict:
     return pick(SIZES, mode)
 
 
+def train_preset(
+    train_set, preset: str, layer: str, *, epochs, seed=0, device=None, progress=None, fit=None, **overrides
+) -> tuple:
+    """The chapter's recipe, which the bench (§6.1) runs too: the :data:`labkit.convex.PRESETS` entry
+    ``preset`` (its sizes changed by ``overrides``) with ``layer`` (``"cpl"`` or ``"sll"``), trained
+    by :func:`labkit.convex.fit` (the options ``fit``: batch size, augmentation, speedups). Returns
+    ``(model, kept)``, kept holding the training ``history``."""
+    model = convex.preset(preset, layer=layer, seed=seed, **overrides)
+    hist = convex.fit(model, train_set, epochs, seed=seed, device=device, progress=progress, **(fit or {}))
+    return model, {"history": hist.as_dict()}
+
+
+def _baseline(train_set, *, epochs, seed, device, progress) -> tuple:
+    dense = convex.PRESETS["mnist"]
+    in_features = math.prod(train_set.tensors[0].shape[1:])
+    model = convex.baseline_mlp(in_features, width=dense["width"], depth=dense["depth"], seed=seed)
+    hist = convex.fit(model, train_set, epochs, margin=None, seed=seed, device=device, progress=progress)
+    return model, {"history": hist.as_dict(), "lipschitz": lipschitz.upper_bound(model.cpu())}
+
+
+def jobs(s, *, seed=0, device=None, progress=None) -> list[Job]:
+    """One :class:`~labkit.chapters.Job` per MNIST-like data set and model (the ``mnist`` preset with
+    each of ``dense_layers``, and the baseline), then per CIFAR-10 layer of ``cifar_layers`` (the
+    ``cifar_preset``); each evaluated by :func:`labkit.convex.evaluate_robustness`."""
+    attack = {
+        "pgd_steps": s.pgd_steps,
+        "n_attack": s.n_attack,
+        "n_lower": s.n_lower,
+        "lower_steps": s.lower_steps,
+        "n_audit": s.n_audit,
+        "audit_steps": s.audit_steps,
+    }
+    options = {"seed": seed, "device": device, "progress": progress}
+
+    def evaluator(test, eps):
+        return lambda model, kept, seconds: convex.evaluate_robustness(
+            model,
+            test(),
+            eps,
+            lipschitz=kept.get("lipschitz"),
+            **attack,
+            device=device,
+            progress=progress,
+            seconds=seconds,
+            sizes=vars(s),
+            history=kept["history"],
+        )
+
+    out = []
+    for name in s.datasets:
+        tr = cached(lambda name=name: data.load(name, limit=s.n_train))
+        evaluate = evaluator(cached(lambda name=name: data.load(name, train=False, limit=s.n_test)), convex.EPS_MNIST)
+        for label in s.dense_layers:
+            train_ = lambda tr=tr, label=label: train_preset(tr(), "mnist", label, epochs=s.dense_epochs, **options)  # noqa: E731
+            out.append(Job(f"{name}/{label}", train_, evaluate, seed))
+        out.append(
+            Job(f"{name}/baseline", lambda tr=tr: _baseline(tr(), epochs=s.dense_epochs, **options), evaluate, seed)
+        )
+    if s.cifar and s.cifar_layers:
+        tr = cached(lambda: data.load("cifar10", limit=s.cifar_train))
+        te = cached(lambda: data.load("cifar10", train=False, limit=s.cifar_test))
+        fit = {"augment": True, "speedups": s.cifar_speedups}
+        for kind in s.cifar_layers:
+            train_ = lambda kind=kind: train_preset(
+                tr(),
+                s.cifar_preset,
+                kind,
+                epochs=s.cifar_epochs,
+                fit=fit,  # noqa: E731
+                mean=tr().tensors[0].mean((0, 2, 3)),
+                **options,
+            )
+            out.append(Job(f"cifar10/{kind}", train_, evaluator(te, convex.EPS_CIFAR), seed))
+    return out
+
+
 def run(*, seed=0, device=None, progress=None, done=None, on_result=None, **sizes) -> dict:
-    """With the :data:`SIZES` given: for each MNIST-like data set, the dense ``mnist`` preset (first-K
-    head) with each of ``dense_layers`` (CPL, SLL) and :func:`labkit.convex.baseline_mlp`, evaluated
-    at :data:`labkit.convex.EPS_MNIST`. If ``cifar``: the convolutional preset ``cifar_preset`` with
-    each of ``cifar_layers`` (CPL, SLL), evaluated at :data:`labkit.convex.EPS_CIFAR`;
-    ``require_full_cifar`` refuses a training set smaller than the official 50 000 images, before
-    any training. Results keyed ``"<data set>/<model>"``, each a :func:`labkit.experiment.result` by
-    :func:`labkit.convex.evaluate_robustness` with the training time and history. Every run is
-    seeded on its own, so an interrupted full run resumes: results in ``done`` are kept, and
-    ``on_result(key, result)`` is called after each new one."""
+    """With the :data:`SIZES` given (:func:`jobs`): for each MNIST-like data set, the dense ``mnist``
+    preset (first-K head) with each of ``dense_layers`` (CPL, SLL) and
+    :func:`labkit.convex.baseline_mlp`, evaluated at :data:`labkit.convex.EPS_MNIST`. If ``cifar``: the
+    convolutional preset ``cifar_preset`` with each of ``cifar_layers`` (CPL, SLL), evaluated at
+    :data:`labkit.convex.EPS_CIFAR`; ``require_full_cifar`` refuses a training set smaller than the
+    official 50 000 images, before any training. Results keyed ``"<data set>/<model>"``, each a
+    :func:`labkit.experiment.result` by :func:`labkit.convex.evaluate_robustness` with the training
+    time and history. Results in ``done`` are kept, and ``on_result(key, result)`` is called after
+    each new one (:func:`labkit.chapters.execute`)."""
     s = given(sizes, SIZES)
-    attack = {"pgd_steps": s.pgd_steps, "n_attack": s.n_attack, "n_lower": s.n_lower, "lower_steps": s.lower_steps,
-              "n_audit": s.n_audit, "audit_steps": s.audit_steps}  # fmt: skip
-
-    def evaluate(model, te, eps, lipc, seconds, hist):
-        return convex.evaluate_robustness(model, te, eps, lipschitz=lipc, **attack, device=device, progress=progress,
-                                          seconds=seconds, sizes=sizes, history=hist.as_dict())  # fmt: skip
-
     unknown = [label for label in s.dense_layers if label not in ("cpl", "sll")]
     if unknown:
         raise ValueError(f"dense_layers are 'cpl' or 'sll', got {unknown}.")
-    cifar = s.cifar and bool(s.cifar_layers)
-    if cifar:  # refuse a subset before anything is trained
-        cifar_tr = data.load("cifar10", limit=s.cifar_train)
-        cifar_te = data.load("cifar10", train=False, limit=s.cifar_test)
-        if s.require_full_cifar and (len(cifar_tr) < 50000 or len(cifar_te) < 10000):
-            raise data.DataNotFoundError(
-                f"full mode needs all of CIFAR-10 (50 000 / 10 000 images) but found {len(cifar_tr)} / "
-                f"{len(cifar_te)} (the subset in LABKIT_DATA?). Point LABKIT_DATA at the full cifar-10-batches-py "
-                "folder or a cifar10-full.npz, or run `python -m labkit.data download cifar10` on a machine with "
-                "network access."
-            )
-    out = {}
-
-    def keep(key, result):
-        out[key] = result
-        if on_result is not None:
-            on_result(key, result)
-
-    for name in s.datasets:
-        todo = [label for label in (*s.dense_layers, "baseline") if not (done and f"{name}/{label}" in done)]
-        out.update({f"{name}/{label}": done[f"{name}/{label}"] for label in (*s.dense_layers, "baseline")
-                    if label not in todo})  # fmt: skip
-        if not todo:
-            continue
-        tr = data.load(name, limit=s.n_train)
-        te = data.load(name, train=False, limit=s.n_test)
-        in_features = math.prod(tr.tensors[0].shape[1:])
-        for label in todo:
-            seed_everything(seed)
-            if label in ("cpl", "sll"):
-                model = convex.preset("mnist", layer=label, seed=seed)
-                t0 = time.perf_counter()
-                hist = convex.fit(model, tr, s.dense_epochs, seed=seed, device=device, progress=progress)
-                lipc = None
-            else:
-                dense = convex.PRESETS["mnist"]
-                model = convex.baseline_mlp(in_features, width=dense["width"], depth=dense["depth"], seed=seed)
-                t0 = time.perf_counter()
-                hist = convex.fit(model, tr, s.dense_epochs, margin=None, seed=seed, device=device, progress=progress)
-                lipc = lipschitz.upper_bound(model.cpu())
-            seconds = time.perf_counter() - t0
-            keep(f"{name}/{label}", evaluate(model, te, convex.EPS_MNIST, lipc, seconds, hist))
-    if cifar:
-        mean = cifar_tr.tensors[0].mean((0, 2, 3))
-        for kind in s.cifar_layers:
-            if done and f"cifar10/{kind}" in done:
-                out[f"cifar10/{kind}"] = done[f"cifar10/{kind}"]
-                continue
-            seed_everything(seed)
-            model = convex.preset(s.cifar_preset, layer=kind, mean=mean, seed=seed)
-            t0 = time.perf_counter()
-            hist = convex.fit(model, cifar_tr, s.cifar_epochs, augment=True, seed=seed, device=device,
-                              progress=progress, speedups=s.cifar_speedups)  # fmt: skip
-            seconds = time.perf_counter() - t0
-            keep(f"cifar10/{kind}", evaluate(model, cifar_te, convex.EPS_CIFAR, None, seconds, hist))
-    return out
+    if s.cifar and s.cifar_layers and s.require_full_cifar:  # refuse a subset before anything is trained
+        data.require_full("cifar10", s.cifar_train, s.cifar_test)
+    return execute(jobs(s, seed=seed, device=device, progress=progress), done=done, on_result=on_result)
 
 
 def verify(results: dict) -> None:
@@ -279,3 +302,120 @@ def cifar_values(record: dict) -> dict:
         "audited": r["audit"]["points"],
         "flipped": r["audit"]["flipped"],
     }
+
+
+def _body(model):
+    return model.body, 1.0
+
+
+def _radii(model, x, y, bound):
+    return torch.cat([convex.certified_radii(model, xb, yb) for xb, yb in zip(x.split(512), y.split(512))])
+
+
+#: The bench's smaller presets (§6.1): the ``mnist`` preset at 2 layers of 784 features with 100 hidden
+#: units, and the ``cifar`` preset with one dense layer of 64.
+BENCH_PRESETS = {
+    "dense": ("mnist", {"width": 784, "depth": 2, "hidden": 100}),
+    "conv": ("cifar", {"dense_depth": 1, "dense_hidden": 64}),
+}
+
+
+def bench_methods() -> list[bench.Method]:
+    """The chapter's layers on the bench (§6.1): CPL and SLL, :func:`train_preset` of
+    :data:`BENCH_PRESETS` (the convolutional one on CIFAR-10, with augmentation) at the bench's
+    epochs and batch size; certified by the margin of the 1-Lipschitz body's output."""
+
+    def trainer(layer):
+        def train_(ctx):
+            kind = "conv" if ctx.dataset == "cifar10" else "dense"
+            preset, sizes = BENCH_PRESETS[kind]
+            if kind == "conv":
+                sizes = {**sizes, "mean": ctx.train.tensors[0].mean((0, 2, 3))}
+            fit = {"batch_size": ctx.s.batch_size, "augment": kind == "conv"}
+            return train_preset(
+                ctx.train,
+                preset,
+                layer,
+                epochs=ctx.s.epochs,
+                seed=ctx.seed,
+                device=ctx.device,
+                progress=ctx.progress,
+                fit=fit,
+                **sizes,
+            )
+
+        return train_
+
+    common = {
+        "chapter": "ch04",
+        "kinds": bench.BOTH,
+        "certifies": True,
+        "paper": "certified",
+        "guarantee": "1-Lipschitz body by construction",
+        "bound": _body,
+        "radii": _radii,
+    }
+    return [
+        bench.Method(name="cpl", title="convex potential layers (CPL)", train=trainer("cpl"), **common),
+        bench.Method(name="sll", title="SDP-based Lipschitz layers (SLL)", train=trainer("sll"), **common),
+    ]
+
+
+def step_sweep(factors=None) -> dict:
+    """§4.1's experiment: one dense CPL (40 → 80 → 40, float64) at each step factor ``h ‖W‖²`` of
+    ``factors`` (default: 11 from 0.5 to 3), its Lipschitz number with every unit active (exact),
+    the largest exact Jacobian norm over 2 000 random inputs of the unit cube (and the most units
+    active there), and the largest quotient of 2 000 random pairs 10⁻³ apart."""
+    import numpy as np
+
+    factors = np.linspace(0.5, 3.0, 11) if factors is None else np.asarray(factors)
+    gen = torch.Generator().manual_seed(0)
+    out = {"factors": factors, "active": [], "cube": [], "sampled": [], "units": []}
+    x = torch.rand(2000, 40, generator=gen, dtype=torch.float64)
+    dx = 1e-3 * torch.randn(2000, 40, generator=gen, dtype=torch.float64)
+    for f in factors:
+        layer = convex.ConvexPotentialLayer(40, 80, step=float(f), generator=torch.Generator().manual_seed(1))
+        layer = layer.double().eval()
+        out["active"].append(convex.all_active_norm(layer, (40,)))
+        norms, on = convex.jacobian_norms(layer, x)
+        out["cube"].append(float(norms.max()))
+        out["units"].append(int(on.max()))
+        with torch.no_grad():
+            out["sampled"].append(float(lipschitz.quotient(layer, x, x + dx).max()))
+    return out
+
+
+def step_values(sweep: dict) -> dict:
+    """The numbers of :func:`step_sweep` the prose quotes: at the factor nearest 2.25 and at the
+    largest one, and the largest sampled quotient and number of active units."""
+    import numpy as np
+
+    factors, active, cube, sampled = sweep["factors"], sweep["active"], sweep["cube"], sweep["sampled"]
+    low = int(np.argmin(abs(factors - 2.25)))
+    return {
+        "low": factors[low],
+        "low_active": active[low],
+        "low_cube": cube[low],
+        "high": factors[-1],
+        "high_active": active[-1],
+        "high_cube": cube[-1],
+        "high_sampled": sampled[-1],
+        "sampled_max": max(sampled),
+        "units": max(sweep["units"]),
+    }
+
+
+def plot_step_sweep(sweep: dict):
+    """§4.1's figure of :func:`step_sweep`: the three Lipschitz numbers against the step factor."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.plot(sweep["factors"], sweep["active"], "o-", label="all units active (exact; no cube input does this)")
+    ax.plot(sweep["factors"], sweep["cube"], "^-", label="exact Jacobian norm, largest over the 2 000 inputs")
+    ax.plot(sweep["factors"], sweep["sampled"], "s--", label="largest quotient of 2 000 random pairs")
+    ax.axhline(1, color="k", lw=0.8)
+    ax.axvline(2, color="grey", ls=":")
+    ax.set(xlabel=r"$h\,\|W\|_2^2$", ylabel="Lipschitz number", title="one dense CPL, 40 → 80 → 40")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -7,14 +7,11 @@ mass-preserving network against a plain one (§5.5).
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from .. import attacks, audit, certify, data, report, structured
+from .. import attacks, audit, bench, certify, data, report, structured
 from .. import lipschitz as lip
-from ..runtime import seed_everything
-from . import DATA, given, per_mode, pick
+from . import DATA, Job, cached, execute, given, per_mode, pick
 
 __all__ = [
     "SIZES",
@@ -22,7 +19,14 @@ __all__ = [
     "DATA",
     "PAPER",
     "sizes",
+    "train_preset",
+    "jobs",
     "run",
+    "BENCH_NETS",
+    "bench_methods",
+    "pair_sweep",
+    "pair_values",
+    "plot_pair_sweep",
     "evaluate",
     "sir",
     "verify",
@@ -119,10 +123,10 @@ def evaluate(model, name: str, recipe: dict, test, s, *, device=None) -> dict:
     clean = float((logits.argmax(1) == y).float().mean())
     xa, ya = x[: s.n_attack], y[: s.n_attack]
     gen = torch.Generator().manual_seed(0)
-    paper = attacks.pgd_curve(model, xa, ya, s.radii, steps=s.paper_steps, rel_step=s.paper_rel_step,
-                              monotone=False, generator=gen)  # fmt: skip
-    strong = attacks.pgd_curve(model, xa, ya, s.radii, steps=s.strong_steps, restarts=s.strong_restarts,
-                               generator=gen)  # fmt: skip
+    paper = attacks.pgd_curve(
+        model, xa, ya, s.radii, steps=s.paper_steps, rel_step=s.paper_rel_step, monotone=False, generator=gen
+    )
+    strong = attacks.pgd_curve(model, xa, ya, s.radii, steps=s.strong_steps, restarts=s.strong_restarts, generator=gen)
     bound = model.lipschitz_bound()
     radii = certify.certified_radius(logits, y, bound)
     lower = lip.lower_bound(model, x[: s.n_lower], steps=s.lower_steps, generator=torch.Generator().manual_seed(0))
@@ -130,12 +134,8 @@ def evaluate(model, name: str, recipe: dict, test, s, *, device=None) -> dict:
     layer_lower = lip.lower_bound(layer, z, steps=s.lower_steps, generator=torch.Generator().manual_seed(0))
     extra = {}
     if name == "certified":
-        idx = torch.nonzero(radii > 0).flatten()
-        adv = attacks.pgd(model, x[idx], y[idx], 0.99 * radii[idx].float(), norm="l2", steps=s.check_steps,
-                          generator=torch.Generator().manual_seed(1))  # fmt: skip
-        with torch.no_grad():
-            flipped = int((model(adv).argmax(1) != y[idx]).sum())
-        extra["check"] = {"points": int(idx.numel()), "flipped": flipped, "steps": s.check_steps, "fraction": 0.99}
+        c = audit.check(model, x, y, radii, attack="labkit", steps=s.check_steps, seed=1)
+        extra["check"] = {"points": c["points"], "flipped": c["flipped"], "steps": s.check_steps, "fraction": 0.99}
         extra["audit"] = audit.certificates(model, x, y, radii, limit=s.n_audit, steps=s.audit_steps)
     return {
         "radii": list(s.radii),
@@ -189,44 +189,63 @@ def sir(s, *, seed=0) -> dict:
     return out
 
 
+def train_preset(train_set, name: str, *, epochs, seed=0, device=None, progress=None, fit=None, **net) -> tuple:
+    """The chapter's recipe, which the bench (§6.1) runs too: the preset ``name`` of
+    :data:`labkit.structured.PRESETS` (the network's sizes ``net``) trained by
+    :func:`labkit.structured.fit` with the preset's margin, γ, learning rate and optimiser (further
+    options ``fit``: batch size, schedule, augmentation). Returns ``(model, kept)``, kept holding
+    the training ``history`` and the ``recipe``."""
+    model, recipe = structured.preset(name, seed=seed, **net)
+    hist = structured.fit(
+        model,
+        train_set,
+        epochs,
+        margin=recipe["margin"],
+        gamma=recipe["gamma"],
+        lr=recipe["lr"],
+        optimizer=recipe["optimizer"],
+        seed=seed,
+        device=device,
+        progress=progress,
+        **(fit or {}),
+    )
+    return model, {"history": hist, "recipe": recipe}
+
+
+def jobs(s, *, seed=0, device=None, progress=None) -> list[Job]:
+    """One :class:`~labkit.chapters.Job` per preset of ``presets``: :func:`train_preset` on CIFAR-10,
+    then :func:`evaluate`; and the job ``"sir"`` (:func:`sir`)."""
+    tr = cached(lambda: data.load("cifar10", limit=s.n_train))
+    te = cached(lambda: data.load("cifar10", train=False, limit=s.n_test))
+    net = {"widths": s.widths, "layers": s.layers, "mean": structured.CIFAR_MEAN, "std": structured.CIFAR_STD}
+    fit = {"decay_every": s.decay_every, "batch_size": s.batch_size}
+
+    def evaluator(name):
+        return lambda model, kept, seconds: {
+            **evaluate(model, name, kept["recipe"], te(), s, device=device),
+            "seconds": seconds,
+            "history": kept["history"],
+            "sizes": vars(s),
+        }
+
+    options = {"epochs": s.epochs, "seed": seed, "device": device, "progress": progress, "fit": fit, **net}
+    out = [
+        Job(f"cifar10/{name}", lambda name=name: train_preset(tr(), name, **options), evaluator(name), seed)
+        for name in s.presets
+    ]
+    return [*out, Job("sir", lambda: (None, {}), lambda model, kept, seconds: sir(s, seed=seed), seed)]
+
+
 def run(*, seed=0, device=None, progress=None, done=None, on_result=None, **sizes) -> dict:
     """Train each preset of ``presets`` (:data:`labkit.structured.PRESETS`) with its recipe and the
-    sizes given, and evaluate it (:func:`evaluate`); results keyed ``"cifar10/<preset>"``, plus
-    ``"sir"`` (:func:`sir`). Each run is seeded on its own, so an interrupted full run resumes:
-    results in ``done`` are kept, and ``on_result(key, result)`` is called after each new one."""
+    sizes given, and evaluate it (:func:`jobs`, :func:`evaluate`); results keyed
+    ``"cifar10/<preset>"``, plus ``"sir"`` (:func:`sir`). ``require_full_cifar`` refuses a subset of
+    CIFAR-10 before anything is trained. Results in ``done`` are kept, and ``on_result(key,
+    result)`` is called after each new one (:func:`labkit.chapters.execute`)."""
     s = given(sizes, SIZES)
-    tr = data.load("cifar10", limit=s.n_train)
-    te = data.load("cifar10", train=False, limit=s.n_test)
-    if s.require_full_cifar and (len(tr) < 50000 or len(te) < 10000):
-        raise data.DataNotFoundError(
-            f"full mode needs all of CIFAR-10 (50 000 / 10 000 images) but found {len(tr)} / {len(te)} (the subset "
-            "in LABKIT_DATA?). Point LABKIT_DATA at a folder with cifar10-full.npz or cifar-10-batches-py."
-        )
-    out = {}
-    for name in s.presets:
-        key = f"cifar10/{name}"
-        if done and key in done:
-            out[key] = done[key]
-            continue
-        seed_everything(seed)
-        model, recipe = structured.preset(name, widths=s.widths, layers=s.layers, mean=structured.CIFAR_MEAN,
-                                          std=structured.CIFAR_STD, seed=seed)  # fmt: skip
-        t0 = time.perf_counter()
-        hist = structured.fit(model, tr, s.epochs, margin=recipe["margin"], gamma=recipe["gamma"], lr=recipe["lr"],
-                              optimizer=recipe["optimizer"], decay_every=s.decay_every, batch_size=s.batch_size,
-                              seed=seed, device=device, progress=progress)  # fmt: skip
-        seconds = time.perf_counter() - t0
-        out[key] = {**evaluate(model, name, recipe, te, s, device=device), "seconds": seconds, "history": hist,
-                    "sizes": sizes}  # fmt: skip
-        if on_result is not None:
-            on_result(key, out[key])
-    if not (done and "sir" in done):
-        out["sir"] = sir(s, seed=seed)
-        if on_result is not None:
-            on_result("sir", out["sir"])
-    else:
-        out["sir"] = done["sir"]
-    return out
+    if s.require_full_cifar:
+        data.require_full("cifar10", s.n_train, s.n_test)
+    return execute(jobs(s, seed=seed, device=device, progress=progress), done=done, on_result=on_result)
 
 
 def _models(results):
@@ -283,7 +302,7 @@ def table(results: dict) -> report.Table:
             (
                 "layer: lower / bound",
                 lambda r: f"{r['lipschitz']['layer_lower']:.2f} / {r['lipschitz']['layer_upper']:.3g}",
-            ),  # fmt: skip
+            ),
             ("network: lower / bound", lambda r: f"{r['lipschitz']['lower']:.2f} / {r['lipschitz']['upper']:.3g}"),
             ("training", "seconds", "{:.0f} s"),
         ],
@@ -341,7 +360,8 @@ def findings(results: dict) -> str:
     over = [n for n, r in models.items() if r["lipschitz"]["layer_lower"] > 1]
     lines = [
         f"- **Clean accuracy**: the {name(best)} network is the most accurate ({models[best]['clean']:.1%}); the "
-        + ", ".join(f"{name(n)} {r['clean']:.1%}" for n, r in models.items() if n != best) + ".",
+        + ", ".join(f"{name(n)} {r['clean']:.1%}" for n, r in models.items() if n != best)
+        + ".",
         f"- **Under the strong attack** the {name(keep05)} network keeps the most at ε = 0.5 "
         f"({models[keep05]['empirical']['strong'][i05]:.1%}) and "
         + ("" if keep1 == keep05 else f"the {name(keep1)} network ")
@@ -350,14 +370,20 @@ def findings(results: dict) -> str:
         f"- **The authors' attack is weak**: the strong attack lowers the accuracy by up to {gaps[widest]:.1%} "
         f"(the {name(widest)} network); the smallest largest gap is {min(gaps.values()):.1%}.",
         "- **Dynamic layers above 1**: "
-        + (", ".join(f"{name(n)} ({models[n]['lipschitz']['layer_lower']:.2f})" for n in over) + " — the pair "
-           "search finds a first dynamic layer that expands." if over else
-           "the pair search finds no first dynamic layer that expands; that is not a proof that none does."),
-    ]  # fmt: skip
+        + (
+            ", ".join(f"{name(n)} ({models[n]['lipschitz']['layer_lower']:.2f})" for n in over) + " — the pair "
+            "search finds a first dynamic layer that expands."
+            if over
+            else "the pair search finds no first dynamic layer that expands; that is not a proof that none does."
+        ),
+    ]
     restarted = [n for n, r in models.items() if r.get("history", {}).get("restarts")]
     if restarted:
-        lines.append("- **Restarts**: the loss became NaN and training restarted at a tenth of the rate for "
-                     + ", ".join(name(n) for n in restarted) + ".")  # fmt: skip
+        lines.append(
+            "- **Restarts**: the loss became NaN and training restarted at a tenth of the rate for "
+            + ", ".join(name(n) for n in restarted)
+            + "."
+        )
     if "certified" in models:
         c = models["certified"]
         lines.append(
@@ -414,5 +440,147 @@ def certified_cost(record: dict | None) -> dict | None:
     if record is None:
         return None
     r = record["results"]
-    return {"clean": r["clean"], "certified": r["certified"][0], "radius": r["radii"][0],
-            "epochs": record["sizes"]["epochs"]}  # fmt: skip
+    return {
+        "clean": r["clean"],
+        "certified": r["certified"][0],
+        "radius": r["radii"][0],
+        "epochs": record["sizes"]["epochs"],
+    }
+
+
+#: The bench's networks (§6.1): on CIFAR-10 widths 8, 16, 32 with 2 layers each; on the MNIST-like sets
+#: a dense network of width 128 with 4 layers.
+BENCH_NETS = {
+    "conv": {
+        "in_shape": (3, 32, 32),
+        "widths": [8, 16, 32],
+        "layers": 2,
+        "mean": structured.CIFAR_MEAN,
+        "std": structured.CIFAR_STD,
+    },
+    "dense": {"conv": False, "widths": [128], "layers": 4},
+}
+
+
+def bench_methods() -> list[bench.Method]:
+    """The chapter's presets on the bench (§6.1), each :func:`train_preset` of :data:`BENCH_NETS`
+    at the bench's epochs and batch size (augmented on CIFAR-10); the certified one certifies."""
+
+    def trainer(name):
+        def train_(ctx):
+            kind = "conv" if ctx.dataset == "cifar10" else "dense"
+            net = BENCH_NETS[kind] if kind == "conv" else {"in_shape": bench.IMAGES[ctx.dataset], **BENCH_NETS[kind]}
+            fit = {"batch_size": ctx.s.batch_size, "augment": kind == "conv"}
+            return train_preset(
+                ctx.train,
+                name,
+                epochs=ctx.s.epochs,
+                seed=ctx.seed,
+                device=ctx.device,
+                progress=ctx.progress,
+                fit=fit,
+                **net,
+            )
+
+        return train_
+
+    return [
+        bench.Method(
+            name=f"sp-{name}",
+            chapter="ch05",
+            title=f"structure-preserving, {name}",
+            kinds=bench.BOTH,
+            certifies=name == "certified",
+            paper="pgd10",
+            train=trainer(name),
+            bound=bench.network_bound,
+            guarantee="1-Lipschitz dynamic layers, lift and head by construction"
+            if name == "certified"
+            else "none; the product bound of §5.4 computed after training",
+        )
+        for name in structured.PRESETS
+    ]
+
+
+def pair_sweep(h_c: float = 0.6, a: float = 0.5, substeps: int = 2) -> dict:
+    """§5.1's experiment: one dense switching pair (16 features, orthogonal, normalised, float64)
+    whose expansive step is ``f · e*`` for 15 factors ``f`` from 0 to 3.5, with ``e*`` the authors'
+    bound (:func:`labkit.structured.expansive_step_bound`): the Lipschitz estimate of the pair
+    (exact Jacobian norms on 200 random inputs, and a pair search), of one expansive sub-step alone
+    and of one non-expansive sub-step alone, and the factor that the exact contraction bound allows."""
+    import numpy as np
+
+    star = structured.expansive_step_bound(h_c, a, substeps)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 16, generator=gen, dtype=torch.float64)
+    factors = np.linspace(0, 3.5, 15)
+    pair, expansive_alone = [], []
+    for f in factors:
+        block = structured.SwitchingBlock(
+            16,
+            conv=False,
+            a=a,
+            substeps=substeps,
+            h_c=h_c,
+            orthogonal=True,
+            normalized=True,
+            generator=torch.Generator().manual_seed(1),
+        ).double()
+        with torch.no_grad():
+            block.op_e.weight.mul_(4)
+            block.project()  # ‖A_e‖ = 1 and h_e = e*
+            block.op_c.bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
+            block.u_e.mul_(f)  # h_e = f · e*
+        exact = float(structured.block_jacobian_norms(block, x).max())
+        searched = lip.lower_bound(block, x[:32], steps=60, generator=torch.Generator().manual_seed(3))
+        pair.append(max(exact, searched))
+        step = structured.ExpansiveStep(block.op_e, step=f * star / substeps, a=a)
+        expansive_alone.append(float(structured.block_jacobian_norms(step, x).max()))
+    contract = structured.NonExpansiveStep(block.op_c, step=h_c / substeps, a=a)
+    contract_alone = float(structured.block_jacobian_norms(contract, x).max())
+    tight = substeps * (1 / structured.contraction_factor(h_c / substeps, a, tight=True) - 1)
+    return {
+        "factors": factors,
+        "star": star,
+        "tight": tight,
+        "pair": pair,
+        "expansive_alone": expansive_alone,
+        "contract_alone": contract_alone,
+    }
+
+
+def pair_values(sweep: dict) -> dict:
+    """The numbers of :func:`pair_sweep` the prose quotes: ``e*``, the exact bound over it, the
+    non-expansive step alone, the largest expansive step alone, the first factor where the pair
+    expands and the pair's estimate at ``e*``."""
+    import numpy as np
+
+    factors, pair = sweep["factors"], sweep["pair"]
+    crossing = next((f for f, p in zip(factors, pair) if p > 1 + 1e-9), None)
+    return {
+        "star": sweep["star"],
+        "tight_ratio": sweep["tight"] / sweep["star"],
+        "contract": sweep["contract_alone"],
+        "expand_max": max(sweep["expansive_alone"]),
+        "cross": crossing or float("nan"),
+        "pair_at_star": pair[list(np.round(factors, 6)).index(1.0)],
+    }
+
+
+def plot_pair_sweep(sweep: dict):
+    """§5.1's figure of :func:`pair_sweep`: the three estimates against ``h_e / e*``."""
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(6, 3.6))
+    factors = sweep["factors"]
+    plt.plot(factors, sweep["pair"], "o-", label="the pair, S = 2 sub-steps (exact Jacobians and pair search)")
+    plt.plot(factors, sweep["expansive_alone"], "s--", label="one expansive sub-step alone")
+    plt.axhline(sweep["contract_alone"], color="C2", ls=":", label="one non-expansive sub-step alone")
+    plt.axhline(1, color="k", lw=0.8)
+    plt.axvline(1, color="C3", lw=0.8, label="the authors' bound e*")
+    plt.axvline(sweep["tight"] / sweep["star"], color="C4", lw=0.8, ls="--", label="the exact factor's bound")
+    plt.xlabel("expansive step h_e / e*")
+    plt.ylabel("Lipschitz estimate")
+    plt.legend(fontsize=7)
+    plt.tight_layout()
+    return fig
