@@ -22,13 +22,13 @@ $(STAMP): requirements.txt pyproject.toml
 ## Build the book (book mode unless LABKIT_MODE is set; every page executed) into _build/html.
 book: $(STAMP)
 	$(BIN)/jupyter-book clean .
-	$(BIN)/jupyter-book build . -W -n --keep-going
+	LABKIT_STATIC=1 $(BIN)/jupyter-book build . -W -n --keep-going
 	@echo "Open _build/html/index.html"
 
 ## The book in smoke mode, as CI builds it.
 smoke-book: $(STAMP)
 	$(BIN)/jupyter-book clean .
-	LABKIT_MODE=smoke $(BIN)/jupyter-book build . -W -n --keep-going
+	LABKIT_MODE=smoke LABKIT_STATIC=1 $(BIN)/jupyter-book build . -W -n --keep-going
 
 ## The student edition of the book (no solutions; labs as student notebooks) into _build/student/html.
 student-book: $(STAMP)

@@ -14,6 +14,7 @@ from unittest import mock
 
 os.environ.setdefault("LABKIT_MODE", "smoke")
 os.environ.setdefault("LABKIT_OFFLINE", "1")
+os.environ.setdefault("LABKIT_STATIC", "1")  # no widgets: executing them can hang nbclient
 
 
 def pytest_configure(config):

@@ -22,6 +22,7 @@ from .runtime import MODES as MODES
 from .runtime import Config as Config
 from .runtime import by_mode as by_mode
 from .runtime import device as device
+from .runtime import live as live
 from .runtime import mode as mode
 from .runtime import progress_enabled as progress_enabled
 from .runtime import seed_everything as seed_everything
@@ -51,6 +52,7 @@ __all__ = sorted(
         "__version__",
         "by_mode",
         "device",
+        "live",
         "mode",
         "progress_enabled",
         "seed_everything",

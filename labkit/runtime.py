@@ -27,6 +27,7 @@ __all__ = [
     "device",
     "distributed",
     "init_distributed",
+    "live",
     "mode",
     "progress_enabled",
     "resolve_device",
@@ -143,6 +144,14 @@ def setup(seed: int = 0, *, quiet: bool = False) -> Config:
     if not quiet:
         print(cfg)
     return cfg
+
+
+def live() -> bool:
+    """Whether a notebook runs in a live session, where a widget can be moved: false when
+    ``LABKIT_STATIC=1``, which the book's build and the tests set (a machine that executes a
+    notebook cannot move a slider, and executing widgets there can hang its client, nbclient
+    issue 312)."""
+    return os.environ.get("LABKIT_STATIC", "").strip() not in ("1", "true", "yes")
 
 
 def progress_enabled() -> bool:

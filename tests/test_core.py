@@ -222,3 +222,10 @@ def test_truncated_idx_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("LABKIT_DATA", str(tmp_path))
     with pytest.raises(ValueError, match="truncated"):
         data.load("mnist", train=False)
+
+
+def test_live_is_false_under_labkit_static(monkeypatch):
+    monkeypatch.setenv("LABKIT_STATIC", "1")
+    assert not labkit.live()
+    monkeypatch.delenv("LABKIT_STATIC")
+    assert labkit.live()
