@@ -352,6 +352,17 @@ def test_ch03_claim_table_and_verify_from_synthetic_results():
     assert "further off for x/seed 0 (90.0%)" in ch03.record_note(
         {"results": {"x/seed 0": _ch03_result([0.1], [0.1], gap=0.9)}, "seconds": 60, "commit": "abc"}
     )
+    # an attack that flips fewer than half the correct images: a censored median, shown as beyond its
+    # reach, which orders nothing
+    beyond = {
+        "sNODE, L²/seed 0": _ch03_result([0.2, None, None], [0.5, 0.7, 0.9]),
+        "sNODE, Sobolev/seed 0": _ch03_result([0.3, None, None], [0.6, 0.8, 0.9]),
+        "ResNet, Adam/seed 0": _ch03_result([0.1, None, None], [0.4, 0.6, 0.8]),
+    }
+    note = ch03.record_note({"results": beyond, "seconds": 60, "commit": "abc"})
+    assert "beyond its reach of 0.90" in note and "does not order them" in note
+    claim = ch03.claim(beyond)
+    assert "> 0.90 by the sensitivity attack" in claim and "each attack alone that orders them" in claim
     broken = _ch03_result([0.1], [0.1])
     broken["propagation"]["monte_carlo"] = [float("nan"), 2.0]
     with pytest.raises(AssertionError, match="monte_carlo standard deviation"):
