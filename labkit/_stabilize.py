@@ -152,7 +152,7 @@ def _local_maxima(M, lo, hi, starts, max_iter=100, flips=16, krylov: int = 0):
     away from the current vertex) are judged by :func:`_krylov_top` started from the current top
     eigenvector (m Lanczos steps) instead of dense eigensolves, and the values returned are
     recomputed exactly at the end: much faster for large n, while the vertices found are 1-opt
-    for the Ritz values only (enough for the cutting planes of :func:`stabilize`, which need
+    for the Ritz values only (enough for the cutting planes of :func:`labkit.lognorm.stabilize`, which need
     violated vertices, judged exactly)."""
     d = starts.to(M.dtype).clone()
     K, n = d.shape

@@ -264,7 +264,7 @@ def certificates(
     return {"points": len(index), "flipped": len(flipped), "flipped_index": flipped, "attack": attack}
 
 
-#: The attacks of :func:`check`: labkit's own PGD, ART's batched PGD (:func:`certificates_batch`) and
+#: The attacks of :func:`check`, labkit's own PGD, ART's batched PGD (:func:`certificates_batch`) and
 #: ART's AutoPGD point by point (:func:`certificates`).
 CHECKS = ("labkit", "art-pgd", "art-apgd")
 

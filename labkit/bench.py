@@ -80,9 +80,9 @@ class Method:
     radii: Callable | None = None
 
 
-#: The kinds of data a method runs on: the MNIST-like sets only, or CIFAR-10's images too.
+#: The kinds of data a method runs on, the MNIST-like sets only or CIFAR-10's images too.
 DENSE, BOTH = ("dense",), ("dense", "conv")
-#: The guarantee of a method with none: the bound computed after training.
+#: The guarantee of a method with none, a bound computed after training.
 PRODUCT = "none; a product of layer norms, computed after training"
 
 

@@ -210,8 +210,8 @@ class StabilizeProblem:
         return -c * torch.eye(self.n, dtype=self.A.dtype) - self.A
 
     def upper(self, eps, E, fmax):
-        """``(‖Δ‖, Δ)`` of the point ``ηE`` repaired for a worst ``μ₂`` of ``fmax`` (:func:`_repair`),
-        or ``None`` when no repair applies."""
+        """``(‖Δ‖, Δ)`` of the point ``ηE`` repaired for a worst ``μ₂`` of ``fmax``
+        (:func:`~labkit._stabilize._repair`), or ``None`` when no repair applies."""
         fixed = _repair(self.A, eps * E, fmax, self.target, self.lo) if self.can_repair else None
         return None if fixed is None else (float(fixed.norm()), fixed)
 
@@ -337,16 +337,18 @@ def stabilize(
 
     Two levels: for a size ``η`` the *inner* level moves a direction ``E`` (``‖E‖_F = 1``) along
     the projected gradient flow of the squared hinge ``H = ½ Σ_D ‖(sym(D(A + ηE)) − δI)₊‖_F²``
-    with step control; the *outer* level (:func:`_close_bracket`) finds the smallest feasible ``η``
-    by Newton steps on ``√(2H)`` (for one active eigenvalue ``η + (μ₂ − δ)/‖D v‖``) inside a bracket
-    ``[η_lo, η_hi]``. Because ``√(2H)`` is convex in ``Δ`` the Newton point is a *certified*
-    lower bound; an infeasible ``Δ`` is made feasible for the working set by a small scaling
-    (``δ > 0``) or shift (``s₋ > 0``), which gives ``η_hi``; otherwise ``η_hi`` comes from inner
-    solves that reach the target, with bisection. The maximum over all vertices ``D`` is handled
-    by cutting planes: a working set grows by the worst vertices of the current ``A + Δ``
-    (:func:`_find_cuts`, :func:`_violated`) until the worst one satisfies the bound within ``tol``
-    (:func:`_final_check`). Rounds that add a vertex close the bracket to ``coarse_tol``
-    (relative), the last one to ``rel_tol``. The end game (:func:`_end_game`) may end a run earlier
+    with step control; the *outer* level (:func:`~labkit._stabilize._close_bracket`) finds the
+    smallest feasible ``η`` by Newton steps on ``√(2H)`` (for one active eigenvalue
+    ``η + (μ₂ − δ)/‖D v‖``) inside a bracket ``[η_lo, η_hi]``. Because ``√(2H)`` is convex in ``Δ``
+    the Newton point is a *certified* lower bound; an infeasible ``Δ`` is made feasible for the
+    working set by a small scaling (``δ > 0``) or shift (``s₋ > 0``), which gives ``η_hi``;
+    otherwise ``η_hi`` comes from inner solves that reach the target, with bisection. The maximum
+    over all vertices ``D`` is handled by cutting planes: a working set grows by the worst vertices
+    of the current ``A + Δ`` (:func:`~labkit._stabilize._find_cuts`,
+    :func:`~labkit._stabilize._violated`) until the worst one satisfies the bound within ``tol``
+    (:func:`~labkit._stabilize._final_check`). Rounds that add a vertex close the bracket to
+    ``coarse_tol`` (relative), the last one to ``rel_tol``. The end game
+    (:func:`~labkit._stabilize._end_game`) may end a run earlier
     by a uniform repair that makes every vertex feasible at once.
 
     The result's ``converged`` says the final check passed (``exact``: by enumeration, ``n ≤ 16``;

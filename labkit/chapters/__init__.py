@@ -54,8 +54,8 @@ __all__ = [
     "main",
 ]
 
-#: The chapters that have an experiment module, in book order: every ``chNN.py`` of this package,
-#: found, not listed (a new chapter needs no entry here).
+#: The chapters that have an experiment module, in book order. Every ``chNN.py`` of this package is
+#: found, not listed, so a new chapter needs no entry here.
 CHAPTERS = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if re.fullmatch(r"ch\d\d", m.name)))
 #: The folder of the records, the book's ``book/data``.
 DATA = Path(__file__).resolve().parents[2] / "book" / "data"
@@ -116,7 +116,7 @@ class Job:
 
 
 def execute(jobs, *, done: dict | None = None, on_result=None, desc: str | None = None) -> dict:
-    """Run ``jobs`` in order and return their results keyed by :attr:`Job.key`. A job whose key is in
+    """Run ``jobs`` in order and return their results keyed by the jobs' ``key``. A job whose key is in
     ``done`` is not run: its result there is taken as it is (so an interrupted experiment resumes).
     Every other job is seeded on its own (:func:`labkit.runtime.seed_everything` of its seed, so it
     gives the same numbers whatever ran before), trained, timed and evaluated, and

@@ -312,8 +312,8 @@ def _radii(model, x, y, bound):
     return torch.cat([convex.certified_radii(model, xb, yb) for xb, yb in zip(x.split(512), y.split(512))])
 
 
-#: The bench's smaller presets (§6.1): the ``mnist`` preset at 2 layers of 784 features with 100 hidden
-#: units, and the ``cifar`` preset with one dense layer of 64.
+#: The bench's smaller presets of §6.1, the ``mnist`` preset at 2 layers of 784 features with 100
+#: hidden units and the ``cifar`` preset with one dense layer of 64.
 BENCH_PRESETS = {
     "dense": ("mnist", {"width": 784, "depth": 2, "hidden": 100}),
     "conv": ("cifar", {"dense_depth": 1, "dense_hidden": 64}),

@@ -448,8 +448,8 @@ def certified_cost(record: dict | None) -> dict | None:
     }
 
 
-#: The bench's networks (§6.1): on CIFAR-10 widths 8, 16, 32 with 2 layers each; on the MNIST-like sets
-#: a dense network of width 128 with 4 layers.
+#: The bench's networks of §6.1, on CIFAR-10 widths 8, 16, 32 with 2 layers each, and on the
+#: MNIST-like sets a dense network of width 128 with 4 layers.
 BENCH_NETS = {
     "conv": {
         "in_shape": (3, 32, 32),

@@ -97,7 +97,7 @@ SIZES = per_mode({
     "min_checked":   (0,                    200,                                     200),
 }, methods=list(METHODS))
 # fmt: on
-#: No single record file: the grid is a folder of records, one per job, ``book/data/bench_<mode>``.
+#: No single record file. The grid is a folder of records, one per job, ``book/data/bench_<mode>``.
 RECORD = None
 RECORDS = "bench_{mode}"
 #: The sizes that choose the grid (which jobs), not what a job does; records are compared without them.
@@ -138,7 +138,7 @@ SOURCES = {
 
 
 def methods_table() -> report.Table:
-    """§6.1's registry: each method of :data:`labkit.METHODS` with its chapter, what it is, what
+    """§6.1's registry: each method of :data:`METHODS` with its chapter, what it is, what
     it guarantees, the paper evaluation it comes with and the data sets it runs on."""
     rows = [
         {
@@ -641,7 +641,7 @@ def values(results: dict) -> dict:
 
 def certificate_cost(results: dict, *, reference: str = "plain") -> str:
     """§6.6's sentence on what a certificate costs in clean accuracy, computed from the runs: per data
-    set, the methods that certify (``Method.certifies`` of :data:`labkit.METHODS`) with their clean accuracy
+    set, the methods that certify (``Method.certifies`` of :data:`METHODS`) with their clean accuracy
     against the ``reference`` network's, split into those below it and those at or above it. A
     certificate need not cost accuracy; which ones do is a property of the runs."""
     groups = {k: _avg(rs, lambda r: r["clean"]) for k, rs in _by_method(results).items()}
